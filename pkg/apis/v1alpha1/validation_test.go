@@ -1,0 +1,146 @@
+package v1alpha1_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ironlb/ironlb/internal/testenv"
+	"github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+)
+
+var k8s client.Client
+
+func TestMain(m *testing.M) {
+	env, err := testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	k8s, err = client.New(env.Config, client.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+func duration(s string) *metav1.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		panic(err)
+	}
+	return &metav1.Duration{Duration: d}
+}
+
+// TestValidation creates objects against the real API server and checks
+// that each bad one is rejected with a message naming the field, and each
+// good one is accepted.
+func TestValidation(t *testing.T) {
+	ippool := func(addrs ...v1alpha1.AddressRange) client.Object {
+		return &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{Addresses: addrs}}
+	}
+	peer := func(mod func(*v1alpha1.BGPPeerSpec)) client.Object {
+		s := v1alpha1.BGPPeerSpec{PeerAddress: "10.100.1.1", PeerASN: 64500, MyASN: 64512}
+		mod(&s)
+		return &v1alpha1.BGPPeer{Spec: s}
+	}
+	adv := func(comms ...v1alpha1.Community) client.Object {
+		return &v1alpha1.BGPAdvertisement{Spec: v1alpha1.BGPAdvertisementSpec{Communities: comms}}
+	}
+	cases := map[string]struct {
+		obj client.Object
+		// wantErr lists substrings of the rejection; empty means accepted.
+		wantErr []string
+	}{
+		"pool: CIDRs, ranges, both families": {obj: ippool("10.200.0.0/28", "10.200.1.10-10.200.1.20", "fd00:200::/124", "fd00::1-fd00::1:0")},
+		"pool: ipv6 range with full form":    {obj: ippool("fd00:0:0:0:0:0:0:1-FD00::2")},
+		// A reversed IPv6 range passes admission; the controller reports it.
+		"pool: reversed ipv6 range is left to the controller": {obj: ippool("fd00::1:0-fd00::ffff")},
+		"pool: single-address range":                          {obj: ippool("10.0.0.1-10.0.0.1")},
+		"pool: malformed CIDR":                                {obj: ippool("10.0.0.0/33"), wantErr: []string{"spec.addresses[0]", "must be a CIDR"}},
+		"pool: garbage":                                       {obj: ippool("10.0.0.0/24", "not-an-ip"), wantErr: []string{"spec.addresses[1]", "must be a CIDR"}},
+		"pool: mixed families":                                {obj: ippool("10.0.0.1-fd00::1"), wantErr: []string{"spec.addresses[0]", "same IP family"}},
+		"pool: reversed ipv4 range":                           {obj: ippool("10.0.0.20-10.0.0.3"), wantErr: []string{"spec.addresses[0]", "start of a range must not be after its end"}},
+		"pool: reversed ipv4, octet not text":                 {obj: ippool("10.0.0.100-10.0.0.99"), wantErr: []string{"start of a range"}},
+
+		"pool: ordered ipv4 range by number": {obj: ippool("10.0.0.9-10.0.0.10")},
+		"pool: empty addresses":              {obj: ippool(), wantErr: []string{"spec.addresses", "at least 1"}},
+		"pool: negative priority": {obj: &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{
+			Addresses: []v1alpha1.AddressRange{"10.0.0.0/24"}, AllocateTo: &v1alpha1.AllocateTo{Priority: new(int32(-1))},
+		}}, wantErr: []string{"spec.allocateTo.priority"}},
+		"peer: valid":            {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("3s") })},
+		"peer: ASN 0":            {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PeerASN = 0 }), wantErr: []string{"spec.peerASN"}},
+		"peer: ASN too large":    {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASN = 4294967296 }), wantErr: []string{"spec.myASN"}},
+		"peer: 4-byte ASN":       {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASN = 4294967295 })},
+		"peer: bad address":      {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PeerAddress = "10.0.0.300" }), wantErr: []string{"spec.peerAddress", "IPv4 or IPv6"}},
+		"peer: bad port":         {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PeerPort = 70000 }), wantErr: []string{"spec.peerPort"}},
+		"peer: negative hold":    {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime = duration("-1s") }), wantErr: []string{"spec.holdTime", "must not be negative"}},
+		"peer: hold of 2s":       {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime = duration("2s") }), wantErr: []string{"spec.holdTime", "at least 3s"}},
+		"peer: negative keep":    {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.KeepaliveTime = duration("-3s") }), wantErr: []string{"spec.keepaliveTime", "must not be negative"}},
+		"peer: keep over hold":   {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
+		"communities: valid":     {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
+		"community: 16-bit":      {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},
+		"community: junk":        {obj: adv("no-export", "hello"), wantErr: []string{"spec.communities[1]"}},
+		"community: large 2^32":  {obj: adv("large:4294967296:1:2"), wantErr: []string{"spec.communities[0]"}},
+		"community: large short": {obj: adv("large:1:2"), wantErr: []string{"spec.communities[0]"}},
+		"advertisement: pools and selector": {obj: &v1alpha1.L2Advertisement{Spec: v1alpha1.L2AdvertisementSpec{PoolSelection: v1alpha1.PoolSelection{
+			IPPools: []string{"a"}, IPPoolSelector: &metav1.LabelSelector{},
+		}}}, wantErr: []string{"not both"}},
+		"announcement: bad ip": {obj: &v1alpha1.Announcement{ObjectMeta: metav1.ObjectMeta{Namespace: "default"}, Spec: v1alpha1.AnnouncementSpec{
+			Service: "s", IP: "x", Node: "n", Protocol: v1alpha1.ProtocolL2,
+		}}, wantErr: []string{"spec.ip"}},
+		"announcement: bad protocol": {obj: &v1alpha1.Announcement{ObjectMeta: metav1.ObjectMeta{Namespace: "default"}, Spec: v1alpha1.AnnouncementSpec{
+			Service: "s", IP: "10.0.0.1", Node: "n", Protocol: "OSPF",
+		}}, wantErr: []string{"spec.protocol", "Unsupported value"}},
+	}
+	i := 0
+	for name, tc := range cases {
+		i++
+		tc.obj.SetName(fmt.Sprintf("v%d", i))
+		t.Run(name, func(t *testing.T) {
+			err := k8s.Create(context.Background(), tc.obj)
+			if len(tc.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("rejected: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted, want rejection mentioning %q", tc.wantErr)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestDefaults checks the defaults the schema fills in.
+func TestDefaults(t *testing.T) {
+	ctx := context.Background()
+	p := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "defaults"}, Spec: v1alpha1.IPPoolSpec{Addresses: []v1alpha1.AddressRange{"10.9.0.0/24"}}}
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Spec.AutoAssign == nil || !*p.Spec.AutoAssign {
+		t.Errorf("autoAssign defaulted to %v, want true", p.Spec.AutoAssign)
+	}
+	peer := &v1alpha1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "defaults"}, Spec: v1alpha1.BGPPeerSpec{PeerAddress: "fd00::1", PeerASN: 1, MyASN: 2}}
+	if err := k8s.Create(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	if peer.Spec.PeerPort != 179 || peer.Spec.HoldTime == nil || peer.Spec.HoldTime.Duration != 90*time.Second {
+		t.Errorf("peer defaults: port %d, hold %v; want 179, 90s", peer.Spec.PeerPort, peer.Spec.HoldTime)
+	}
+}
