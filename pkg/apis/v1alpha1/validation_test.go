@@ -73,7 +73,8 @@ func TestValidation(t *testing.T) {
 		"pool: reversed ipv4, octet not text":                 {obj: ippool("10.0.0.100-10.0.0.99"), wantErr: []string{"start of a range"}},
 
 		"pool: ordered ipv4 range by number": {obj: ippool("10.0.0.9-10.0.0.10")},
-		"pool: empty addresses":              {obj: ippool(), wantErr: []string{"spec.addresses", "at least 1"}},
+		"pool: no addresses":                 {obj: ippool(), wantErr: []string{"spec.addresses", "Required"}},
+		"pool: empty addresses":              {obj: &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{Addresses: []v1alpha1.AddressRange{}}}, wantErr: []string{"spec.addresses"}},
 		"pool: negative priority": {obj: &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{
 			Addresses: []v1alpha1.AddressRange{"10.0.0.0/24"}, AllocateTo: &v1alpha1.AllocateTo{Priority: new(int32(-1))},
 		}}, wantErr: []string{"spec.allocateTo.priority"}},
