@@ -365,7 +365,7 @@ func TestUsageAndOrphans(t *testing.T) {
 	u, _ := a.Usage("p")
 	want := Usage{
 		IPv4:    FamilyUsage{Total: 8, Used: 3},
-		IPv6:    FamilyUsage{Total: 1 << 64 - 1, Used: 1},
+		IPv6:    FamilyUsage{Total: 1<<64 - 1, Used: 1},
 		Holders: []string{"a/1", "a/2", "a/3", "a/4"},
 	}
 	if diff := cmp.Diff(want, u); diff != "" {

@@ -1,0 +1,67 @@
+// Command ironlb-controller assigns external IPs from IPPools to
+// LoadBalancer Services. Run one or more replicas: leader election lets one
+// allocate at a time.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/ironlb/ironlb/internal/flagenv"
+	"github.com/ironlb/ironlb/pkg/controller"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "ironlb-controller:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	opts := controller.DefaultOptions()
+	fs := flag.CommandLine
+	kubeconfig := fs.String("kubeconfig", "", "path to a kubeconfig; empty means in-cluster")
+	fs.BoolVar(&opts.LeaderElection, "leader-elect", opts.LeaderElection, "elect a leader so one replica allocates at a time")
+	fs.StringVar(&opts.LeaderElectionNamespace, "leader-elect-namespace", envOr("POD_NAMESPACE", opts.LeaderElectionNamespace), "namespace of the leader election Lease")
+	fs.DurationVar(&opts.LeaseDuration, "leader-elect-lease-duration", opts.LeaseDuration, "how long a leader's Lease lasts without renewal")
+	fs.DurationVar(&opts.RenewDeadline, "leader-elect-renew-deadline", opts.RenewDeadline, "how long the leader tries to renew before giving up")
+	fs.DurationVar(&opts.RetryPeriod, "leader-elect-retry-period", opts.RetryPeriod, "how often candidates try to take the Lease")
+	fs.BoolVar(&opts.DefaultClass, "default-class", opts.DefaultClass, "also serve LoadBalancer Services without a loadBalancerClass")
+	fs.StringVar(&opts.MetricsAddr, "metrics-addr", opts.MetricsAddr, "address of the Prometheus metrics endpoint; 0 disables it")
+	fs.StringVar(&opts.HealthAddr, "health-addr", opts.HealthAddr, "address of the /healthz and /readyz probes; 0 disables them")
+	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Services reconciled in parallel")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	flag.Parse()
+	if err := flagenv.Apply(fs, "IRONLB_"); err != nil {
+		return err
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	// Each Service costs one status patch; the default 20 QPS would make a
+	// burst of Services wait for the client, not for the API server.
+	cfg.QPS, cfg.Burst = 200, 400
+	cfg.UserAgent = "ironlb-controller"
+	mgr, err := controller.NewManager(cfg, opts)
+	if err != nil {
+		return err
+	}
+	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,169 @@
+// Package config turns Kubernetes objects into the plain structs of the pure
+// packages (pkg/ipam, and later the announcer and data plane). It is the only
+// bridge between the two worlds, so the pure packages never see an API type.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/ipam"
+)
+
+// The LoadBalancerClass ironlb handles, and its Service annotations.
+const (
+	LoadBalancerClass       = "ironlb.dev/ironlb"
+	AnnotationPool          = "ironlb.dev/ip-pool"
+	AnnotationIPs           = "ironlb.dev/load-balancer-ips"
+	AnnotationSharingKey    = "ironlb.dev/sharing-key"
+	PoolProtectionFinalizer = "ironlb.dev/pool-protection"
+)
+
+// IsOurs reports whether ironlb should give the Service an IP: it is of type
+// LoadBalancer and of our class, or of no class when defaultClass is on.
+func IsOurs(svc *corev1.Service, defaultClass bool) bool {
+	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+		return false
+	}
+	if svc.Spec.LoadBalancerClass == nil {
+		return defaultClass
+	}
+	return *svc.Spec.LoadBalancerClass == LoadBalancerClass
+}
+
+// Pool converts an IPPool. Entries that do not parse are returned as an error
+// that lists them all, together with the pool made of the entries that do, so
+// a pool with one bad entry keeps serving the Services that hold its other
+// addresses.
+func Pool(p *ironlbv1alpha1.IPPool) (ipam.Pool, error) {
+	out := ipam.Pool{
+		Name:          p.Name,
+		AutoAssign:    p.Spec.AutoAssign == nil || *p.Spec.AutoAssign,
+		AvoidBuggyIPs: p.Spec.AvoidBuggyIPs,
+		Deleting:      p.DeletionTimestamp != nil,
+	}
+	var errs []error
+	for i, a := range p.Spec.Addresses {
+		r, err := ipam.ParseRange(string(a))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("spec.addresses[%d]: %w", i, err))
+			continue
+		}
+		out.Addresses = append(out.Addresses, r)
+	}
+	if at := p.Spec.AllocateTo; at != nil {
+		if at.Priority != nil {
+			out.Priority, out.HasPriority = *at.Priority, true
+		}
+		out.Namespaces = at.Namespaces
+		var err error
+		if out.NamespaceSelector, err = matcher(at.NamespaceSelector); err != nil {
+			errs = append(errs, fmt.Errorf("spec.allocateTo.namespaceSelector: %w", err))
+			out.NamespaceSelector = func(map[string]string) bool { return false }
+		}
+		if out.ServiceSelector, err = matcher(at.ServiceSelector); err != nil {
+			errs = append(errs, fmt.Errorf("spec.allocateTo.serviceSelector: %w", err))
+			out.ServiceSelector = func(map[string]string) bool { return false }
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// matcher turns a label selector into an ipam.Matcher; nil stays nil (select
+// everything).
+func matcher(sel *metav1.LabelSelector) (ipam.Matcher, error) {
+	if sel == nil {
+		return nil, nil
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return nil, err
+	}
+	return func(l map[string]string) bool { return s.Matches(labels.Set(l)) }, nil
+}
+
+// Service converts a LoadBalancer Service and the labels of its namespace
+// into an allocation request. Annotations that do not parse are an error
+// whose text says which.
+func Service(svc *corev1.Service, nsLabels map[string]string) (ipam.Service, error) {
+	out := ipam.Service{
+		Key:             svc.Namespace + "/" + svc.Name,
+		Namespace:       svc.Namespace,
+		NamespaceLabels: nsLabels,
+		Labels:          svc.Labels,
+		Pool:            svc.Annotations[AnnotationPool],
+		SharingKey:      svc.Annotations[AnnotationSharingKey],
+	}
+	for _, f := range svc.Spec.IPFamilies {
+		switch f {
+		case corev1.IPv4Protocol:
+			out.Families = append(out.Families, ipam.IPv4)
+		case corev1.IPv6Protocol:
+			out.Families = append(out.Families, ipam.IPv6)
+		}
+	}
+	if p := svc.Spec.IPFamilyPolicy; p != nil {
+		switch *p {
+		case corev1.IPFamilyPolicyPreferDualStack:
+			out.Policy = ipam.PreferDualStack
+		case corev1.IPFamilyPolicyRequireDualStack:
+			out.Policy = ipam.RequireDualStack
+		}
+	}
+	requested := svc.Annotations[AnnotationIPs]
+	if requested == "" {
+		requested = svc.Spec.LoadBalancerIP //nolint:staticcheck // deprecated, but still honoured as PRODUCT.md promises
+	}
+	for _, s := range strings.Split(requested, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Zone() != "" {
+			return out, fmt.Errorf("annotation %s: %q is not an IP address", AnnotationIPs, s)
+		}
+		out.RequestedIPs = append(out.RequestedIPs, ip.Unmap())
+	}
+	for _, p := range svc.Spec.Ports {
+		out.Ports = append(out.Ports, ipam.Port{Protocol: string(p.Protocol), Port: p.Port})
+	}
+	if svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+		// Services on Local may share only with the same pods behind them.
+		keys := make([]string, 0, len(svc.Spec.Selector))
+		for k, v := range svc.Spec.Selector {
+			keys = append(keys, k+"="+v)
+		}
+		slices.Sort(keys)
+		out.BackendKey = "local:" + strings.Join(keys, ",")
+	}
+	return out, nil
+}
+
+// StatusIPs returns the IPs in a Service's status.loadBalancer.ingress.
+func StatusIPs(svc *corev1.Service) []netip.Addr {
+	var out []netip.Addr
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if ip, err := netip.ParseAddr(in.IP); err == nil {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
+}
+
+// Ingress returns the status.loadBalancer.ingress entries for addresses.
+func Ingress(addrs []ipam.Address) []corev1.LoadBalancerIngress {
+	out := make([]corev1.LoadBalancerIngress, len(addrs))
+	vip := corev1.LoadBalancerIPModeVIP
+	for i, a := range addrs {
+		out[i] = corev1.LoadBalancerIngress{IP: a.IP.String(), IPMode: &vip}
+	}
+	return out
+}

@@ -1,0 +1,244 @@
+// Package controller holds ironlb-controller's reconcilers: Services get
+// IPs from pools, pools report their use. They are thin: every allocation
+// rule lives in pkg/ipam, every translation in pkg/config.
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/config"
+	"github.com/ironlb/ironlb/pkg/ipam"
+)
+
+// Options configure the controller.
+type Options struct {
+	// DefaultClass makes Services without a LoadBalancerClass ours.
+	DefaultClass bool
+	// LeaderElection, with its Lease in LeaderElectionNamespace, lets only
+	// one replica allocate at a time.
+	LeaderElection          bool
+	LeaderElectionNamespace string
+	LeaseDuration           time.Duration
+	RenewDeadline           time.Duration
+	RetryPeriod             time.Duration
+	// MetricsAddr and HealthAddr are where Prometheus metrics and the
+	// /healthz and /readyz probes are served; "0" turns one off.
+	MetricsAddr string
+	HealthAddr  string
+	// Workers is the number of Services reconciled in parallel.
+	Workers int
+	// SeveralPerProcess allows more than one manager in a process (tests,
+	// benchmarks); controller names are otherwise unique per process.
+	SeveralPerProcess bool
+}
+
+// DefaultOptions returns the options the binary starts with.
+func DefaultOptions() Options {
+	return Options{
+		DefaultClass:            true,
+		LeaderElection:          true,
+		LeaderElectionNamespace: "ironlb-system",
+		LeaseDuration:           15 * time.Second,
+		RenewDeadline:           10 * time.Second,
+		RetryPeriod:             2 * time.Second,
+		MetricsAddr:             ":7472",
+		HealthAddr:              ":7474",
+		Workers:                 8,
+	}
+}
+
+// NewManager builds a controller-runtime manager with the Service and
+// IPPool reconcilers registered.
+func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := ironlbv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	// A graceful shutdown waits for running reconciles; one second bounds
+	// how long SIGTERM takes to end the process.
+	shutdown := time.Second
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        scheme,
+		LeaderElection:                opts.LeaderElection,
+		LeaderElectionID:              "ironlb-controller",
+		LeaderElectionNamespace:       opts.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &opts.LeaseDuration,
+		RenewDeadline:                 &opts.RenewDeadline,
+		RetryPeriod:                   &opts.RetryPeriod,
+		GracefulShutdownTimeout:       &shutdown,
+		Metrics:                       metricsserver.Options{BindAddress: opts.MetricsAddr},
+		Controller:                    ctrlconfig.Controller{SkipNameValidation: &opts.SeveralPerProcess},
+		HealthProbeBindAddress:        opts.HealthAddr,
+		Cache: cache.Options{
+			// Managed fields are never read; dropping them keeps the cache
+			// small.
+			DefaultTransform: cache.TransformStripManagedFields(),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create manager: %w", err)
+	}
+	if opts.HealthAddr != "0" {
+		if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
+			return nil, err
+		}
+	}
+	st := newState(mgr.GetClient())
+	if err := (&ServiceReconciler{state: st, opts: opts, recorder: mgr.GetEventRecorder("ironlb-controller"), patcher: newPatcher(mgr)}).setup(mgr); err != nil {
+		return nil, err
+	}
+	if err := (&PoolReconciler{state: st, recorder: mgr.GetEventRecorder("ironlb-controller")}).setup(mgr); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
+
+// state is what the reconcilers share: the allocator and the Services that
+// wait for an address. One mutex serialises all allocation, which is cheap
+// (microseconds) next to the API calls around it.
+type state struct {
+	client client.Client
+
+	mu     sync.Mutex
+	alloc  *ipam.Allocator
+	loaded bool
+	// pools remembers the generation of each pool last given to the
+	// allocator, so only spec changes rebuild its search state.
+	pools map[string]poolVersion
+	// pending holds Services that got no address; they are retried when
+	// an address is freed or the pools change.
+	pending map[types.NamespacedName]struct{}
+
+	// retry and refresh carry requeues to the Service and pool
+	// controllers.
+	retry   chan event.GenericEvent
+	refresh chan event.GenericEvent
+}
+
+type poolVersion struct {
+	generation int64
+	deleting   bool
+}
+
+func newState(c client.Client) *state {
+	return &state{
+		client:  c,
+		alloc:   ipam.New(),
+		pools:   map[string]poolVersion{},
+		pending: map[types.NamespacedName]struct{}{},
+		retry:   make(chan event.GenericEvent, 1024),
+		refresh: make(chan event.GenericEvent, 1024),
+	}
+}
+
+// load runs once, before the first allocation: it reads the pools and every
+// address Services already hold, so that a restart never moves an IP.
+// Services that hold addresses are restored before anything is allocated.
+// The caller holds mu.
+func (s *state) load(ctx context.Context, defaultClass bool) error {
+	if s.loaded {
+		return nil
+	}
+	if _, err := s.syncPools(ctx); err != nil {
+		return err
+	}
+	var svcs corev1.ServiceList
+	if err := s.client.List(ctx, &svcs); err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	for i := range svcs.Items {
+		svc := &svcs.Items[i]
+		ips := config.StatusIPs(svc)
+		if !config.IsOurs(svc, defaultClass) || len(ips) == 0 || svc.DeletionTimestamp != nil {
+			continue
+		}
+		req, err := config.Service(svc, nil)
+		if err != nil {
+			continue // reconciled, and reported, like any other
+		}
+		if err := s.alloc.Restore(req, ips); err != nil {
+			ctrl.LoggerFrom(ctx).Info("not restoring an address held twice", "service", req.Key, "reason", err.Error())
+		}
+	}
+	s.loaded = true
+	return nil
+}
+
+// syncPools gives the allocator the current pools when any pool's spec or
+// deletion changed, and reports whether it did. The caller holds mu.
+func (s *state) syncPools(ctx context.Context) (bool, error) {
+	var list ironlbv1alpha1.IPPoolList
+	if err := s.client.List(ctx, &list); err != nil {
+		return false, fmt.Errorf("list pools: %w", err)
+	}
+	changed := len(list.Items) != len(s.pools)
+	for i := range list.Items {
+		p := &list.Items[i]
+		v, ok := s.pools[p.Name]
+		if !ok || v != (poolVersion{p.Generation, p.DeletionTimestamp != nil}) {
+			changed = true
+		}
+	}
+	if !changed {
+		return false, nil
+	}
+	pools := make([]ipam.Pool, 0, len(list.Items))
+	s.pools = make(map[string]poolVersion, len(list.Items))
+	for i := range list.Items {
+		p := &list.Items[i]
+		ps, _ := config.Pool(p) // errors are the pool controller's to report
+		pools = append(pools, ps)
+		s.pools[p.Name] = poolVersion{p.Generation, p.DeletionTimestamp != nil}
+	}
+	s.alloc.SetPools(pools)
+	return true, nil
+}
+
+// retryPending requeues every Service that waits for an address. The
+// caller holds mu; sends never block on a full channel while it does.
+func (s *state) retryPending() {
+	for key := range s.pending {
+		s.send(s.retry, &corev1.Service{ObjectMeta: objectMeta(key)})
+	}
+}
+
+// refreshPools requeues every pool's status. The caller holds mu.
+func (s *state) refreshPools() {
+	for name := range s.pools {
+		s.send(s.refresh, &ironlbv1alpha1.IPPool{ObjectMeta: objectMeta(types.NamespacedName{Name: name})})
+	}
+}
+
+func (s *state) send(ch chan event.GenericEvent, obj client.Object) {
+	select {
+	case ch <- event.GenericEvent{Object: obj}:
+	default:
+		// The channel is full: hand the rest to a goroutine rather than
+		// block a reconciler that holds the lock.
+		go func() { ch <- event.GenericEvent{Object: obj} }()
+	}
+}
