@@ -25,7 +25,9 @@ func main() {
 
 func run() error {
 	opts := controller.DefaultOptions()
-	fs := flag.CommandLine
+	// A flag set of our own: controller-runtime registers --kubeconfig on
+	// the global one.
+	fs := flag.NewFlagSet("ironlb-controller", flag.ExitOnError)
 	kubeconfig := fs.String("kubeconfig", "", "path to a kubeconfig; empty means in-cluster")
 	fs.BoolVar(&opts.LeaderElection, "leader-elect", opts.LeaderElection, "elect a leader so one replica allocates at a time")
 	fs.StringVar(&opts.LeaderElectionNamespace, "leader-elect-namespace", envOr("POD_NAMESPACE", opts.LeaderElectionNamespace), "namespace of the leader election Lease")
@@ -38,7 +40,9 @@ func run() error {
 	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Services reconciled in parallel")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
-	flag.Parse()
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
 	if err := flagenv.Apply(fs, "IRONLB_"); err != nil {
 		return err
 	}
@@ -48,9 +52,10 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
-	// Each Service costs one status patch; the default 20 QPS would make a
-	// burst of Services wait for the client, not for the API server.
-	cfg.QPS, cfg.Burst = 200, 400
+	// Each Service costs a status patch and an Event; client-go's default
+	// of 5 QPS would make a burst of Services wait for the client rather
+	// than for the API server, whose priority and fairness protect it.
+	cfg.QPS, cfg.Burst = 1000, 2000
 	cfg.UserAgent = "ironlb-controller"
 	mgr, err := controller.NewManager(cfg, opts)
 	if err != nil {

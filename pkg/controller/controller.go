@@ -60,7 +60,7 @@ func DefaultOptions() Options {
 		RetryPeriod:             2 * time.Second,
 		MetricsAddr:             ":7472",
 		HealthAddr:              ":7474",
-		Workers:                 8,
+		Workers:                 16,
 	}
 }
 
@@ -107,7 +107,7 @@ func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 			return nil, err
 		}
 	}
-	st := newState(mgr.GetClient())
+	st := newState(mgr.GetClient(), mgr.GetAPIReader())
 	if err := (&ServiceReconciler{state: st, opts: opts, recorder: mgr.GetEventRecorder("ironlb-controller"), patcher: newPatcher(mgr)}).setup(mgr); err != nil {
 		return nil, err
 	}
@@ -122,6 +122,9 @@ func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 // (microseconds) next to the API calls around it.
 type state struct {
 	client client.Client
+	// live reads from the API server, not the cache: a new leader must
+	// see every address the old one wrote before it allocates.
+	live client.Reader
 
 	mu     sync.Mutex
 	alloc  *ipam.Allocator
@@ -144,9 +147,10 @@ type poolVersion struct {
 	deleting   bool
 }
 
-func newState(c client.Client) *state {
+func newState(c client.Client, live client.Reader) *state {
 	return &state{
 		client:  c,
+		live:    live,
 		alloc:   ipam.New(),
 		pools:   map[string]poolVersion{},
 		pending: map[types.NamespacedName]struct{}{},
@@ -167,7 +171,7 @@ func (s *state) load(ctx context.Context, defaultClass bool) error {
 		return err
 	}
 	var svcs corev1.ServiceList
-	if err := s.client.List(ctx, &svcs); err != nil {
+	if err := s.live.List(ctx, &svcs); err != nil {
 		return fmt.Errorf("list services: %w", err)
 	}
 	for i := range svcs.Items {

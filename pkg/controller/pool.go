@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -43,6 +45,31 @@ const (
 type PoolReconciler struct {
 	state    *state
 	recorder recorder.EventRecorder
+
+	mu sync.Mutex
+	// written is when each pool's status was last written: during a burst
+	// of allocations a pool's status is written at most every
+	// statusInterval, not once per Service.
+	written map[string]time.Time
+}
+
+const statusInterval = 500 * time.Millisecond
+
+// throttle returns how long to wait before the pool's status may be
+// written again.
+func (r *PoolReconciler) throttle(name string) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return statusInterval - time.Since(r.written[name])
+}
+
+func (r *PoolReconciler) wrote(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.written == nil {
+		r.written = map[string]time.Time{}
+	}
+	r.written[name] = time.Now()
 }
 
 func (r *PoolReconciler) setup(mgr ctrl.Manager) error {
@@ -101,6 +128,10 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 
 	status, invalid := r.status(ctx, pool, usage)
 	if !equality.Semantic.DeepEqual(status, pool.Status) {
+		if wait := r.throttle(pool.Name); wait > 0 && pool.DeletionTimestamp == nil {
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+		r.wrote(pool.Name)
 		patch := client.MergeFrom(pool.DeepCopy())
 		pool.Status = status
 		if err := r.state.client.Status().Patch(ctx, pool, patch); err != nil && !apierrors.IsNotFound(err) {

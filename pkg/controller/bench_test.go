@@ -1,0 +1,276 @@
+package controller_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
+
+	"github.com/ironlb/ironlb/internal/testenv"
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+)
+
+// controllerProcess is ironlb-controller running as its own process, so its
+// memory and its exit on SIGTERM are measured as a user would see them.
+type controllerProcess struct {
+	cmd *exec.Cmd
+}
+
+func buildController(b *testing.B) string {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "ironlb-controller")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/ironlb-controller")
+	cmd.Dir = testenv.RepoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startProcess(b *testing.B, bin string) *controllerProcess {
+	b.Helper()
+	cmd := exec.Command(bin, "--kubeconfig", env.Kubeconfig,
+		"--leader-elect-namespace", "default", "--leader-elect-lease-duration", "2s",
+		"--leader-elect-renew-deadline", "1500ms", "--leader-elect-retry-period", "200ms",
+		"--metrics-addr", "0", "--health-addr", "0")
+	if os.Getenv("IRONLB_TEST_LOG") != "" {
+		cmd.Stderr = os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &controllerProcess{cmd: cmd}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	return p
+}
+
+// peakRSS returns the process's peak resident set (VmHWM) in MiB.
+func (p *controllerProcess) peakRSS(b *testing.B) float64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.Atoi(strings.Fields(rest)[0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			return float64(kb) / 1024
+		}
+	}
+	b.Fatal("no VmHWM")
+	return 0
+}
+
+// terminate sends SIGTERM and returns how long the process took to exit.
+func (p *controllerProcess) terminate(b *testing.B) time.Duration {
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _, _ = p.cmd.Process.Wait(); close(done) }()
+	select {
+	case <-done:
+		return time.Since(start)
+	case <-time.After(30 * time.Second):
+		b.Fatal("controller did not exit within 30s of SIGTERM")
+		return 0
+	}
+}
+
+// ipWatch records when each Service of a namespace first shows an IP.
+type ipWatch struct {
+	mu  sync.Mutex
+	got map[string]time.Time
+}
+
+func watchIPs(b *testing.B, ctx context.Context, ns string) *ipWatch {
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// A RetryWatcher resumes where a closed watch stopped, so no update is
+	// missed under load.
+	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, &toolscache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return cs.CoreV1().Services(ns).Watch(ctx, o)
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	iw := &ipWatch{got: map[string]time.Time{}}
+	go func() {
+		for ev := range w.ResultChan() {
+			s, ok := ev.Object.(*corev1.Service)
+			if !ok || len(s.Status.LoadBalancer.Ingress) == 0 {
+				continue
+			}
+			now := time.Now()
+			iw.mu.Lock()
+			if _, seen := iw.got[s.Name]; !seen {
+				iw.got[s.Name] = now
+			}
+			iw.mu.Unlock()
+		}
+	}()
+	return iw
+}
+
+func (iw *ipWatch) wait(b *testing.B, n int, limit time.Duration) map[string]time.Time {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		iw.mu.Lock()
+		c := len(iw.got)
+		iw.mu.Unlock()
+		if c >= n {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	if len(iw.got) < n {
+		var events corev1.EventList
+		_ = k8s.List(context.Background(), &events)
+		reasons := map[string]int{}
+		for _, e := range events.Items {
+			reasons[e.Reason]++
+		}
+		b.Fatalf("only %d of %d Services got an IP within %s; events by reason: %v", len(iw.got), n, limit, reasons)
+	}
+	out := make(map[string]time.Time, len(iw.got))
+	for k, v := range iw.got {
+		out[k] = v
+	}
+	return out
+}
+
+// createParallel creates n Services from workers goroutines and returns
+// when each create call returned.
+func createParallel(b *testing.B, ns string, n, workers int) map[string]time.Time {
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	var mu sync.Mutex
+	created := make(map[string]time.Time, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				s := &corev1.Service{}
+				s.Name = fmt.Sprintf("svc-%04d", i)
+				s.Spec.Type = corev1.ServiceTypeLoadBalancer
+				s.Spec.Ports = []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}
+				if _, err := cs.CoreV1().Services(ns).Create(context.Background(), s, metav1.CreateOptions{}); err != nil {
+					b.Error(err)
+					continue
+				}
+				mu.Lock()
+				created[s.Name] = time.Now()
+				mu.Unlock()
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return created
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	slices.Sort(d)
+	return d[min(len(d)-1, int(float64(len(d))*p))]
+}
+
+// BenchmarkControllerLoad measures ironlb-controller as a process against
+// the real API server, the way MetalLB's was measured on this machine kind:
+// 1 000 Services created by 50 workers while a watch timestamps each IP; then
+// a backlog of 1 000 Services waiting for a controller that starts; peak RSS;
+// and how long the process takes to exit on SIGTERM. Run it once
+// (-benchtime=1x): each figure is a ReportMetric.
+func BenchmarkControllerLoad(b *testing.B) {
+	const n, workers = 1000, 50
+	bin := buildController(b)
+	for b.Loop() {
+		ctx, cancel := context.WithCancel(context.Background())
+		live := fmt.Sprintf("bench-live-%d", time.Now().UnixNano())
+		backlog := fmt.Sprintf("bench-backlog-%d", time.Now().UnixNano())
+		for _, ns := range []string{live, backlog} {
+			if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		createBenchPool(b, live+"-pool", live, "10.40.0.0/20")
+		createBenchPool(b, backlog+"-pool", backlog, "10.41.0.0/20")
+
+		proc := startProcess(b, bin)
+		iw := watchIPs(b, ctx, live)
+		start := time.Now()
+		created := createParallel(b, live, n, workers)
+		got := iw.wait(b, n, 120*time.Second)
+		var last time.Time
+		lat := make([]time.Duration, 0, n)
+		for name, at := range got {
+			lat = append(lat, max(0, at.Sub(created[name])))
+			if at.After(last) {
+				last = at
+			}
+		}
+		b.ReportMetric(last.Sub(start).Seconds(), "s-first-create-to-last-ip")
+		b.ReportMetric(percentile(lat, 0.50).Seconds(), "s-create-to-ip-p50")
+		b.ReportMetric(percentile(lat, 0.99).Seconds(), "s-create-to-ip-p99")
+		b.ReportMetric(proc.terminate(b).Seconds(), "s-sigterm-exit")
+
+		// The backlog: Services that exist before the controller starts.
+		createParallel(b, backlog, n, workers)
+		iw2 := watchIPs(b, ctx, backlog)
+		started := time.Now()
+		proc = startProcess(b, bin)
+		got = iw2.wait(b, n, 120*time.Second)
+		first, last := time.Time{}, time.Time{}
+		for _, at := range got {
+			if at.After(last) {
+				last = at
+			}
+			if first.IsZero() || at.Before(first) {
+				first = at
+			}
+		}
+		b.ReportMetric(last.Sub(started).Seconds(), "s-backlog-1000")
+		b.ReportMetric(first.Sub(started).Seconds(), "s-backlog-first-ip")
+		b.ReportMetric(proc.peakRSS(b), "MiB-peak-rss")
+		b.ReportMetric(proc.terminate(b).Seconds(), "s-sigterm-exit-2")
+		cancel()
+	}
+}
+
+func createBenchPool(b *testing.B, name, ns, cidr string) {
+	b.Helper()
+	pool := &ironlbv1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: poolFor(ns, cidr)}
+	if err := k8s.Create(context.Background(), pool); err != nil {
+		b.Fatal(err)
+	}
+}
