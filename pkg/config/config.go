@@ -120,7 +120,7 @@ func Service(svc *corev1.Service, nsLabels map[string]string) (ipam.Service, err
 	}
 	requested := svc.Annotations[AnnotationIPs]
 	if requested == "" {
-		requested = svc.Spec.LoadBalancerIP //nolint:staticcheck // deprecated, but still honoured as PRODUCT.md promises
+		requested = svc.Spec.LoadBalancerIP // deprecated, still honoured
 	}
 	for _, s := range strings.Split(requested, ",") {
 		if s = strings.TrimSpace(s); s == "" {

@@ -27,6 +27,17 @@ import (
 	"github.com/ironlb/ironlb/pkg/ipam"
 )
 
+// The controller's permissions, generated into manifests/rbac/controller:
+
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=services/status,verbs=patch;update
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=ironlb.dev,resources=ippools,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=ironlb.dev,resources=ippools/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=ironlb.dev,resources=ippools/finalizers,verbs=update
+
 // Options configure the controller.
 type Options struct {
 	// DefaultClass makes Services without a LoadBalancerClass ours.

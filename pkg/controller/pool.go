@@ -38,10 +38,6 @@ const (
 // PoolReconciler hands pool changes to the allocator and reports each
 // pool's use, overlaps and orphans in its status. Its finalizer keeps a pool
 // whose addresses are in use from being deleted.
-//
-// +kubebuilder:rbac:groups=ironlb.dev,resources=ippools,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=ironlb.dev,resources=ippools/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=ironlb.dev,resources=ippools/finalizers,verbs=update
 type PoolReconciler struct {
 	state    *state
 	recorder recorder.EventRecorder

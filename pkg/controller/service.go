@@ -27,12 +27,6 @@ import (
 
 // ServiceReconciler gives LoadBalancer Services their IPs and takes them
 // back when a Service leaves ironlb's care.
-//
-// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=services/status,verbs=patch;update
-// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch
 type ServiceReconciler struct {
 	state    *state
 	opts     Options
@@ -93,7 +87,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	request, err := config.Service(svc, nsLabels)
 	if err != nil {
 		r.release(ctx, req.NamespacedName)
-		return ctrl.Result{}, r.failed(ctx, svc, &ipam.Error{Reason: ipam.InvalidRequest, Message: err.Error()})
+		return ctrl.Result{}, r.failed(svc, &ipam.Error{Reason: ipam.InvalidRequest, Message: err.Error()})
 	}
 
 	r.state.mu.Lock()
@@ -119,7 +113,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	r.state.mu.Unlock()
 
 	if allocErr != nil {
-		return ctrl.Result{}, r.failed(ctx, svc, allocErr)
+		return ctrl.Result{}, r.failed(svc, allocErr)
 	}
 	allocations.WithLabelValues("success").Inc()
 	updated := svc.DeepCopy()
@@ -138,7 +132,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 
 // failed reports an allocation failure on the Service and clears any
 // address its status still shows.
-func (r *ServiceReconciler) failed(ctx context.Context, svc *corev1.Service, err error) error {
+func (r *ServiceReconciler) failed(svc *corev1.Service, err error) error {
 	reason := ipam.ReasonOf(err)
 	allocations.WithLabelValues(string(reason)).Inc()
 	r.recorder.Eventf(svc, nil, corev1.EventTypeWarning, string(reason), "Allocate", "%s", strings.TrimPrefix(err.Error(), string(reason)+": "))

@@ -135,7 +135,7 @@ func (ps *poolState) hasFamily(f Family) bool {
 // skipping buggy addresses when the pool avoids them.
 func (ps *poolState) findFree(f Family, inUse func(netip.Addr) bool) (netip.Addr, bool) {
 	fs := &ps.fam[famIndex(f)]
-	usable := func(a netip.Addr) bool { return !inUse(a) && !(ps.AvoidBuggyIPs && isBuggy(a)) }
+	usable := func(a netip.Addr) bool { return !inUse(a) && (!ps.AvoidBuggyIPs || !isBuggy(a)) }
 	for fs.freed.Len() > 0 {
 		a := heap.Pop(&fs.freed).(netip.Addr)
 		if usable(a) {

@@ -127,7 +127,3 @@ type BGPAdvertisementList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BGPAdvertisement `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&L2Advertisement{}, &L2AdvertisementList{}, &BGPAdvertisement{}, &BGPAdvertisementList{})
-}

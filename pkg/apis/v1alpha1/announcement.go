@@ -63,7 +63,3 @@ type AnnouncementList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []Announcement `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&Announcement{}, &AnnouncementList{})
-}

@@ -88,7 +88,3 @@ type BGPPeerList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BGPPeer `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&BGPPeer{}, &BGPPeerList{})
-}

@@ -11,15 +11,29 @@
 package v1alpha1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 )
 
 // GroupVersion is the API group and version of these types.
 var GroupVersion = schema.GroupVersion{Group: "ironlb.dev", Version: "v1alpha1"}
 
-// SchemeBuilder registers the types with a runtime.Scheme.
-var SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+var (
+	// SchemeBuilder registers the types with a runtime.Scheme.
+	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
+	// AddToScheme adds the types of this package to a scheme.
+	AddToScheme = SchemeBuilder.AddToScheme
+)
 
-// AddToScheme adds the types of this package to a scheme.
-var AddToScheme = SchemeBuilder.AddToScheme
+func addKnownTypes(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion,
+		&IPPool{}, &IPPoolList{},
+		&L2Advertisement{}, &L2AdvertisementList{},
+		&BGPPeer{}, &BGPPeerList{},
+		&BGPAdvertisement{}, &BGPAdvertisementList{},
+		&Announcement{}, &AnnouncementList{},
+	)
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}
