@@ -101,6 +101,15 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		r.state.retryPending()
 		r.state.refreshPools()
 	}
+	// During a burst of allocations, write a pool's status at most every
+	// statusInterval, and skip even computing it (which walks every
+	// holder) until then. Spec changes and deletions go through at once.
+	if pool.Name != "" && pool.DeletionTimestamp == nil && pool.Status.ObservedGeneration == pool.Generation && !changed {
+		if wait := r.throttle(pool.Name); wait > 0 {
+			r.state.mu.Unlock()
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+	}
 	usage, _ := r.state.alloc.Usage(req.Name)
 	r.state.mu.Unlock()
 
@@ -124,9 +133,6 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 
 	status, invalid := r.status(ctx, pool, usage)
 	if !equality.Semantic.DeepEqual(status, pool.Status) {
-		if wait := r.throttle(pool.Name); wait > 0 && pool.DeletionTimestamp == nil {
-			return ctrl.Result{RequeueAfter: wait}, nil
-		}
 		r.wrote(pool.Name)
 		patch := client.MergeFrom(pool.DeepCopy())
 		pool.Status = status
