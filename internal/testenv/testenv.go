@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"testing"
 
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -81,6 +83,27 @@ func Start() (*Env, error) {
 	}
 	_ = f.Close()
 	return &Env{Environment: env, Config: cfg, Kubeconfig: f.Name()}, nil
+}
+
+// Main starts the API server for a test package, sets *env and *c to it
+// and an administrator client, runs the tests and stops the server. Use it as
+// the body of TestMain.
+func Main(m *testing.M, env **Env, c *client.Client) {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	k, err := client.New(e.Config, client.Options{})
+	if err != nil {
+		_ = e.Stop()
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*env, *c = e, k
+	code := m.Run()
+	_ = e.Stop()
+	os.Exit(code)
 }
 
 // Stop stops the API server and etcd and removes the kubeconfig.

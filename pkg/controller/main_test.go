@@ -34,20 +34,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("IRONLB_TEST_LOG") != "" {
 		log.SetLogger(zap.New(zap.UseDevMode(true)))
 	}
-	var err error
-	env, err = testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	k8s, err = client.New(env.Config, client.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = env.Stop()
-	os.Exit(code)
+	testenv.Main(m, &env, &k8s)
 }
 
 // testOptions run a controller with fast leader election and no listeners.
