@@ -249,8 +249,7 @@ func TestClasses(t *testing.T) {
 	createService(t, ns, "classless")
 	waitIPs(t, ns, "classless", "10.18.0.1")
 	createService(t, ns, "theirs", withClass("example.com/other"))
-	clusterIP := createService(t, ns, "cluster-ip", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeClusterIP })
-	_ = clusterIP
+	createService(t, ns, "cluster-ip", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeClusterIP })
 	consistently(t, "other classes and types are left alone", 2*time.Second, func() (bool, string) {
 		for _, name := range []string{"theirs", "cluster-ip"} {
 			s := getService(t, ns, name)
