@@ -1,0 +1,234 @@
+// Command ironlb-lab runs a whole ironlb cluster on one Linux machine, in
+// network namespaces: see docs/lab.md.
+//
+//	ironlb-lab up [--nodes 3] [--dataplane kernel]
+//	ironlb-lab status
+//	ironlb-lab exec client -- curl -s http://10.89.100.1/
+//	ironlb-lab kubeconfig
+//	ironlb-lab bench failover [--runs 20]
+//	ironlb-lab down
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/lab"
+)
+
+const usage = `usage: ironlb-lab [--dir DIR] COMMAND
+
+commands:
+  up [--nodes N] [--dataplane kernel]   build the lab (cleans an earlier one first)
+  down                                  remove every namespace, process and state file of the lab
+  status                                show processes, the demo Service and who announces it
+  exec NS -- CMD...                     run CMD in a lab namespace (client, router, fabric, a, node-a, demo-a-0)
+  kubeconfig                            print the kubeconfig path
+  bench failover [--runs N] [--kind kill|link|both]
+                                        measure L2 failover from a client probing every 10 ms
+`
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "ironlb-lab:", err)
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.ExitCode())
+		}
+		os.Exit(1)
+	}
+}
+
+// repoRoot is the folder above the binary's bin/, where manifests/ lives;
+// else the working directory.
+func repoRoot() string {
+	if exe, err := os.Executable(); err == nil {
+		root := filepath.Dir(filepath.Dir(exe))
+		if _, err := os.Stat(filepath.Join(root, "manifests", "crd")); err == nil {
+			return root
+		}
+	}
+	wd, _ := os.Getwd()
+	return wd
+}
+
+func run() error {
+	root := repoRoot()
+	global := flag.NewFlagSet("ironlb-lab", flag.ContinueOnError)
+	global.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	dir := global.String("dir", filepath.Join(root, ".lab"), "state folder of the lab")
+	if err := global.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	args := global.Args()
+	if len(args) == 0 {
+		global.Usage()
+		return errors.New("no command")
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "up":
+		cfg := lab.DefaultConfig(abs)
+		fs := flag.NewFlagSet("up", flag.ContinueOnError)
+		fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of nodes (1-20)")
+		fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "kernel: kube-proxy forwards (the XDP data plane comes later)")
+		pool := fs.String("pool", strings.Join(cfg.Pool, ","), "addresses of the sample IPPool")
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		if cfg.Nodes < 1 || cfg.Nodes > 20 {
+			return fmt.Errorf("--nodes %d: want 1 to 20", cfg.Nodes)
+		}
+		cfg.Pool = strings.Split(*pool, ",")
+		cfg.Bin = filepath.Join(root, "bin")
+		cfg.K8sBin = envOr("IRONLB_K8S_BIN", filepath.Join(root, "bin", "k8s"))
+		ips, err := cfg.Up(ctx, root, os.Stdout)
+		if err != nil {
+			return err
+		}
+		body, _ := cfg.Get(ctx, ips[0])
+		fmt.Printf("\nThe lab is up. Service default/%s has %v; %s answered.\n\n", lab.DemoService, ips, firstWord(body))
+		fmt.Printf("  export KUBECONFIG=%s\n", cfg.Kubeconfig())
+		fmt.Printf("  kubectl get svc,announcements -A     (kubectl is not installed by the lab)\n")
+		fmt.Printf("  %s exec client -- curl -s http://%s/\n", os.Args[0], ips[0])
+		fmt.Printf("  %s down\n", os.Args[0])
+		return nil
+	case "down":
+		return lab.Down(ctx, abs)
+	case "kubeconfig":
+		cfg, err := lab.Load(abs)
+		if err != nil {
+			return err
+		}
+		fmt.Println(cfg.Kubeconfig())
+		return nil
+	case "exec":
+		if len(rest) < 1 {
+			return errors.New("usage: exec NS -- CMD...")
+		}
+		ns, argv := rest[0], rest[1:]
+		if len(argv) > 0 && argv[0] == "--" {
+			argv = argv[1:]
+		}
+		cfg, err := lab.Load(abs)
+		if err != nil {
+			return err
+		}
+		return cfg.Exec(ctx, ns, argv, os.Stdin, os.Stdout, os.Stderr)
+	case "status":
+		cfg, err := lab.Load(abs)
+		if err != nil {
+			return err
+		}
+		return status(ctx, cfg)
+	case "agent":
+		cfg, err := lab.Load(abs)
+		if err != nil {
+			return err
+		}
+		return cfg.RunAgent(ctx)
+	case "bench":
+		if len(rest) < 1 || rest[0] != "failover" {
+			return errors.New("usage: bench failover [--runs N] [--kind kill|link|both]")
+		}
+		fs := flag.NewFlagSet("bench failover", flag.ContinueOnError)
+		runs := fs.Int("runs", 20, "repetitions of each kind of death (1-100)")
+		kind := fs.String("kind", "both", "kill (kill -9 of the owner's speaker), link (owner's link cut) or both")
+		if err := fs.Parse(rest[1:]); err != nil {
+			return err
+		}
+		if *runs < 1 || *runs > 100 {
+			return fmt.Errorf("--runs %d: want 1 to 100", *runs)
+		}
+		cfg, err := lab.Load(abs)
+		if err != nil {
+			return err
+		}
+		var kinds []lab.Death
+		switch *kind {
+		case "kill":
+			kinds = []lab.Death{lab.KillSpeaker}
+		case "link":
+			kinds = []lab.Death{lab.CutLink}
+		case "both":
+			kinds = []lab.Death{lab.KillSpeaker, lab.CutLink}
+		default:
+			return fmt.Errorf("--kind %q: want kill, link or both", *kind)
+		}
+		for _, k := range kinds {
+			res, err := cfg.BenchFailover(ctx, k, *runs, os.Stderr)
+			if err != nil {
+				return err
+			}
+			fmt.Println(res)
+		}
+		return nil
+	default:
+		global.Usage()
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+func status(ctx context.Context, cfg lab.Config) error {
+	fmt.Printf("lab in %s: %d nodes, data plane %s, kubeconfig %s\n", cfg.Dir, cfg.Nodes, cfg.Dataplane, cfg.Kubeconfig())
+	names := []string{"etcd", "kube-apiserver", "agent", "controller"}
+	for _, n := range cfg.NodeList() {
+		names = append(names, "kube-proxy-"+n.Name, lab.SpeakerName(n))
+	}
+	for _, n := range names {
+		state := "stopped"
+		if cfg.Running(n) {
+			state = "running"
+		}
+		fmt.Printf("  %-22s %s\n", n, state)
+	}
+	cl, err := cfg.Client()
+	if err != nil {
+		return err
+	}
+	var svc corev1.Service
+	if err := cl.Get(ctx, types.NamespacedName{Namespace: "default", Name: lab.DemoService}, &svc); err != nil {
+		return err
+	}
+	fmt.Printf("service default/%s: %v\n", lab.DemoService, lab.ServiceIPs(&svc))
+	var anns ironlbv1alpha1.AnnouncementList
+	if err := cl.List(ctx, &anns); err != nil {
+		return err
+	}
+	for _, a := range anns.Items {
+		fmt.Printf("  %s/%s %s by %s (%s on %s)\n", a.Namespace, a.Spec.Service, a.Spec.IP, a.Spec.Node, a.Spec.Protocol, strings.Join(a.Spec.Interfaces, ","))
+	}
+	return nil
+}
+
+func firstWord(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f[0]
+	}
+	return "a backend"
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

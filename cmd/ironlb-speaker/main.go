@@ -1,0 +1,75 @@
+// Command ironlb-speaker runs on every node: it announces the node's share of
+// the LoadBalancer IPs by ARP/NDP and, with --dataplane=xdp, forwards their
+// traffic. SIGTERM hands its IPs over to the other nodes at once.
+package main
+
+import (
+	"encoding/base64"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/ironlb/ironlb/internal/flagenv"
+	"github.com/ironlb/ironlb/pkg/speaker"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "ironlb-speaker:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	opts := speaker.DefaultOptions()
+	fs := flag.NewFlagSet("ironlb-speaker", flag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "path to a kubeconfig; empty means in-cluster")
+	fs.StringVar(&opts.NodeName, "node-name", os.Getenv("NODE_NAME"), "the node this speaker runs on (required; env NODE_NAME)")
+	fs.StringVar(&opts.Dataplane, "dataplane", "kernel", "xdp forwards VIP traffic in XDP; kernel only announces and leaves forwarding to kube-proxy or the CNI")
+	fs.StringVar(&opts.MetricsAddr, "metrics-addr", opts.MetricsAddr, "address of the Prometheus metrics endpoint; 0 disables it")
+	fs.StringVar(&opts.HealthAddr, "health-addr", opts.HealthAddr, "address of the /healthz and /readyz probes; 0 disables them")
+	fs.IntVar(&opts.Members.Port, "memberlist-port", opts.Members.Port, "UDP and TCP port the speakers use to watch each other")
+	fs.StringVar(&opts.Members.BindAddr, "memberlist-bind-addr", "", "address the member list binds; empty means all, advertising the node's InternalIP")
+	fs.DurationVar(&opts.Members.ProbeInterval, "memberlist-probe-interval", opts.Members.ProbeInterval, "how often each speaker probes another")
+	fs.DurationVar(&opts.Members.ProbeTimeout, "memberlist-probe-timeout", opts.Members.ProbeTimeout, "how long a probe waits for its answer")
+	fs.IntVar(&opts.Members.SuspicionMult, "memberlist-suspicion-mult", opts.Members.SuspicionMult, "suspicion lasts this many probe intervals (scaled by log10 of the members) before a node is dead")
+	secret := fs.String("memberlist-secret", "", "base64 key (16, 24 or 32 bytes) that encrypts member traffic; empty means none")
+	fs.DurationVar(&opts.Layer2.Refresh, "l2-refresh", opts.Layer2.Refresh, "re-announce owned IPs unasked this often so switch tables do not age out; 0 disables")
+	fs.DurationVar(&opts.Resync, "resync", opts.Resync, "recompute all announcements this often even without changes")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	if err := flagenv.Apply(fs, "IRONLB_"); err != nil {
+		return err
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	if *secret != "" {
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(*secret))
+		if err != nil {
+			return fmt.Errorf("--memberlist-secret: %w", err)
+		}
+		opts.Members.SecretKey = key
+	}
+	if opts.Dataplane == "xdp" {
+		return fmt.Errorf("--dataplane=xdp is not built yet; use --dataplane=kernel")
+	}
+
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	cfg.UserAgent = "ironlb-speaker"
+	s, err := speaker.New(cfg, opts)
+	if err != nil {
+		return err
+	}
+	return s.Start(ctrl.SetupSignalHandler())
+}

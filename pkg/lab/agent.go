@@ -1,0 +1,180 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// InNamespace runs fn on an OS thread switched into network namespace ns,
+// then switches the thread back. Sockets fn creates stay in ns for their
+// whole life, whichever goroutine uses them later. If the thread cannot be
+// switched back it is left locked, so the Go runtime retires it.
+func InNamespace(ns string, fn func() error) error {
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("current namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter namespace %s: %w", ns, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return errors.Join(ferr, fmt.Errorf("leave namespace %s: %w", ns, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// DialIn opens a connection from inside a lab namespace.
+func DialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := InNamespace(ns, func() error {
+		var err error
+		d := net.Dialer{Timeout: 2 * time.Second}
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// RunAgent serves, until ctx ends, what the lab needs from one long-lived
+// process: in every node namespace a listener on 127.0.0.1:APIPort that
+// forwards to the API server on the root namespace's loopback, and in
+// every pod namespace the backends (HTTP on TCP 80, line echo on TCP 7 and
+// UDP 7), each answering with its pod name.
+func (c Config) RunAgent(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var closers []io.Closer
+	defer func() {
+		for _, cl := range closers {
+			_ = cl.Close()
+		}
+		wg.Wait()
+	}()
+	api := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.APIPort))
+	for _, n := range c.NodeList() {
+		var l net.Listener
+		if err := InNamespace(n.NS, func() error {
+			var err error
+			l, err = net.Listen("tcp", api)
+			return err
+		}); err != nil {
+			return fmt.Errorf("API forwarder in %s: %w", n.NS, err)
+		}
+		closers = append(closers, l)
+		wg.Go(func() { forward(l, api) })
+	}
+	for _, p := range c.Pods() {
+		var httpL, echoL net.Listener
+		var udp net.PacketConn
+		if err := InNamespace(p.NS, func() error {
+			var err error
+			if httpL, err = net.Listen("tcp", ":80"); err != nil {
+				return err
+			}
+			if echoL, err = net.Listen("tcp", ":7"); err != nil {
+				return err
+			}
+			udp, err = net.ListenPacket("udp", ":7")
+			return err
+		}); err != nil {
+			return fmt.Errorf("backend %s: %w", p.Name, err)
+		}
+		closers = append(closers, httpL, echoL, udp)
+		srv := &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				host, _, _ := net.SplitHostPort(r.RemoteAddr)
+				fmt.Fprintf(w, "%s %s\n", p.Name, host)
+			}),
+			ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog:          log.New(io.Discard, "", 0),
+		}
+		closers = append(closers, srv)
+		wg.Go(func() { _ = srv.Serve(httpL) })
+		wg.Go(func() { echoTCP(echoL, p.Name) })
+		wg.Go(func() { echoUDP(udp, p.Name) })
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// forward copies connections from l to the API server.
+func forward(l net.Listener, to string) {
+	for {
+		in, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer in.Close()
+			out, err := net.DialTimeout("tcp", to, 5*time.Second)
+			if err != nil {
+				return
+			}
+			defer out.Close()
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+			<-done
+		}()
+	}
+}
+
+// echoTCP answers each line with the pod name and the line, keeping the
+// connection open: a long-lived connection shows which backend holds it.
+func echoTCP(l net.Listener, pod string) {
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer conn.Close()
+			r := bufio.NewReader(io.LimitReader(conn, 1<<30))
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if _, err := fmt.Fprintf(conn, "%s %s\n", pod, strings.TrimRight(line, "\r\n")); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// echoUDP answers each datagram with the pod name and the datagram.
+func echoUDP(pc net.PacketConn, pod string) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		reply := append([]byte(pod+" "), buf[:n]...)
+		_, _ = pc.WriteTo(reply, from)
+	}
+}

@@ -1,0 +1,404 @@
+package lab
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Death is how the announcing node dies in a failover.
+type Death string
+
+// The kinds of death the lab can inflict.
+const (
+	// KillSpeaker: kill -9 of the owner's speaker; the node itself lives
+	// on and still forwards what reaches it.
+	KillSpeaker Death = "kill -9 speaker"
+	// CutLink: the owner's link goes down; nothing reaches it.
+	CutLink Death = "link down"
+)
+
+// ProbeInterval is how often the failover probe sends.
+const ProbeInterval = 10 * time.Millisecond
+
+// Probe sends a UDP datagram to VIP:7 from the client namespace every
+// 10 ms, over a pool of source ports so that one flow stuck on a dead
+// backend cannot hide the others, and records the source MAC of every
+// reply with a packet socket: the MAC tells which node answered.
+type Probe struct {
+	vip   netip.Addr
+	conns []net.Conn
+	psock int
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	last   map[string]time.Time // MAC -> time of latest reply
+	firsts []reply
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+type reply struct {
+	at  time.Time
+	mac string
+}
+
+// StartProbe begins probing vip (IPv4) from the client namespace.
+func (c Config) StartProbe(ctx context.Context, vip netip.Addr) (*Probe, error) {
+	if !vip.Is4() {
+		return nil, errors.New("the probe speaks IPv4")
+	}
+	p := &Probe{vip: vip, last: map[string]time.Time{}, stop: make(chan struct{}), psock: -1}
+	p.cond = sync.NewCond(&p.mu)
+	err := InNamespace(ClientNS, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		p.psock = fd
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index}); err != nil {
+			return fmt.Errorf("bind packet socket: %w", err)
+		}
+		tv := unix.NsecToTimeval(int64(50 * time.Millisecond))
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		for range 32 {
+			conn, err := net.Dial("udp", net.JoinHostPort(vip.String(), "7"))
+			if err != nil {
+				return err
+			}
+			p.conns = append(p.conns, conn)
+		}
+		return nil
+	})
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	for _, conn := range p.conns {
+		p.wg.Go(func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, err := conn.Read(buf); err != nil && errors.Is(err, net.ErrClosed) {
+					return
+				}
+			}
+		})
+	}
+	p.wg.Go(p.capture)
+	p.wg.Go(p.send)
+	return p, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// send writes one datagram every ProbeInterval, bounded by Close.
+func (p *Probe) send() {
+	t := time.NewTicker(ProbeInterval)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		_, _ = p.conns[i%len(p.conns)].Write([]byte("probe " + strconv.Itoa(i) + "\n"))
+	}
+}
+
+// capture reads the replies' frames.
+func (p *Probe) capture() {
+	buf := make([]byte, 2048)
+	vip := p.vip.As4()
+	for {
+		select {
+		case <-p.stop:
+			return
+		default:
+		}
+		n, _, err := unix.Recvfrom(p.psock, buf, 0)
+		if err != nil {
+			continue // timeout: look at stop again
+		}
+		f := buf[:n]
+		// Ethernet (14) + IPv4 (>= 20) + UDP (8), from VIP port 7.
+		if len(f) < 14+20+8 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
+			continue
+		}
+		ip := f[14:]
+		ihl := int(ip[0]&0x0f) * 4
+		if ip[0]>>4 != 4 || ihl < 20 || len(ip) < ihl+8 || ip[9] != syscall.IPPROTO_UDP || [4]byte(ip[12:16]) != vip {
+			continue
+		}
+		if binary.BigEndian.Uint16(ip[ihl:ihl+2]) != 7 {
+			continue
+		}
+		mac := net.HardwareAddr(f[6:12]).String()
+		now := time.Now()
+		p.mu.Lock()
+		p.last[mac] = now
+		p.firsts = append(p.firsts, reply{now, mac})
+		if len(p.firsts) > 4096 {
+			p.firsts = slices.Clone(p.firsts[2048:])
+		}
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}
+}
+
+// Current returns the MAC that answered last, if any reply came within
+// the last 100 ms.
+func (p *Probe) Current() (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var best string
+	var at time.Time
+	for mac, t := range p.last {
+		if t.After(at) {
+			best, at = mac, t
+		}
+	}
+	return best, best != "" && time.Since(at) < 100*time.Millisecond
+}
+
+// FirstOther waits until a reply after since comes from a MAC other than
+// old, and returns its time.
+func (p *Probe) FirstOther(since time.Time, old string, limit time.Duration) (time.Time, string, error) {
+	deadline := time.Now().Add(limit)
+	timer := time.AfterFunc(limit, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
+	defer timer.Stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		for _, r := range p.firsts {
+			if r.at.After(since) && r.mac != old {
+				return r.at, r.mac, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, "", fmt.Errorf("no reply from a node other than %s within %s", old, limit)
+		}
+		p.cond.Wait()
+	}
+}
+
+// Close stops the probe.
+func (p *Probe) Close() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.wg.Wait()
+	if p.psock >= 0 {
+		_ = unix.Close(p.psock)
+	}
+}
+
+// MACs maps each node's eth0 MAC to the node.
+func (c Config) MACs() (map[string]Node, error) {
+	out := map[string]Node{}
+	for _, n := range c.NodeList() {
+		err := InNamespace(n.NS, func() error {
+			ifi, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			out[ifi.HardwareAddr.String()] = n
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Members reads a speaker's view of the live members from its metrics.
+func (c Config) Members(ctx context.Context, n Node) (int, error) {
+	conn, err := DialIn(ctx, n.NS, "tcp", "127.0.0.1:7473")
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n"); err != nil {
+		return 0, err
+	}
+	b, err := io.ReadAll(io.LimitReader(conn, 1<<20))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ironlb_members "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int(f), err
+		}
+	}
+	return 0, errors.New("no ironlb_members metric")
+}
+
+// WaitSettled polls until every speaker sees every node and the probe gets
+// steady answers from one node, and returns that node.
+func (c Config) WaitSettled(ctx context.Context, p *Probe, limit time.Duration) (Node, error) {
+	macs, err := c.MACs()
+	if err != nil {
+		return Node{}, err
+	}
+	deadline := time.Now().Add(limit)
+	var last error
+	var steadyMAC string
+	var steadySince time.Time
+	for time.Now().Before(deadline) {
+		ok := true
+		for _, n := range c.NodeList() {
+			m, err := c.Members(ctx, n)
+			if err != nil || m != c.Nodes {
+				ok, last = false, fmt.Errorf("speaker on %s sees %d members (%v)", n.Name, m, err)
+				break
+			}
+		}
+		if ok {
+			// Steady: the same node has answered for 300 ms.
+			mac, fresh := p.Current()
+			n, known := macs[mac]
+			switch {
+			case !fresh || !known:
+				steadyMAC, last = "", errors.New("the probe gets no answers")
+			case mac != steadyMAC:
+				steadyMAC, steadySince = mac, time.Now()
+			case time.Since(steadySince) >= 300*time.Millisecond:
+				return n, nil
+			}
+		} else {
+			steadyMAC = ""
+		}
+		select {
+		case <-ctx.Done():
+			return Node{}, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return Node{}, fmt.Errorf("lab not settled after %s: %v", limit, last)
+}
+
+// FailoverResult is one failover.
+type FailoverResult struct {
+	Death    Death
+	From, To Node
+	// Took is from the death to the first reply through the new owner.
+	Took time.Duration
+}
+
+// Failover kills the node that answers the probe, the given way, measures
+// until a reply comes through another node, and restores the dead part.
+func (c Config) Failover(ctx context.Context, p *Probe, death Death) (FailoverResult, error) {
+	owner, err := c.WaitSettled(ctx, p, 30*time.Second)
+	if err != nil {
+		return FailoverResult{}, err
+	}
+	macs, err := c.MACs()
+	if err != nil {
+		return FailoverResult{}, err
+	}
+	oldMAC := ""
+	for m, n := range macs {
+		if n.Name == owner.Name {
+			oldMAC = m
+		}
+	}
+	t0 := time.Now()
+	switch death {
+	case KillSpeaker:
+		err = c.Kill(SpeakerName(owner))
+	case CutLink:
+		err = c.CutLink(ctx, owner)
+	default:
+		err = fmt.Errorf("unknown death %q", death)
+	}
+	if err != nil {
+		return FailoverResult{}, err
+	}
+	at, mac, ferr := p.FirstOther(t0, oldMAC, 10*time.Second)
+	// Restore whatever happened before reporting.
+	switch death {
+	case KillSpeaker:
+		err = c.StartSpeaker(owner)
+	case CutLink:
+		err = c.RestoreLink(ctx, owner)
+	}
+	if ferr != nil {
+		return FailoverResult{}, fmt.Errorf("%s of %s: %w", death, owner.Name, ferr)
+	}
+	if err != nil {
+		return FailoverResult{}, err
+	}
+	return FailoverResult{Death: death, From: owner, To: macs[mac], Took: at.Sub(t0)}, nil
+}
+
+// BenchResult summarises repeated failovers.
+type BenchResult struct {
+	Death              Death
+	Runs               int
+	Min, P50, P99, Max time.Duration
+}
+
+func (r BenchResult) String() string {
+	return fmt.Sprintf("failover (%s), %d runs, probe every %s: min %s  p50 %s  p99 %s  max %s",
+		r.Death, r.Runs, ProbeInterval, r.Min.Round(time.Millisecond), r.P50.Round(time.Millisecond),
+		r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
+}
+
+// BenchFailover repeats a failover runs times on the demo Service's IPv4
+// VIP and reports the distribution.
+func (c Config) BenchFailover(ctx context.Context, death Death, runs int, log io.Writer) (BenchResult, error) {
+	cl, err := c.Client()
+	if err != nil {
+		return BenchResult{}, err
+	}
+	ips, err := WaitServiceIPs(ctx, cl, demoKey, 1, 30*time.Second)
+	if err != nil {
+		return BenchResult{}, err
+	}
+	vip := ips[0]
+	p, err := c.StartProbe(ctx, vip)
+	if err != nil {
+		return BenchResult{}, err
+	}
+	defer p.Close()
+	var took []time.Duration
+	for i := range runs {
+		r, err := c.Failover(ctx, p, death)
+		if err != nil {
+			return BenchResult{}, fmt.Errorf("run %d: %w", i+1, err)
+		}
+		fmt.Fprintf(log, "run %2d: %s of %s -> %s in %s\n", i+1, death, r.From.Name, r.To.Name, r.Took.Round(time.Millisecond))
+		took = append(took, r.Took)
+	}
+	slices.Sort(took)
+	rank := func(q float64) time.Duration {
+		i := int(q*float64(len(took))+0.999999) - 1
+		return took[max(0, min(i, len(took)-1))]
+	}
+	return BenchResult{Death: death, Runs: runs, Min: took[0], P50: rank(0.5), P99: rank(0.99), Max: took[len(took)-1]}, nil
+}

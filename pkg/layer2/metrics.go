@@ -1,0 +1,32 @@
+package layer2
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics count what the announcer does, by protocol (arp, ndp).
+type Metrics struct {
+	requests   *prometheus.CounterVec
+	replies    *prometheus.CounterVec
+	gratuitous *prometheus.CounterVec
+}
+
+// NewMetrics creates the counters and registers them with reg, if not nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ironlb_l2_requests_total",
+			Help: "ARP requests and Neighbor Solicitations received for IPs this node announces.",
+		}, []string{"protocol"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ironlb_l2_replies_total",
+			Help: "ARP replies and solicited Neighbor Advertisements sent.",
+		}, []string{"protocol"}),
+		gratuitous: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ironlb_l2_gratuitous_total",
+			Help: "Gratuitous ARPs and unsolicited Neighbor Advertisements sent.",
+		}, []string{"protocol"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.replies, m.gratuitous)
+	}
+	return m
+}

@@ -1,0 +1,30 @@
+package speaker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// speakerMetrics are the speaker's own gauges and counters; the layer-2
+// announcer counts its packets itself.
+type speakerMetrics struct {
+	announced    *prometheus.GaugeVec
+	members      prometheus.Gauge
+	ownerChanges prometheus.Counter
+}
+
+func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
+	m := &speakerMetrics{
+		announced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ironlb_announced_ips",
+			Help: "IPs this node announces, by protocol.",
+		}, []string{"protocol"}),
+		members: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ironlb_members",
+			Help: "Live speakers this node sees, itself included.",
+		}),
+		ownerChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ironlb_l2_owner_changes_total",
+			Help: "Times the layer-2 owner of an IP changed, as this node computes it.",
+		}),
+	}
+	reg.MustRegister(m.announced, m.members, m.ownerChanges)
+	return m
+}

@@ -1,0 +1,220 @@
+package speaker
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/pkg/announce"
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/ipam"
+)
+
+// ExcludeLabel keeps a node out of external load balancing.
+const ExcludeLabel = "node.kubernetes.io/exclude-from-external-load-balancers"
+
+// world is everything one decision looks at, as read from the cache.
+type world struct {
+	nodes    []corev1.Node
+	services []corev1.Service
+	slices   []discoveryv1.EndpointSlice
+	pools    []ironlbv1alpha1.IPPool
+	l2       []ironlbv1alpha1.L2Advertisement
+	alive    map[string]bool
+}
+
+// decision is the layer-2 answer for one IP.
+type decision struct {
+	ip       netip.Addr
+	pool     string
+	services []types.NamespacedName
+	// owner is the node that answers for the IP; empty when none may.
+	owner string
+	// self is this node's reason (announce.Announcing when it owns the IP).
+	self announce.Reason
+	// interfaces come from the advertisements selecting the pool and this
+	// node; nil means choose by route.
+	interfaces []string
+}
+
+// plan decides, for every LoadBalancer IP in a pool, which node answers
+// for it, and why this node does or does not.
+func plan(w world, self string) []decision {
+	type poolRanges struct {
+		pool   *ironlbv1alpha1.IPPool
+		ranges []ipam.Range
+	}
+	pools := make([]poolRanges, 0, len(w.pools))
+	for i := range w.pools {
+		p := &w.pools[i]
+		pr := poolRanges{pool: p}
+		for _, a := range p.Spec.Addresses {
+			if r, err := ipam.ParseRange(string(a)); err == nil {
+				pr.ranges = append(pr.ranges, r)
+			}
+		}
+		pools = append(pools, pr)
+	}
+	slices.SortFunc(pools, func(a, b poolRanges) int { return cmp.Compare(a.pool.Name, b.pool.Name) })
+	poolOf := func(ip netip.Addr) *ironlbv1alpha1.IPPool {
+		for _, p := range pools {
+			for _, r := range p.ranges {
+				if r.Contains(ip) {
+					return p.pool
+				}
+			}
+		}
+		return nil
+	}
+
+	// Ready endpoints per Service, family and node.
+	type famKey struct {
+		svc types.NamespacedName
+		v6  bool
+	}
+	ready := map[famKey]map[string]int{}
+	for i := range w.slices {
+		es := &w.slices[i]
+		name := es.Labels[discoveryv1.LabelServiceName]
+		if name == "" || es.AddressType == discoveryv1.AddressTypeFQDN {
+			continue
+		}
+		k := famKey{types.NamespacedName{Namespace: es.Namespace, Name: name}, es.AddressType == discoveryv1.AddressTypeIPv6}
+		for _, ep := range es.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			if ready[k] == nil {
+				ready[k] = map[string]int{}
+			}
+			node := ""
+			if ep.NodeName != nil {
+				node = *ep.NodeName
+			}
+			ready[k][node] += len(ep.Addresses)
+		}
+	}
+
+	type ipState struct {
+		pool     *ironlbv1alpha1.IPPool
+		services []types.NamespacedName
+		svc      announce.Service
+		perNode  map[string]int
+	}
+	ips := map[netip.Addr]*ipState{}
+	for i := range w.services {
+		svc := &w.services[i]
+		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || svc.DeletionTimestamp != nil {
+			continue
+		}
+		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			ip, err := netip.ParseAddr(ing.IP)
+			if err != nil {
+				continue
+			}
+			ip = ip.Unmap()
+			pool := poolOf(ip)
+			if pool == nil {
+				continue // not ours to announce
+			}
+			st := ips[ip]
+			if st == nil {
+				st = &ipState{pool: pool, perNode: map[string]int{}}
+				ips[ip] = st
+			}
+			st.services = append(st.services, key)
+			st.svc.Local = st.svc.Local || svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+			for node, n := range ready[famKey{key, ip.Is6()}] {
+				st.svc.ReadyEndpoints += n
+				st.perNode[node] += n
+			}
+		}
+	}
+
+	out := make([]decision, 0, len(ips))
+	for ip, st := range ips {
+		nodes := make([]announce.Node, 0, len(w.nodes))
+		var ifaces []string
+		autoIfaces := false
+		for i := range w.nodes {
+			n := &w.nodes[i]
+			_, excluded := n.Labels[ExcludeLabel]
+			an := announce.Node{
+				Name:           n.Name,
+				Alive:          w.alive[n.Name] && nodeReady(n),
+				Excluded:       excluded,
+				ReadyEndpoints: st.perNode[n.Name],
+			}
+			for j := range w.l2 {
+				adv := &w.l2[j]
+				if !selectsPool(adv.Spec.PoolSelection, st.pool) || !selects(adv.Spec.NodeSelector, n.Labels) {
+					continue
+				}
+				an.Advertised = true
+				if n.Name == self {
+					if len(adv.Spec.Interfaces) == 0 {
+						autoIfaces = true
+					}
+					ifaces = append(ifaces, adv.Spec.Interfaces...)
+				}
+			}
+			nodes = append(nodes, an)
+		}
+		d := decision{ip: ip, pool: st.pool.Name, services: st.services, self: announce.L2(ip, st.svc, nodes, self)}
+		if e := announce.Eligible(ip, st.svc, nodes); len(e) > 0 {
+			d.owner = e[0]
+		}
+		if !autoIfaces && len(ifaces) > 0 {
+			slices.Sort(ifaces)
+			d.interfaces = slices.Compact(ifaces)
+		}
+		slices.SortFunc(d.services, func(a, b types.NamespacedName) int { return cmp.Compare(a.String(), b.String()) })
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b decision) int { return a.ip.Compare(b.ip) })
+	return out
+}
+
+// nodeReady is the backstop to memberlist: a node whose Ready condition is
+// False or Unknown does not announce. A node without the condition counts
+// as ready (its kubelet has not reported yet, or there is none).
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return true
+}
+
+// selectsPool tells whether an advertisement's pool selection admits the
+// pool: by name, by label, or all pools when it names none.
+func selectsPool(sel ironlbv1alpha1.PoolSelection, pool *ironlbv1alpha1.IPPool) bool {
+	if len(sel.IPPools) == 0 && sel.IPPoolSelector == nil {
+		return true
+	}
+	if slices.Contains(sel.IPPools, pool.Name) {
+		return true
+	}
+	return sel.IPPoolSelector != nil && selects(sel.IPPoolSelector, pool.Labels)
+}
+
+// selects evaluates a label selector; nil selects everything and an invalid
+// one nothing.
+func selects(sel *metav1.LabelSelector, set map[string]string) bool {
+	if sel == nil {
+		return true
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return false
+	}
+	return s.Matches(labels.Set(set))
+}

@@ -1,0 +1,273 @@
+// Package speaker is the node agent's brain: it watches Services,
+// EndpointSlices, Nodes, IPPools and L2Advertisements, asks pkg/announce
+// which of the Services' IPs this node should announce, drives the layer-2
+// announcer, and records what it announces as Announcement objects and
+// Events. Liveness of the other speakers comes from memberlist, with the
+// Node's Ready condition as a backstop.
+package speaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/layer2"
+)
+
+// +kubebuilder:rbac:groups="",resources=services;nodes;namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
+// +kubebuilder:rbac:groups=ironlb.dev,resources=ippools;l2advertisements;bgppeers;bgpadvertisements,verbs=get;list;watch
+// +kubebuilder:rbac:groups=ironlb.dev,resources=announcements,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Options configure a speaker.
+type Options struct {
+	// NodeName is the Node this speaker runs on.
+	NodeName string
+	// Dataplane is "kernel" (announce only) or "xdp".
+	Dataplane   string
+	MetricsAddr string
+	HealthAddr  string
+	Members     MemberOptions
+	Layer2      layer2.Options
+	// Resync recomputes everything this often even without events.
+	Resync time.Duration
+}
+
+// DefaultOptions returns the defaults of the flags.
+func DefaultOptions() Options {
+	return Options{
+		Dataplane:   "xdp",
+		MetricsAddr: ":7473",
+		HealthAddr:  ":7474",
+		Members:     DefaultMemberOptions(),
+		Layer2:      layer2.DefaultOptions(),
+		Resync:      10 * time.Second,
+	}
+}
+
+// Speaker announces this node's share of the Services' IPs.
+type Speaker struct {
+	opts    Options
+	log     logr.Logger
+	mgr     manager.Manager
+	client  client.Client
+	l2      *layer2.Announcer
+	members *members
+	metrics *speakerMetrics
+	writer  *writer
+
+	trigger chan struct{}
+	// owners remembers the computed layer-2 owner of each IP, to count
+	// owner changes.
+	owners map[netip.Addr]string
+}
+
+// New builds a speaker on a manager of its own (no leader election: every
+// node runs one).
+func New(cfg *rest.Config, opts Options) (*Speaker, error) {
+	if opts.NodeName == "" {
+		return nil, errors.New("the node name is required (--node-name or NODE_NAME)")
+	}
+	if opts.Dataplane != "kernel" && opts.Dataplane != "xdp" {
+		return nil, fmt.Errorf("unknown data plane %q: want xdp or kernel", opts.Dataplane)
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := ironlbv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	shutdown := 2 * time.Second
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  scheme,
+		GracefulShutdownTimeout: &shutdown,
+		Metrics:                 metricsserver.Options{BindAddress: opts.MetricsAddr},
+		HealthProbeBindAddress:  opts.HealthAddr,
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create manager: %w", err)
+	}
+	if opts.HealthAddr != "0" {
+		if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
+			return nil, err
+		}
+	}
+	log := ctrl.Log.WithName("speaker").WithValues("node", opts.NodeName)
+	s := &Speaker{
+		opts:    opts,
+		log:     log,
+		mgr:     mgr,
+		client:  mgr.GetClient(),
+		l2:      layer2.New(log.WithName("layer2"), opts.Layer2, layer2.NewMetrics(metrics.Registry)),
+		metrics: newSpeakerMetrics(metrics.Registry),
+		trigger: make(chan struct{}, 1),
+		owners:  map[netip.Addr]string{},
+	}
+	s.writer = newWriter(log.WithName("status"), mgr.GetClient(), mgr.GetEventRecorder("ironlb-speaker"), opts.NodeName)
+	if err := mgr.Add(manager.RunnableFunc(s.run)); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Start runs the speaker until ctx ends. On the way out it stops answering
+// and leaves the member list at once, so another node takes over without
+// waiting for failure detection.
+func (s *Speaker) Start(ctx context.Context) error {
+	return s.mgr.Start(ctx)
+}
+
+// poke asks for a recomputation; several pokes while one runs make one more.
+func (s *Speaker) poke() {
+	select {
+	case s.trigger <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Speaker) run(ctx context.Context) error {
+	c := s.mgr.GetCache()
+	handler := toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.poke() },
+		UpdateFunc: func(any, any) { s.poke() },
+		DeleteFunc: func(any) { s.poke() },
+	}
+	for _, obj := range []client.Object{&corev1.Service{}, &discoveryv1.EndpointSlice{}, &corev1.Node{},
+		&ironlbv1alpha1.IPPool{}, &ironlbv1alpha1.L2Advertisement{}} {
+		inf, err := c.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("watch %T: %w", obj, err)
+		}
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("watch %T: %w", obj, err)
+		}
+	}
+	// Announcements are read by the status writer only: changes to them
+	// must not trigger decisions, or two speakers that disagree for a
+	// moment would feed each other.
+	if _, err := c.GetInformer(ctx, &ironlbv1alpha1.Announcement{}); err != nil {
+		return fmt.Errorf("watch announcements: %w", err)
+	}
+	if !c.WaitForCacheSync(ctx) {
+		return ctx.Err()
+	}
+
+	// Memberlist advertises the node's InternalIP, which the other
+	// speakers also find on the Node object when they join.
+	var self corev1.Node
+	if err := s.client.Get(ctx, client.ObjectKey{Name: s.opts.NodeName}, &self); err != nil {
+		return fmt.Errorf("get own node %s: %w", s.opts.NodeName, err)
+	}
+	advertise := s.opts.Members.BindAddr
+	if advertise == "" || advertise == "0.0.0.0" {
+		advertise = nodeAddress(&self)
+	}
+	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, s.opts.Members, s.poke)
+	if err != nil {
+		return err
+	}
+	s.members = m
+	// A first join before the first decision: a speaker that starts alone
+	// would otherwise think it owns every IP for a moment.
+	m.join(mapValues(s.peers(ctx)), s.opts.Members.Port)
+
+	l2ctx, stopL2 := context.WithCancel(context.WithoutCancel(ctx))
+	l2done := make(chan struct{})
+	go func() { s.l2.Run(l2ctx); close(l2done) }()
+	go m.joinLoop(ctx, func() map[string]string { return s.peers(ctx) }, s.opts.Members.Port)
+	go s.writer.run(ctx)
+
+	resync := time.NewTicker(s.opts.Resync)
+	defer resync.Stop()
+	s.poke()
+	for {
+		select {
+		case <-ctx.Done():
+			// Hand over: stop answering, then tell the others.
+			stopL2()
+			<-l2done
+			m.leave(500 * time.Millisecond)
+			s.log.Info("stopped announcing and left the member list")
+			return nil
+		case <-s.trigger:
+		case <-resync.C:
+		}
+		if err := s.sync(ctx); err != nil {
+			s.log.Error(err, "sync")
+		}
+	}
+}
+
+// peers returns the other nodes' names and addresses.
+func (s *Speaker) peers(ctx context.Context) map[string]string {
+	var nodes corev1.NodeList
+	if err := s.client.List(ctx, &nodes); err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		if n.Name == s.opts.NodeName {
+			continue
+		}
+		if a := nodeAddress(n); a != "" {
+			out[n.Name] = a
+		}
+	}
+	return out
+}
+
+// nodeAddress is the node's first InternalIP, preferring IPv4.
+func nodeAddress(n *corev1.Node) string {
+	var v6 string
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		if ip.Is4() {
+			return a.Address
+		}
+		if v6 == "" {
+			v6 = a.Address
+		}
+	}
+	return v6
+}
+
+func mapValues(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}

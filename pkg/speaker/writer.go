@@ -1,0 +1,216 @@
+package speaker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+)
+
+// Labels on Announcement objects, so they can be listed by node or Service.
+const (
+	LabelNode     = "ironlb.dev/node"
+	LabelService  = "ironlb.dev/service"
+	LabelProtocol = "ironlb.dev/protocol"
+)
+
+// announcement is one (Service, IP) this node announces.
+type announcement struct {
+	service    types.NamespacedName
+	ip         netip.Addr
+	interfaces []string
+}
+
+// ownedIP is an IP this node is the computed owner of, with its Services.
+type ownedIP struct {
+	ip       netip.Addr
+	services []types.NamespacedName
+}
+
+// writer turns the latest decision into Announcement objects and Events.
+// It runs apart from the decision loop: a slow or unreachable API server
+// never delays an announcement on the wire.
+type writer struct {
+	log      logr.Logger
+	client   client.Client
+	recorder recorder.EventRecorder
+	node     string
+
+	mu      sync.Mutex
+	mine    []announcement
+	owned   []ownedIP
+	alive   map[string]bool
+	kick    chan struct{}
+	evented map[string]bool // (service, ip) keys an Announcing event was sent for
+}
+
+func newWriter(log logr.Logger, c client.Client, rec recorder.EventRecorder, node string) *writer {
+	return &writer{log: log, client: c, recorder: rec, node: node, kick: make(chan struct{}, 1), evented: map[string]bool{}}
+}
+
+// publish hands over a new decision.
+func (w *writer) publish(mine []announcement, owned []ownedIP, alive map[string]bool) {
+	w.mu.Lock()
+	w.mine, w.owned, w.alive = mine, owned, alive
+	w.mu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (w *writer) run(ctx context.Context) {
+	retry := time.NewTicker(5 * time.Second)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.kick:
+		case <-retry.C:
+		}
+		if err := w.write(ctx); err != nil && ctx.Err() == nil {
+			w.log.Error(err, "write announcements")
+		}
+	}
+}
+
+// AnnouncementName is the object name for a Service's IP announced by a
+// node: the Service name and a hash that keeps it unique and short.
+func AnnouncementName(svc, ip, node string, proto ironlbv1alpha1.Protocol) string {
+	sum := sha256.Sum256([]byte(ip + "/" + node + "/" + string(proto)))
+	h := hex.EncodeToString(sum[:5])
+	if len(svc) > 200 {
+		svc = svc[:200]
+	}
+	return strings.TrimRight(svc, "-.") + "-" + h
+}
+
+// labelValue keeps a label value valid: long names become a hash.
+func labelValue(s string) string {
+	if len(s) <= 63 {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:16])
+}
+
+func (w *writer) write(ctx context.Context) error {
+	w.mu.Lock()
+	mine, owned, alive := w.mine, w.owned, w.alive
+	w.mu.Unlock()
+
+	var list ironlbv1alpha1.AnnouncementList
+	if err := w.client.List(ctx, &list); err != nil {
+		return err
+	}
+	existing := map[types.NamespacedName]*ironlbv1alpha1.Announcement{}
+	for i := range list.Items {
+		a := &list.Items[i]
+		existing[types.NamespacedName{Namespace: a.Namespace, Name: a.Name}] = a
+	}
+	var errs []error
+	want := map[types.NamespacedName]bool{}
+	wantEvent := map[string]bool{}
+	for _, m := range mine {
+		ip := m.ip.String()
+		key := types.NamespacedName{Namespace: m.service.Namespace, Name: AnnouncementName(m.service.Name, ip, w.node, ironlbv1alpha1.ProtocolL2)}
+		want[key] = true
+		evKey := m.service.String() + "/" + ip
+		wantEvent[evKey] = true
+		var svc corev1.Service
+		if err := w.client.Get(ctx, m.service, &svc); err != nil {
+			if !apierrors.IsNotFound(err) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if !w.evented[evKey] {
+			w.recorder.Eventf(&svc, nil, corev1.EventTypeNormal, "Announcing", "Announce",
+				"%s announced by node %s on %s (%s)", ip, w.node, strings.Join(m.interfaces, ","), l2Kind(m.ip))
+			w.evented[evKey] = true
+		}
+		spec := ironlbv1alpha1.AnnouncementSpec{
+			Service: m.service.Name, IP: ip, Node: w.node, Protocol: ironlbv1alpha1.ProtocolL2, Interfaces: m.interfaces,
+		}
+		if cur := existing[key]; cur != nil {
+			if cur.Spec.IP != spec.IP || !slices.Equal(cur.Spec.Interfaces, spec.Interfaces) {
+				cur.Spec = spec
+				if err := w.client.Update(ctx, cur); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			continue
+		}
+		obj := &ironlbv1alpha1.Announcement{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace: key.Namespace,
+				Name:      key.Name,
+				Labels: map[string]string{
+					LabelNode:     labelValue(w.node),
+					LabelService:  labelValue(m.service.Name),
+					LabelProtocol: "L2",
+				},
+				OwnerReferences: []metav1.OwnerReference{{
+					APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: svc.UID,
+				}},
+			},
+			Spec: spec,
+		}
+		if err := w.client.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			errs = append(errs, err)
+		}
+	}
+	for k := range w.evented {
+		if !wantEvent[k] {
+			delete(w.evented, k)
+		}
+	}
+	// Remove what this node no longer announces, and, for the IPs it owns,
+	// what dead nodes left behind.
+	ownedIPs := map[string]bool{}
+	for _, o := range owned {
+		ownedIPs[o.ip.String()] = true
+	}
+	for key, a := range existing {
+		if a.Spec.Protocol != ironlbv1alpha1.ProtocolL2 {
+			continue
+		}
+		stale := false
+		switch {
+		case a.Spec.Node == w.node:
+			stale = !want[key]
+		case ownedIPs[a.Spec.IP] && !alive[a.Spec.Node]:
+			stale = true
+		}
+		if !stale {
+			continue
+		}
+		if err := w.client.Delete(ctx, a, client.Preconditions{UID: &a.UID}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func l2Kind(ip netip.Addr) string {
+	if ip.Is4() {
+		return "ARP"
+	}
+	return "NDP"
+}
