@@ -27,6 +27,10 @@ $(CONTROLLER_GEN): hack/tools/dev/go.mod
 $(GOLANGCI_LINT): hack/tools/lint/go.mod
 	cd hack/tools/lint && $(GO) build -o $(TOOLS)/ github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 
+.PHONY: deps
+deps: ## Install the Debian packages the lab and BPF build need (idempotent; root).
+	hack/deps.sh
+
 .PHONY: kube-binaries
 kube-binaries: ## Build kube-apiserver, kube-proxy and etcd into bin/k8s (first time only).
 	hack/kube-binaries.sh >/dev/null
@@ -36,6 +40,7 @@ generate: $(CONTROLLER_GEN) ## Regenerate deepcopy, CRDs and RBAC from the Go ma
 	$(CONTROLLER_GEN) object paths=./pkg/apis/...
 	$(CONTROLLER_GEN) crd:crdVersions=v1 paths=./pkg/apis/... output:crd:dir=manifests/crd
 	$(CONTROLLER_GEN) rbac:roleName=ironlb-controller paths=./pkg/controller/... output:rbac:dir=manifests/rbac/controller
+	$(CONTROLLER_GEN) rbac:roleName=ironlb-speaker paths=./pkg/speaker/... output:rbac:dir=manifests/rbac/speaker
 
 .PHONY: verify
 verify: ## Fail when generated files are stale or code is not gofmt'ed.
@@ -65,11 +70,12 @@ fuzz: ## Run each fuzz target for a fixed number of executions (about 10 s each)
 	$(GO) test ./pkg/ipam -run '^$$' -fuzz '^FuzzAllocator$$' -fuzztime $(FUZZ_ALLOC_EXECS) -timeout 5m
 
 .PHONY: e2e
-e2e: kube-binaries ## Run the end-to-end suites in the lab (root).
-	@if compgen -G 'e2e/*.go' >/dev/null; then $(GO) test ./e2e/...; else echo "e2e: no lab suites yet (they land with the lab, issue 3)"; fi
+e2e: deps build kube-binaries ## Run the end-to-end suites in the lab (root).
+	$(GO) test ./e2e/... -count=1 -v -timeout 15m
 
 .PHONY: test
 test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.
+	$(MAKE) deps
 	$(MAKE) verify
 	$(MAKE) lint
 	$(MAKE) unit
@@ -78,14 +84,15 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.
 	$(MAKE) e2e
 
 .PHONY: bench
-bench: kube-binaries ## Run the benchmarks (allocator, controller load against a real API server).
-	$(GO) test ./pkg/ipam -run '^$$' -bench . -benchmem
+bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, controller load, lab failover.
+	$(GO) test ./pkg/ipam ./pkg/announce -run '^$$' -bench . -benchmem
 	$(GO) test ./pkg/controller -run '^$$' -bench ControllerLoad -benchtime 1x
+	$(BIN)/ironlb-lab up >/dev/null
+	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
 
 .PHONY: lab
-lab: build kube-binaries ## Build everything and bring up the one-machine lab.
-	@echo "The lab (cmd/ironlb-lab) lands with issue 3; 'make test' covers the controller today." >&2
-	@exit 1
+lab: deps build kube-binaries ## Build everything and bring up the one-machine lab (root).
+	$(BIN)/ironlb-lab up
 
 .PHONY: clean
 clean: ## Remove built binaries (keeps the Kubernetes binaries cache).

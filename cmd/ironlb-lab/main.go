@@ -122,7 +122,7 @@ func run() error {
 		return nil
 	case "exec":
 		if len(rest) < 1 {
-			return errors.New("usage: exec NS -- CMD...")
+			return errors.New("usage: exec NS -- CMD")
 		}
 		ns, argv := rest[0], rest[1:]
 		if len(argv) > 0 && argv[0] == "--" {

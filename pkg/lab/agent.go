@@ -27,14 +27,14 @@ func InNamespace(ns string, fn func() error) error {
 	if err != nil {
 		return fmt.Errorf("open namespace %s: %w", ns, err)
 	}
-	defer target.Close()
+	defer func() { _ = target.Close() }()
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("current namespace: %w", err)
 	}
-	defer orig.Close()
+	defer func() { _ = orig.Close() }()
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("enter namespace %s: %w", ns, err)
@@ -106,7 +106,7 @@ func (c Config) RunAgent(ctx context.Context) error {
 		srv := &http.Server{
 			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				host, _, _ := net.SplitHostPort(r.RemoteAddr)
-				fmt.Fprintf(w, "%s %s\n", p.Name, host)
+				_, _ = fmt.Fprintf(w, "%s %s\n", p.Name, host)
 			}),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          log.New(io.Discard, "", 0),
@@ -128,12 +128,12 @@ func forward(l net.Listener, to string) {
 			return
 		}
 		go func() {
-			defer in.Close()
+			defer func() { _ = in.Close() }()
 			out, err := net.DialTimeout("tcp", to, 5*time.Second)
 			if err != nil {
 				return
 			}
-			defer out.Close()
+			defer func() { _ = out.Close() }()
 			done := make(chan struct{}, 2)
 			go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
 			go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
@@ -151,7 +151,7 @@ func echoTCP(l net.Listener, pod string) {
 			return
 		}
 		go func() {
-			defer conn.Close()
+			defer func() { _ = conn.Close() }()
 			r := bufio.NewReader(io.LimitReader(conn, 1<<30))
 			for {
 				line, err := r.ReadString('\n')

@@ -240,7 +240,7 @@ func (c Config) Members(ctx context.Context, n Node) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n"); err != nil {
 		return 0, err
@@ -392,7 +392,7 @@ func (c Config) BenchFailover(ctx context.Context, death Death, runs int, log io
 		if err != nil {
 			return BenchResult{}, fmt.Errorf("run %d: %w", i+1, err)
 		}
-		fmt.Fprintf(log, "run %2d: %s of %s -> %s in %s\n", i+1, death, r.From.Name, r.To.Name, r.Took.Round(time.Millisecond))
+		_, _ = fmt.Fprintf(log, "run %2d: %s of %s -> %s in %s\n", i+1, death, r.From.Name, r.To.Name, r.Took.Round(time.Millisecond))
 		took = append(took, r.Took)
 	}
 	slices.Sort(took)

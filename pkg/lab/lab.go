@@ -101,7 +101,7 @@ type Pod struct {
 	HostLink string
 }
 
-// Nodes returns the lab's nodes.
+// NodeList returns the lab's nodes.
 func (c Config) NodeList() []Node {
 	out := make([]Node, c.Nodes)
 	for i := range out {

@@ -10,29 +10,29 @@ import (
 	"time"
 )
 
-// sh runs a command and returns its error with its output.
-func sh(ctx context.Context, name string, args ...string) error {
+// sh runs iproute2's ip and returns its error with its output.
+func sh(ctx context.Context, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
 }
 
 // ipn runs `ip -n NS ...`.
 func ipn(ctx context.Context, ns string, args ...string) error {
-	return sh(ctx, "ip", append([]string{"-n", ns}, args...)...)
+	return sh(ctx, append([]string{"-n", ns}, args...)...)
 }
 
 // sysctl sets kernel parameters inside a namespace.
 func sysctl(ctx context.Context, ns string, kv ...string) error {
-	return sh(ctx, "ip", append([]string{"netns", "exec", ns, "sysctl", "-qw"}, kv...)...)
+	return sh(ctx, append([]string{"netns", "exec", ns, "sysctl", "-qw"}, kv...)...)
 }
 
-// LabNamespaces lists the network namespaces that carry the lab prefix.
-func LabNamespaces(ctx context.Context) ([]string, error) {
+// Namespaces lists the network namespaces that carry the lab prefix.
+func Namespaces(ctx context.Context) ([]string, error) {
 	out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
 	if err != nil {
 		return nil, fmt.Errorf("ip netns list: %w", err)
@@ -61,7 +61,7 @@ func (c Config) buildNetwork(ctx context.Context) error {
 		all = append(all, p.NS)
 	}
 	for _, ns := range all {
-		if err := sh(ctx, "ip", "netns", "add", ns); err != nil {
+		if err := sh(ctx, "netns", "add", ns); err != nil {
 			return err
 		}
 		if err := ipn(ctx, ns, "link", "set", "lo", "up"); err != nil {
@@ -176,13 +176,13 @@ func (c Config) buildNetwork(ctx context.Context) error {
 
 // deleteNetwork removes every lab namespace, after killing what runs in it.
 func deleteNetwork(ctx context.Context) error {
-	names, err := LabNamespaces(ctx)
+	names, err := Namespaces(ctx)
 	if err != nil {
 		return err
 	}
 	for _, ns := range names {
 		killNamespacePids(ctx, ns)
-		if err := sh(ctx, "ip", "netns", "delete", ns); err != nil {
+		if err := sh(ctx, "netns", "delete", ns); err != nil {
 			return err
 		}
 	}

@@ -35,7 +35,7 @@ func (c Config) Start(name, ns string, argv ...string) error {
 	if err != nil {
 		return err
 	}
-	defer log.Close()
+	defer func() { _ = log.Close() }()
 	if ns != "" {
 		argv = append([]string{"ip", "netns", "exec", ns}, argv...)
 	}
@@ -43,7 +43,7 @@ func (c Config) Start(name, ns string, argv ...string) error {
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), markerEnv+"="+c.Dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	fmt.Fprintf(log, "--- %s start: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
+	_, _ = fmt.Fprintf(log, "--- %s start: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}

@@ -53,7 +53,7 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 	if err := c.save(); err != nil {
 		return nil, err
 	}
-	step := func(what string) { fmt.Fprintf(out, "lab: %s\n", what) }
+	step := func(what string) { _, _ = fmt.Fprintf(out, "lab: %s\n", what) }
 
 	step("starting etcd and kube-apiserver on 127.0.0.1:" + strconv.Itoa(c.APIPort))
 	if err := c.startControlPlane(ctx); err != nil {
@@ -188,7 +188,7 @@ func (c Config) Get(ctx context.Context, vip netip.Addr) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	return strings.TrimSpace(string(b)), err
 }

@@ -1,0 +1,134 @@
+// Package e2e runs ironlb end to end in the one-machine lab: a real API
+// server, real network namespaces on a real bridge, real kube-proxy, the
+// real controller and speakers, real ARP, NDP, TCP and UDP. It needs root.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/lab"
+)
+
+var (
+	cfg lab.Config
+	cl  client.Client
+	// vip4 and vip6 are the demo Service's IPs.
+	vip4, vip6 netip.Addr
+)
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipped: the lab needs root (network namespaces, veths, raw sockets); CI runs it as root")
+		os.Exit(0)
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	cfg = lab.DefaultConfig(filepath.Join(root, ".lab"))
+	cfg.Bin = filepath.Join(root, "bin")
+	cfg.K8sBin = filepath.Join(root, "bin", "k8s")
+	if v := os.Getenv("IRONLB_K8S_BIN"); v != "" {
+		cfg.K8sBin = v
+	}
+	ctx := context.Background()
+	ips, err := cfg.Up(ctx, root, os.Stdout)
+	if err != nil {
+		fmt.Println("e2e: lab up:", err)
+		_ = lab.Down(ctx, cfg.Dir)
+		return 1
+	}
+	for _, ip := range ips {
+		if ip.Is4() {
+			vip4 = ip
+		} else {
+			vip6 = ip
+		}
+	}
+	if cl, err = cfg.Client(); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	code := m.Run()
+	if code != 0 {
+		fmt.Printf("e2e: failed; logs are in %s/logs\n", cfg.Dir)
+	}
+	if os.Getenv("IRONLB_E2E_KEEP") == "" {
+		if err := lab.Down(ctx, cfg.Dir); err != nil {
+			fmt.Println("e2e: lab down:", err)
+			return 1
+		}
+	}
+	return code
+}
+
+// eventually polls cond every 100 ms until it returns nil or limit passes.
+func eventually(t *testing.T, limit time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", limit, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// announcers returns the nodes with an L2 Announcement of the IP for the
+// Service.
+func announcers(ctx context.Context, svc string, ip netip.Addr) ([]string, error) {
+	var list ironlbv1alpha1.AnnouncementList
+	if err := cl.List(ctx, &list, client.InNamespace("default")); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, a := range list.Items {
+		if a.Spec.Service == svc && a.Spec.IP == ip.String() && a.Spec.Protocol == ironlbv1alpha1.ProtocolL2 {
+			out = append(out, a.Spec.Node)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// oneAnnouncer waits until exactly one node announces the IP, and returns it.
+func oneAnnouncer(t *testing.T, svc string, ip netip.Addr, want func(string) error) string {
+	t.Helper()
+	var node string
+	eventually(t, 20*time.Second, func() error {
+		got, err := announcers(t.Context(), svc, ip)
+		if err != nil {
+			return err
+		}
+		if len(got) != 1 {
+			return fmt.Errorf("%s of %s is announced by %v, want exactly one node", ip, svc, got)
+		}
+		if want != nil {
+			if err := want(got[0]); err != nil {
+				return err
+			}
+		}
+		node = got[0]
+		return nil
+	})
+	return node
+}
