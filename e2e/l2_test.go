@@ -14,8 +14,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	"github.com/ironlb/ironlb/pkg/config"
@@ -384,4 +386,62 @@ func TestSharedIPHasOneAnnouncer(t *testing.T) {
 	if _, err := udpEcho(ctx, ip, "shared"); err != nil {
 		t.Errorf("UDP through the shared IP: %v", err)
 	}
+}
+
+func TestAnnouncingEvent(t *testing.T) {
+	owner := oneAnnouncer(t, lab.DemoService, vip4, nil)
+	eventually(t, 10*time.Second, func() error {
+		var list eventsv1.EventList
+		if err := cl.List(t.Context(), &list, client.InNamespace("default")); err != nil {
+			return err
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == lab.DemoService && e.Reason == "Announcing" &&
+				strings.Contains(e.Note, vip4.String()) && strings.Contains(e.Note, owner) && strings.Contains(e.Note, "eth0") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no Announcing event for %s naming %s and eth0 among %d events", vip4, owner, len(list.Items))
+	})
+}
+
+// TestAPIServerOutage stops kube-apiserver: the speakers keep answering
+// from what they last knew, and a speaker death is still covered, since
+// failure detection does not need the API server.
+func TestAPIServerOutage(t *testing.T) {
+	ctx := t.Context()
+	owner := oneAnnouncer(t, lab.DemoService, vip4, nil)
+	if err := cfg.Stop("kube-apiserver", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := cfg.StartAPIServer(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.WaitAPIServer(context.WithoutCancel(ctx), 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	if err := cfg.WaitAPIServer(ctx, 2*time.Second); err == nil {
+		t.Fatal("the API server still answers after being stopped")
+	}
+	if macs := arpingMACs(t, vip4); len(macs) != 1 || macs[0] != macOf(t, owner) {
+		t.Errorf("during the outage arping %s saw %v, want only %s", vip4, macs, macOf(t, owner))
+	}
+	if _, err := cfg.Get(ctx, vip4); err != nil {
+		t.Errorf("during the outage http://%s/: %v", vip4, err)
+	}
+	p, err := cfg.StartProbe(ctx, vip4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	r, err := cfg.Failover(ctx, p, lab.KillSpeaker)
+	if err != nil {
+		t.Fatalf("failover without an API server: %v", err)
+	}
+	if r.To.Name == r.From.Name {
+		t.Errorf("failover without an API server stayed on %s", r.From.Name)
+	}
+	t.Logf("without an API server, %s of %s: answers through %s after %s", r.Death, r.From.Name, r.To.Name, r.Took.Round(time.Millisecond))
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -64,22 +65,7 @@ func (c Config) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	server := fmt.Sprintf("https://127.0.0.1:%d", c.APIPort)
-	if err := c.Start("kube-apiserver", "", filepath.Join(c.K8sBin, "kube-apiserver"),
-		"--etcd-servers", etcdURL,
-		"--bind-address", "127.0.0.1",
-		"--advertise-address", "127.0.0.1",
-		"--secure-port", strconv.Itoa(c.APIPort),
-		"--cert-dir", filepath.Join(pki, "serving"),
-		"--token-auth-file", tokens,
-		"--authorization-mode", "RBAC",
-		"--service-account-issuer", server,
-		"--service-account-key-file", saKey,
-		"--service-account-signing-key-file", saKey,
-		"--service-cluster-ip-range", "10.96.0.0/16,fd96::/108",
-		"--disable-admission-plugins", "ServiceAccount",
-		"--allow-privileged",
-		"--endpoint-reconciler-type", "none",
-	); err != nil {
+	if err := c.StartAPIServer(); err != nil {
 		return err
 	}
 	kubeconfig := fmt.Sprintf(`apiVersion: v1
@@ -102,6 +88,40 @@ current-context: lab
 		return err
 	}
 	return waitHealthy(ctx, server+"/readyz", token, 90*time.Second)
+}
+
+// StartAPIServer runs kube-apiserver on 127.0.0.1:APIPort with the lab's
+// keys; the e2e suites stop and restart it to show that speakers keep
+// announcing through an outage.
+func (c Config) StartAPIServer() error {
+	pki := c.path("pki")
+	saKey := filepath.Join(pki, "sa.key")
+	return c.Start("kube-apiserver", "", filepath.Join(c.K8sBin, "kube-apiserver"),
+		"--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", c.EtcdPort),
+		"--bind-address", "127.0.0.1",
+		"--advertise-address", "127.0.0.1",
+		"--secure-port", strconv.Itoa(c.APIPort),
+		"--cert-dir", filepath.Join(pki, "serving"),
+		"--token-auth-file", filepath.Join(pki, "tokens.csv"),
+		"--authorization-mode", "RBAC",
+		"--service-account-issuer", fmt.Sprintf("https://127.0.0.1:%d", c.APIPort),
+		"--service-account-key-file", saKey,
+		"--service-account-signing-key-file", saKey,
+		"--service-cluster-ip-range", "10.96.0.0/16,fd96::/108",
+		"--disable-admission-plugins", "ServiceAccount",
+		"--allow-privileged",
+		"--endpoint-reconciler-type", "none",
+	)
+}
+
+// WaitAPIServer polls until the API server is ready again.
+func (c Config) WaitAPIServer(ctx context.Context, limit time.Duration) error {
+	b, err := os.ReadFile(c.path("pki", "tokens.csv"))
+	if err != nil {
+		return err
+	}
+	token, _, _ := strings.Cut(string(b), ",")
+	return waitHealthy(ctx, fmt.Sprintf("https://127.0.0.1:%d/readyz", c.APIPort), token, limit)
 }
 
 // waitHealthy polls the API server's readiness endpoint until it answers.

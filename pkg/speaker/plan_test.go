@@ -1,0 +1,182 @@
+package speaker
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ironlb/ironlb/pkg/announce"
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+)
+
+func testNode(name string, labels map[string]string, ready corev1.ConditionStatus) corev1.Node {
+	return corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		Status:     corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: ready}}},
+	}
+}
+
+func testService(name, ip string, local bool) corev1.Service {
+	s := corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer},
+		Status:     corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: ip}}}},
+	}
+	if local {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	}
+	return s
+}
+
+// testSlice gives the Service one ready endpoint on each named node.
+func testSlice(svc string, nodes ...string) discoveryv1.EndpointSlice {
+	es := discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: svc + "-x", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	for i, n := range nodes {
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+			Addresses: []string{netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}).String()},
+			NodeName:  new(n),
+		})
+	}
+	return es
+}
+
+func testPool(name string, labels map[string]string, addrs ...string) ironlbv1alpha1.IPPool {
+	p := ironlbv1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	for _, a := range addrs {
+		p.Spec.Addresses = append(p.Spec.Addresses, ironlbv1alpha1.AddressRange(a))
+	}
+	return p
+}
+
+func TestPlan(t *testing.T) {
+	abc := []corev1.Node{
+		testNode("a", map[string]string{"zone": "1"}, corev1.ConditionTrue),
+		testNode("b", map[string]string{"zone": "2"}, corev1.ConditionTrue),
+		testNode("c", map[string]string{"zone": "2"}, corev1.ConditionTrue),
+	}
+	allAlive := map[string]bool{"a": true, "b": true, "c": true}
+	pools := []ironlbv1alpha1.IPPool{
+		testPool("lan", map[string]string{"scope": "lan"}, "192.0.2.0/24"),
+		testPool("other", nil, "198.51.100.0/24"),
+	}
+	allAdv := []ironlbv1alpha1.L2Advertisement{{ObjectMeta: metav1.ObjectMeta{Name: "all"}}}
+	ip := netip.MustParseAddr("192.0.2.10")
+	rank := func(nodes ...string) string {
+		announce.Rank(ip, nodes)
+		return nodes[0]
+	}
+
+	tests := map[string]struct {
+		w         world
+		wantOwner string
+		wantIfs   []string
+		wantNone  bool
+	}{
+		"all eligible: rendezvous owner": {
+			w:         world{nodes: abc, services: []corev1.Service{testService("s", "192.0.2.10", false)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "a")}, pools: pools, l2: allAdv, alive: allAlive},
+			wantOwner: rank("a", "b", "c"),
+		},
+		"IP outside every pool is not ours": {
+			w:        world{nodes: abc, services: []corev1.Service{testService("s", "203.0.113.1", false)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "a")}, pools: pools, l2: allAdv, alive: allAlive},
+			wantNone: true,
+		},
+		"dead and not-ready nodes are skipped": {
+			w: world{nodes: []corev1.Node{abc[0], abc[1], testNode("c", nil, corev1.ConditionFalse)},
+				services: []corev1.Service{testService("s", "192.0.2.10", false)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "a")},
+				pools: pools, l2: allAdv, alive: map[string]bool{"a": true, "c": true}},
+			wantOwner: "a",
+		},
+		"excluded node": {
+			w: world{nodes: []corev1.Node{testNode("a", map[string]string{ExcludeLabel: ""}, corev1.ConditionTrue), abc[1]},
+				services: []corev1.Service{testService("s", "192.0.2.10", false)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "a")},
+				pools: pools, l2: allAdv, alive: allAlive},
+			wantOwner: "b",
+		},
+		"advertisement by pool label and node selector, with interfaces": {
+			w: world{nodes: abc, services: []corev1.Service{testService("s", "192.0.2.10", false)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "a")},
+				pools: pools, alive: allAlive,
+				l2: []ironlbv1alpha1.L2Advertisement{
+					{ObjectMeta: metav1.ObjectMeta{Name: "zone1"}, Spec: ironlbv1alpha1.L2AdvertisementSpec{
+						PoolSelection: ironlbv1alpha1.PoolSelection{IPPoolSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"scope": "lan"}}},
+						NodeSelector:  &metav1.LabelSelector{MatchLabels: map[string]string{"zone": "1"}},
+						Interfaces:    []string{"eth1", "eth0"},
+					}},
+					{ObjectMeta: metav1.ObjectMeta{Name: "wrong-pool"}, Spec: ironlbv1alpha1.L2AdvertisementSpec{
+						PoolSelection: ironlbv1alpha1.PoolSelection{IPPools: []string{"other"}},
+					}},
+				}},
+			wantOwner: "a",
+			wantIfs:   []string{"eth0", "eth1"},
+		},
+		"no advertisement selects the pool": {
+			w: world{nodes: abc, services: []corev1.Service{testService("s", "192.0.2.10", false)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "a")},
+				pools: pools, alive: allAlive,
+				l2: []ironlbv1alpha1.L2Advertisement{{ObjectMeta: metav1.ObjectMeta{Name: "x"}, Spec: ironlbv1alpha1.L2AdvertisementSpec{PoolSelection: ironlbv1alpha1.PoolSelection{IPPools: []string{"other"}}}}}},
+			wantOwner: "",
+		},
+		"local follows the endpoint": {
+			w:         world{nodes: abc, services: []corev1.Service{testService("s", "192.0.2.10", true)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "c")}, pools: pools, l2: allAdv, alive: allAlive},
+			wantOwner: "c",
+		},
+		"no ready endpoint anywhere": {
+			w:         world{nodes: abc, services: []corev1.Service{testService("s", "192.0.2.10", false)}, pools: pools, l2: allAdv, alive: allAlive},
+			wantOwner: "",
+		},
+		"sharing services merge their endpoints": {
+			w: world{nodes: abc, services: []corev1.Service{testService("s1", "192.0.2.10", true), testService("s2", "192.0.2.10", true)},
+				slices: []discoveryv1.EndpointSlice{testSlice("s2", "b")}, pools: pools, l2: allAdv, alive: allAlive},
+			wantOwner: "b",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			// Every node computes the same owner, and only the owner announces.
+			var owners []string
+			for _, self := range []string{"a", "b", "c"} {
+				ds := plan(tc.w, self)
+				if tc.wantNone {
+					if len(ds) != 0 {
+						t.Fatalf("plan = %+v, want nothing", ds)
+					}
+					return
+				}
+				if len(ds) != 1 {
+					t.Fatalf("plan for %s has %d decisions, want 1", self, len(ds))
+				}
+				d := ds[0]
+				owners = append(owners, d.owner)
+				if (d.self == announce.Announcing) != (self == tc.wantOwner) {
+					t.Errorf("node %s: reason %q, owner %q", self, d.self, d.owner)
+				}
+				if self == tc.wantOwner {
+					if diff := cmp.Diff(tc.wantIfs, d.interfaces); diff != "" {
+						t.Errorf("interfaces (-want +got):\n%s", diff)
+					}
+				}
+			}
+			if diff := cmp.Diff([]string{tc.wantOwner, tc.wantOwner, tc.wantOwner}, owners); diff != "" {
+				t.Errorf("owners as each node computes them (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestAnnouncementName(t *testing.T) {
+	a := AnnouncementName("demo", "10.0.0.1", "node-a", ironlbv1alpha1.ProtocolL2)
+	b := AnnouncementName("demo", "10.0.0.1", "node-b", ironlbv1alpha1.ProtocolL2)
+	if a == b {
+		t.Errorf("two nodes share the name %s", a)
+	}
+	long := AnnouncementName(strings.Repeat("s", 300), "10.0.0.1", "n", ironlbv1alpha1.ProtocolL2)
+	if len(long) > 253 {
+		t.Errorf("name of %d characters", len(long))
+	}
+}
