@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,7 +66,7 @@ type iface struct {
 	// ips is the current set, read by the receive loops without the lock.
 	ips atomic.Pointer[map[netip.Addr]bool]
 
-	arp    *arp.Client
+	arp    *arpConn
 	ndp    *ndp.Conn
 	groups map[netip.Addr]bool // solicited-node groups joined
 }
@@ -244,7 +245,7 @@ func (a *Announcer) gratuitous(ifc *iface, ip netip.Addr) {
 		var p *arp.Packet
 		p, err = arp.NewPacket(arp.OperationRequest, ifc.ifi.HardwareAddr, ip, ethernet.Broadcast, ip)
 		if err == nil {
-			err = ifc.arp.WriteTo(p, ethernet.Broadcast)
+			err = ifc.arp.write(p, ethernet.Broadcast)
 		}
 		a.metrics.gratuitous.WithLabelValues("arp").Inc()
 	} else {
@@ -256,7 +257,7 @@ func (a *Announcer) gratuitous(ifc *iface, ip netip.Addr) {
 			TargetAddress: ip,
 			Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: ifc.ifi.HardwareAddr}},
 		}
-		err = ifc.ndp.WriteTo(na, nil, netip.IPv6LinkLocalAllNodes())
+		err = ifc.ndp.WriteTo(na, nil, netip.IPv6LinkLocalAllNodes().WithZone(strconv.Itoa(ifc.ifi.Index)))
 		a.metrics.gratuitous.WithLabelValues("ndp").Inc()
 	}
 	if err != nil {
@@ -282,27 +283,66 @@ func (a *Announcer) openARP(ifc *iface) error {
 	if err != nil {
 		return fmt.Errorf("open ARP socket on %s: %w", ifc.name, err)
 	}
-	c, err := arp.New(ifc.ifi, conn)
-	if err != nil {
-		_ = conn.Close()
-		return fmt.Errorf("ARP on %s: %w", ifc.name, err)
-	}
+	c := &arpConn{pc: conn, mac: ifc.ifi.HardwareAddr}
 	ifc.arp = c
 	go a.serveARP(ifc, c)
 	return nil
 }
 
+// arpConn reads and writes ARP over a packet socket. Unlike arp.Client it
+// needs no IPv4 address on the interface: a node may announce on a link
+// where it has none.
+type arpConn struct {
+	pc  *packet.Conn
+	mac net.HardwareAddr
+}
+
+// read returns the next ARP packet and the Ethernet source it came from.
+func (c *arpConn) read(buf []byte) (*arp.Packet, net.HardwareAddr, error) {
+	for {
+		n, _, err := c.pc.ReadFrom(buf)
+		if err != nil {
+			return nil, nil, err
+		}
+		var f ethernet.Frame
+		if err := f.UnmarshalBinary(buf[:n]); err != nil || f.EtherType != ethernet.EtherTypeARP {
+			continue // malformed or not ARP: never answered
+		}
+		var p arp.Packet
+		if err := p.UnmarshalBinary(f.Payload); err != nil {
+			continue
+		}
+		return &p, f.Source, nil
+	}
+}
+
+func (c *arpConn) write(p *arp.Packet, dst net.HardwareAddr) error {
+	pb, err := p.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	fb, err := (&ethernet.Frame{Destination: dst, Source: c.mac, EtherType: ethernet.EtherTypeARP, Payload: pb}).MarshalBinary()
+	if err != nil {
+		return err
+	}
+	_, err = c.pc.WriteTo(fb, &packet.Addr{HardwareAddr: dst})
+	return err
+}
+
+func (c *arpConn) Close() error { return c.pc.Close() }
+
 // serveARP answers ARP requests for the interface's IPv4 addresses until
 // the socket is closed.
-func (a *Announcer) serveARP(ifc *iface, c *arp.Client) {
+func (a *Announcer) serveARP(ifc *iface, c *arpConn) {
 	mac := ifc.ifi.HardwareAddr
+	buf := make([]byte, 1500)
 	for {
-		p, _, err := c.Read()
+		p, from, err := c.read(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			continue // a malformed frame: not for us
+			continue
 		}
 		if p.Operation != arp.OperationRequest || slices.Equal(p.SenderHardwareAddr, mac) {
 			continue
@@ -312,7 +352,11 @@ func (a *Announcer) serveARP(ifc *iface, c *arp.Client) {
 			continue
 		}
 		a.metrics.requests.WithLabelValues("arp").Inc()
-		if err := c.Reply(p, mac, ip); err != nil {
+		reply, err := arp.NewPacket(arp.OperationReply, mac, ip, p.SenderHardwareAddr, p.SenderIP)
+		if err == nil {
+			err = c.write(reply, from)
+		}
+		if err != nil {
 			a.log.Error(err, "ARP reply", "ip", ip, "interface", ifc.name)
 			continue
 		}
@@ -321,13 +365,39 @@ func (a *Announcer) serveARP(ifc *iface, c *arp.Client) {
 }
 
 func (a *Announcer) openNDP(ifc *iface) error {
-	c, _, err := ndp.Listen(ifc.ifi, ndp.LinkLocal)
+	c, err := listenNDP(ifc.ifi)
 	if err != nil {
 		return fmt.Errorf("open NDP socket on %s: %w", ifc.name, err)
 	}
 	ifc.ndp = c
 	go a.serveNDP(ifc, c)
 	return nil
+}
+
+// listenNDP binds to a link-local address of the interface that the kernel
+// accepts: one still in duplicate address detection cannot be bound, so
+// each is tried in turn.
+func listenNDP(ifi *net.Interface) (*ndp.Conn, error) {
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.To4() != nil || !ipn.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		c, _, err := ndp.Listen(ifi, ndp.Addr(ipn.IP.String()))
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no IPv6 link-local address")
+	}
+	return nil, errors.Join(errs...)
 }
 
 // serveNDP answers Neighbor Solicitations for the interface's IPv6
@@ -361,7 +431,7 @@ func (a *Announcer) serveNDP(ifc *iface, c *ndp.Conn) {
 			// Duplicate address detection: the answer goes to all nodes,
 			// not solicited (RFC 4861 section 7.2.4).
 			na.Solicited = false
-			dst = netip.IPv6LinkLocalAllNodes()
+			dst = netip.IPv6LinkLocalAllNodes().WithZone(strconv.Itoa(ifc.ifi.Index))
 		}
 		if err := c.WriteTo(na, nil, dst); err != nil {
 			a.log.Error(err, "NDP reply", "ip", ip, "interface", ifc.name)
