@@ -69,7 +69,15 @@ type iface struct {
 	arp    *arpConn
 	ndp    *ndp.Conn
 	groups map[netip.Addr]bool // solicited-node groups joined
+	// defended is when each IP was last defended against another
+	// node's claim; guarded by Announcer.mu.
+	defended map[netip.Addr]time.Time
 }
+
+// defendEvery bounds how often an IP is re-announced against claims of
+// other nodes, so two nodes that both believe they own an IP for a moment
+// do not flood the segment.
+const defendEvery = time.Second
 
 // New returns an Announcer; call Run before Set.
 func New(log logr.Logger, opts Options, m *Metrics) *Announcer {
@@ -140,7 +148,7 @@ func (a *Announcer) Set(want map[string][]netip.Addr) error {
 				errs = append(errs, fmt.Errorf("interface %s: %w", name, err))
 				continue
 			}
-			ifc = &iface{name: name, ifi: ifi, groups: map[netip.Addr]bool{}}
+			ifc = &iface{name: name, ifi: ifi, groups: map[netip.Addr]bool{}, defended: map[netip.Addr]time.Time{}}
 			empty := map[netip.Addr]bool{}
 			ifc.ips.Store(&empty)
 			a.ifaces[name] = ifc
@@ -265,6 +273,22 @@ func (a *Announcer) gratuitous(ifc *iface, ip netip.Addr) {
 	}
 }
 
+// defend answers another node's claim on one of our IPs (a gratuitous ARP
+// or unsolicited advertisement it sent when it believed, for a moment,
+// that it owned the IP) with a new burst of our own, so clients that
+// followed the claim come back.
+func (a *Announcer) defend(ifc *iface, ip netip.Addr, proto string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ifaces[ifc.name] != ifc || time.Since(ifc.defended[ip]) < defendEvery {
+		return
+	}
+	ifc.defended[ip] = time.Now()
+	a.metrics.conflicts.WithLabelValues(proto).Inc()
+	a.log.Info("another node claimed an IP this node owns; re-announcing", "ip", ip, "interface", ifc.name)
+	a.burst(ifc, ip)
+}
+
 // Reannounce sends a new gratuitous burst for every IP: after a network
 // partition heals, the clients may still hold the MAC of a node that
 // announced while cut off, and only an unasked announcement corrects them.
@@ -344,7 +368,14 @@ func (a *Announcer) serveARP(ifc *iface, c *arpConn) {
 			}
 			continue
 		}
-		if p.Operation != arp.OperationRequest || slices.Equal(p.SenderHardwareAddr, mac) {
+		if slices.Equal(p.SenderHardwareAddr, mac) {
+			continue
+		}
+		if sender := p.SenderIP.Unmap(); (*ifc.ips.Load())[sender] {
+			a.defend(ifc, sender, "arp")
+			continue
+		}
+		if p.Operation != arp.OperationRequest {
 			continue
 		}
 		ip := p.TargetIP.Unmap()
@@ -411,6 +442,12 @@ func (a *Announcer) serveNDP(ifc *iface, c *ndp.Conn) {
 			}
 			continue
 		}
+		if na, ok := msg.(*ndp.NeighborAdvertisement); ok {
+			if (*ifc.ips.Load())[na.TargetAddress] && !advertises(na, ifc.ifi.HardwareAddr) {
+				a.defend(ifc, na.TargetAddress, "ndp")
+			}
+			continue
+		}
 		ns, ok := msg.(*ndp.NeighborSolicitation)
 		if !ok {
 			continue
@@ -439,6 +476,18 @@ func (a *Announcer) serveNDP(ifc *iface, c *ndp.Conn) {
 		}
 		a.metrics.replies.WithLabelValues("ndp").Inc()
 	}
+}
+
+// advertises tells whether an advertisement names mac as the target's
+// link-layer address; one without the option is our own only if it came
+// from us, which the caller cannot tell, so it counts as foreign.
+func advertises(na *ndp.NeighborAdvertisement, mac net.HardwareAddr) bool {
+	for _, o := range na.Options {
+		if lla, ok := o.(*ndp.LinkLayerAddress); ok && lla.Direction == ndp.Target {
+			return slices.Equal(lla.Addr, mac)
+		}
+	}
+	return false
 }
 
 func (ifc *iface) close() {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/ndp"
 
 	"github.com/ironlb/ironlb/pkg/lab"
@@ -100,7 +101,7 @@ func TestAnnouncerAnswersARPAndNDP(t *testing.T) {
 	defer func() { _ = ndpc.Close() }()
 
 	m := NewMetrics(nil)
-	a := New(logr.Discard(), Options{Gratuitous: []time.Duration{0, 50 * time.Millisecond}}, m)
+	a := New(logr.Discard(), Options{Gratuitous: []time.Duration{0}}, m)
 	ctx := t.Context()
 	go a.Run(ctx)
 	inNS(t, speakerNS, func() error {
@@ -168,6 +169,29 @@ func TestAnnouncerAnswersARPAndNDP(t *testing.T) {
 			t.Errorf("NA names %q, want %s", got, speakerMAC)
 		}
 		break
+	}
+
+	// Another node claims the IP (a gratuitous ARP with its own MAC): the
+	// owner answers with gratuitous ARPs of its own.
+	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	claim, err := arp.NewPacket(arp.OperationRequest, other, vip4, ethernet.Broadcast, vip4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := arpc.WriteTo(claim, ethernet.Broadcast); err != nil {
+		t.Fatal(err)
+	}
+	if err := arpc.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		p, _, err := arpc.Read()
+		if err != nil {
+			t.Fatalf("no gratuitous ARP in answer to another node's claim: %v", err)
+		}
+		if p.SenderIP == vip4 && p.TargetIP == vip4 && p.SenderHardwareAddr.String() == speakerMAC.String() {
+			break
+		}
 	}
 
 	// Once told to stop, the speaker no longer answers.

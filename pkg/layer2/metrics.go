@@ -7,6 +7,7 @@ type Metrics struct {
 	requests   *prometheus.CounterVec
 	replies    *prometheus.CounterVec
 	gratuitous *prometheus.CounterVec
+	conflicts  *prometheus.CounterVec
 }
 
 // NewMetrics creates the counters and registers them with reg, if not nil.
@@ -24,9 +25,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ironlb_l2_gratuitous_total",
 			Help: "Gratuitous ARPs and unsolicited Neighbor Advertisements sent.",
 		}, []string{"protocol"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ironlb_l2_conflicts_total",
+			Help: "Times another node claimed an IP this node owns and this node re-announced it.",
+		}, []string{"protocol"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.replies, m.gratuitous)
+		reg.MustRegister(m.requests, m.replies, m.gratuitous, m.conflicts)
 	}
 	return m
 }

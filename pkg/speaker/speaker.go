@@ -201,6 +201,7 @@ func (s *Speaker) run(ctx context.Context) error {
 	l2done := make(chan struct{})
 	go func() { s.l2.Run(l2ctx); close(l2done) }()
 	go m.joinLoop(ctx, func() map[string]string { return s.peers(ctx) }, s.opts.Members.Port)
+	go m.watchDead(ctx, 250*time.Millisecond)
 	go s.writer.run(ctx)
 
 	resync := time.NewTicker(s.opts.Resync)
