@@ -227,6 +227,8 @@ func TestFailoverKillSpeaker(t *testing.T) { testFailover(t, lab.KillSpeaker) }
 
 func TestFailoverLinkDown(t *testing.T) { testFailover(t, lab.CutLink) }
 
+func TestFailoverSIGTERM(t *testing.T) { testFailover(t, lab.StopSpeaker) }
+
 func TestExcludedNodeNeverAnnounces(t *testing.T) {
 	ctx := t.Context()
 	owner := oneAnnouncer(t, lab.DemoService, vip4, nil)

@@ -73,6 +73,13 @@ func run(m *testing.M) int {
 			fmt.Println("e2e: lab down:", err)
 			return 1
 		}
+		// Down leaves nothing: no namespace (and so no link), no process.
+		left, err := lab.Leftovers(ctx, cfg.Dir)
+		if err != nil || len(left) > 0 {
+			fmt.Printf("e2e: FAIL: lab down left %v (%v)\n", left, err)
+			return 1
+		}
+		fmt.Println("e2e: lab down left no namespace, link or process behind")
 	}
 	return code
 }

@@ -36,7 +36,7 @@ commands:
   status                                show processes, the demo Service and who announces it
   exec NS -- CMD...                     run CMD in a lab namespace (client, router, fabric, a, node-a, demo-a-0)
   kubeconfig                            print the kubeconfig path
-  bench failover [--runs N] [--kind kill|link|both]
+  bench failover [--runs N] [--kind kill|link|term|all]
                                         measure L2 failover from a client probing every 10 ms
 `
 
@@ -147,11 +147,11 @@ func run() error {
 		return cfg.RunAgent(ctx)
 	case "bench":
 		if len(rest) < 1 || rest[0] != "failover" {
-			return errors.New("usage: bench failover [--runs N] [--kind kill|link|both]")
+			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all]")
 		}
 		fs := flag.NewFlagSet("bench failover", flag.ContinueOnError)
 		runs := fs.Int("runs", 20, "repetitions of each kind of death (1-100)")
-		kind := fs.String("kind", "both", "kill (kill -9 of the owner's speaker), link (owner's link cut) or both")
+		kind := fs.String("kind", "all", "kill (kill -9 of the owner's speaker), link (owner's link cut), term (SIGTERM to the owner's speaker) or all")
 		if err := fs.Parse(rest[1:]); err != nil {
 			return err
 		}
@@ -168,10 +168,12 @@ func run() error {
 			kinds = []lab.Death{lab.KillSpeaker}
 		case "link":
 			kinds = []lab.Death{lab.CutLink}
-		case "both":
-			kinds = []lab.Death{lab.KillSpeaker, lab.CutLink}
+		case "term":
+			kinds = []lab.Death{lab.StopSpeaker}
+		case "all":
+			kinds = []lab.Death{lab.KillSpeaker, lab.CutLink, lab.StopSpeaker}
 		default:
-			return fmt.Errorf("--kind %q: want kill, link or both", *kind)
+			return fmt.Errorf("--kind %q: want kill, link, term or all", *kind)
 		}
 		for _, k := range kinds {
 			res, err := cfg.BenchFailover(ctx, k, *runs, os.Stderr)

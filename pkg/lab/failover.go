@@ -28,6 +28,9 @@ const (
 	KillSpeaker Death = "kill -9 speaker"
 	// CutLink: the owner's link goes down; nothing reaches it.
 	CutLink Death = "link down"
+	// StopSpeaker: SIGTERM to the owner's speaker, as in a rolling update;
+	// it hands over before it exits.
+	StopSpeaker Death = "SIGTERM speaker"
 )
 
 // ProbeInterval is how often the failover probe sends.
@@ -333,6 +336,8 @@ func (c Config) Failover(ctx context.Context, p *Probe, death Death) (FailoverRe
 		err = c.Kill(SpeakerName(owner))
 	case CutLink:
 		err = c.CutLink(ctx, owner)
+	case StopSpeaker:
+		err = c.Stop(SpeakerName(owner), 10*time.Second)
 	default:
 		err = fmt.Errorf("unknown death %q", death)
 	}
@@ -342,7 +347,7 @@ func (c Config) Failover(ctx context.Context, p *Probe, death Death) (FailoverRe
 	at, mac, ferr := p.FirstOther(t0, oldMAC, 10*time.Second)
 	// Restore whatever happened before reporting.
 	switch death {
-	case KillSpeaker:
+	case KillSpeaker, StopSpeaker:
 		err = c.StartSpeaker(owner)
 	case CutLink:
 		err = c.RestoreLink(ctx, owner)

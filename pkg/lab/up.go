@@ -229,6 +229,35 @@ func Down(ctx context.Context, dir string) error {
 	return errors.Join(errs...)
 }
 
+// Leftovers lists what a lab left behind: lab namespaces and processes
+// that carry the lab's marker. After Down it must be empty.
+func Leftovers(ctx context.Context, dir string) ([]string, error) {
+	var out []string
+	names, err := Namespaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		out = append(out, "namespace "+n)
+	}
+	procs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		return nil, err
+	}
+	c := Config{Dir: dir}
+	for _, p := range procs {
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if c.ours(pid) {
+			cmdline, _ := os.ReadFile(filepath.Join(p, "cmdline"))
+			out = append(out, fmt.Sprintf("process %d %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
+		}
+	}
+	return out, nil
+}
+
 // Exec runs a command inside a lab namespace, wired to the caller's
 // terminal.
 func (c Config) Exec(ctx context.Context, name string, argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
