@@ -57,7 +57,7 @@ func DefaultOptions() Options {
 	return Options{
 		Dataplane:   "xdp",
 		MetricsAddr: ":7473",
-		HealthAddr:  ":7474",
+		HealthAddr:  ":7475",
 		Members:     DefaultMemberOptions(),
 		Layer2:      layer2.DefaultOptions(),
 		Resync:      10 * time.Second,
