@@ -88,6 +88,13 @@ func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 	// A graceful shutdown waits for running reconciles; one second bounds
 	// how long SIGTERM takes to end the process.
 	shutdown := time.Second
+	// A leader that cannot renew stops trying after RenewDeadline and then
+	// takes up to the shutdown time to stop writing; another replica may
+	// take over LeaseDuration after the last renewal. Unless the first
+	// comes before the second, two leaders could allocate at once.
+	if opts.LeaderElection && opts.LeaseDuration-opts.RenewDeadline <= shutdown {
+		return nil, fmt.Errorf("leader election: the lease duration (%s) must exceed the renew deadline (%s) by more than %s", opts.LeaseDuration, opts.RenewDeadline, shutdown)
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		LeaderElection:                opts.LeaderElection,
@@ -188,7 +195,9 @@ func (s *state) load(ctx context.Context, defaultClass bool) error {
 	for i := range svcs.Items {
 		svc := &svcs.Items[i]
 		ips := config.StatusIPs(svc)
-		if !config.IsOurs(svc, defaultClass) || len(ips) == 0 || svc.DeletionTimestamp != nil {
+		// A Service being deleted still shows its addresses until letGo
+		// clears them, so it holds them until then.
+		if !config.IsOurs(svc, defaultClass) || len(ips) == 0 {
 			continue
 		}
 		req, err := config.Service(svc, nil)
@@ -200,6 +209,7 @@ func (s *state) load(ctx context.Context, defaultClass bool) error {
 		}
 	}
 	s.loaded = true
+	ctrl.LoggerFrom(ctx).Info("loaded the addresses Services hold", "services", len(svcs.Items))
 	return nil
 }
 

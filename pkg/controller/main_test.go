@@ -41,7 +41,9 @@ func TestMain(m *testing.M) {
 func testOptions() controller.Options {
 	o := controller.DefaultOptions()
 	o.LeaderElectionNamespace = "default"
-	o.LeaseDuration, o.RenewDeadline, o.RetryPeriod = 2*time.Second, 1500*time.Millisecond, 200*time.Millisecond
+	// Quick to hand over, yet a leader that stops renewing has stopped
+	// writing before another can take the Lease (see NewManager).
+	o.LeaseDuration, o.RenewDeadline, o.RetryPeriod = 4*time.Second, 2*time.Second, 200*time.Millisecond
 	o.MetricsAddr, o.HealthAddr = "0", "0"
 	o.SeveralPerProcess = true
 	return o

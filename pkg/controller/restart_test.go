@@ -3,6 +3,7 @@ package controller_test
 import (
 	"context"
 	"fmt"
+	eventsv1 "k8s.io/api/events/v1"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -175,9 +176,22 @@ func TestTwoReplicasNeverShareAnIP(t *testing.T) {
 		for i := range live {
 			name := fmt.Sprintf("churn-%02d", i)
 			if len(now[name]) != 1 {
-				return false, fmt.Sprintf("%s has %v", name, now[name])
+				return false, fmt.Sprintf("%s has %v; %s", name, now[name], debugService(t, ns, name))
 			}
 		}
 		return true, ""
 	})
+}
+
+func debugService(t *testing.T, ns, name string) string {
+	svc := getService(t, ns, name)
+	var evs eventsv1.EventList
+	_ = k8s.List(context.Background(), &evs, client.InNamespace(ns))
+	out := fmt.Sprintf("uid %s del %v fin %v;", svc.UID, svc.DeletionTimestamp, svc.Finalizers)
+	for _, e := range evs.Items {
+		if e.Regarding.Name == name {
+			out += fmt.Sprintf(" [%s %s %s]", e.Reason, e.Note, e.Regarding.UID)
+		}
+	}
+	return out
 }

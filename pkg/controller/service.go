@@ -86,8 +86,12 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	request, err := config.Service(svc, nsLabels)
 	if err != nil {
+		// Clear the status first, then release, as in letGo.
+		if err := r.failed(svc, &ipam.Error{Reason: ipam.InvalidRequest, Message: err.Error()}); err != nil {
+			return ctrl.Result{}, err
+		}
 		r.release(ctx, req.NamespacedName)
-		return ctrl.Result{}, r.failed(svc, &ipam.Error{Reason: ipam.InvalidRequest, Message: err.Error()})
+		return ctrl.Result{}, nil
 	}
 
 	r.state.mu.Lock()
@@ -125,6 +129,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, err
 	}
 	if changed {
+		ctrl.LoggerFrom(ctx).V(1).Info("assigned", "addresses", describe(addrs))
 		r.recorder.Eventf(svc, nil, corev1.EventTypeNormal, "IPAllocated", "Allocate", "Assigned %s", describe(addrs))
 	}
 	return ctrl.Result{}, nil
@@ -144,20 +149,24 @@ func (r *ServiceReconciler) failed(svc *corev1.Service, err error) error {
 	return r.patch(svc, updated)
 }
 
-// letGo releases the addresses of a Service that is deleted or no longer
-// ours, clears what we wrote in its status and removes our finalizer.
+// letGo clears what we wrote in the status of a Service that is deleted
+// or no longer ours, removes our finalizer, and only then releases its
+// addresses: released first, they could be given to another Service while
+// this one still shows them.
 func (r *ServiceReconciler) letGo(ctx context.Context, svc *corev1.Service) error {
-	r.release(ctx, types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
-	if !servicehelper.HasLBFinalizer(svc) {
-		// Without our finalizer, the status is someone else's.
-		return nil
+	if servicehelper.HasLBFinalizer(svc) {
+		updated := svc.DeepCopy()
+		updated.Status.LoadBalancer.Ingress = nil
+		updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool {
+			return f == servicehelper.LoadBalancerCleanupFinalizer
+		})
+		if err := r.patch(svc, updated); err != nil {
+			return err
+		}
 	}
-	updated := svc.DeepCopy()
-	updated.Status.LoadBalancer.Ingress = nil
-	updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool {
-		return f == servicehelper.LoadBalancerCleanupFinalizer
-	})
-	return r.patch(svc, updated)
+	// Without our finalizer, the status is someone else's.
+	r.release(ctx, types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name})
+	return nil
 }
 
 // release frees a Service's addresses and tells those who wait.
@@ -176,6 +185,7 @@ func (r *ServiceReconciler) release(ctx context.Context, key types.NamespacedNam
 	if len(r.state.alloc.Assigned(k)) == 0 {
 		return
 	}
+	ctrl.LoggerFrom(ctx).V(1).Info("released", "addresses", describe(r.state.alloc.Assigned(k)))
 	r.state.alloc.Release(k)
 	r.state.retryPending()
 	r.state.refreshPools()
