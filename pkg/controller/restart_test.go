@@ -3,13 +3,13 @@ package controller_test
 import (
 	"context"
 	"fmt"
-	eventsv1 "k8s.io/api/events/v1"
 	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
