@@ -28,6 +28,9 @@ import (
 
 // controllerProcess is ironlb-controller running as its own process, so its
 // memory and its exit on SIGTERM are measured as a user would see them.
+// lastLog is the stderr file of the last controller process started.
+var lastLog string
+
 type controllerProcess struct {
 	cmd *exec.Cmd
 }
@@ -46,11 +49,21 @@ func buildController(b *testing.B) string {
 func startProcess(b *testing.B, bin string) *controllerProcess {
 	b.Helper()
 	cmd := exec.Command(bin, "--kubeconfig", env.Kubeconfig,
-		"--leader-elect-namespace", "default", "--leader-elect-lease-duration", "2s",
-		"--leader-elect-renew-deadline", "1500ms", "--leader-elect-retry-period", "200ms",
+		"--leader-elect-namespace", "default", "--leader-elect-lease-duration", "4s",
+		"--leader-elect-renew-deadline", "2s", "--leader-elect-retry-period", "200ms",
 		"--metrics-addr", "0", "--health-addr", "0")
 	if os.Getenv("IRONLB_TEST_LOG") != "" {
 		cmd.Stderr = os.Stderr
+	} else {
+		// Kept for the failure message: a controller that refuses to
+		// start says why here.
+		f, err := os.Create(filepath.Join(b.TempDir(), "controller.log"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = f.Close() })
+		cmd.Stderr = f
+		lastLog = f.Name()
 	}
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -158,7 +171,11 @@ func (iw *ipWatch) wait(b *testing.B, n int, limit time.Duration) map[string]tim
 		for _, e := range events.Items {
 			reasons[e.Reason]++
 		}
-		b.Fatalf("only %d of %d Services got an IP within %s; events by reason: %v", len(iw.got), n, limit, reasons)
+		tail, _ := os.ReadFile(lastLog)
+		if len(tail) > 2000 {
+			tail = tail[len(tail)-2000:]
+		}
+		b.Fatalf("only %d of %d Services got an IP within %s; events by reason: %v; controller log ends:\n%s", len(iw.got), n, limit, reasons, tail)
 	}
 	out := make(map[string]time.Time, len(iw.got))
 	for k, v := range iw.got {

@@ -12,14 +12,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -125,11 +128,15 @@ func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 			return nil, err
 		}
 	}
-	st := newState(mgr.GetClient(), mgr.GetAPIReader())
-	if err := (&ServiceReconciler{state: st, opts: opts, recorder: mgr.GetEventRecorder("ironlb-controller"), patcher: newPatcher(mgr)}).setup(mgr); err != nil {
+	rec, err := eventRecorder(mgr, cfg, scheme)
+	if err != nil {
 		return nil, err
 	}
-	if err := (&PoolReconciler{state: st, recorder: mgr.GetEventRecorder("ironlb-controller")}).setup(mgr); err != nil {
+	st := newState(mgr.GetClient(), mgr.GetAPIReader())
+	if err := (&ServiceReconciler{state: st, opts: opts, recorder: rec, patcher: newPatcher(mgr)}).setup(mgr); err != nil {
+		return nil, err
+	}
+	if err := (&PoolReconciler{state: st, recorder: rec}).setup(mgr); err != nil {
 		return nil, err
 	}
 	return mgr, nil
@@ -175,6 +182,36 @@ func newState(c client.Client, live client.Reader) *state {
 		retry:   make(chan event.GenericEvent, 1024),
 		refresh: make(chan event.GenericEvent, 1024),
 	}
+}
+
+// eventQPS bounds the rate of Event writes. Events go out through a client
+// of their own, behind the status patches: in a burst (a new leader with a
+// thousand Services to serve) the API server's time goes to the addresses
+// first and the Events follow, instead of each taking half.
+const eventQPS = 200
+
+// eventRecorder returns an events.k8s.io recorder on its own rate-limited
+// client, started and stopped with the manager.
+func eventRecorder(mgr ctrl.Manager, cfg *rest.Config, scheme *runtime.Scheme) (events.EventRecorder, error) {
+	evCfg := rest.CopyConfig(cfg)
+	evCfg.QPS, evCfg.Burst = eventQPS, eventQPS
+	cs, err := kubernetes.NewForConfig(evCfg)
+	if err != nil {
+		return nil, fmt.Errorf("events client: %w", err)
+	}
+	b := events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
+	err = mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		if err := b.StartRecordingToSinkWithContext(ctx); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		b.Shutdown()
+		return nil
+	}))
+	if err != nil {
+		return nil, err
+	}
+	return b.NewRecorder(scheme, "ironlb-controller"), nil
 }
 
 // load runs once, before the first allocation: it reads the pools and every

@@ -14,12 +14,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -40,7 +40,7 @@ const (
 // whose addresses are in use from being deleted.
 type PoolReconciler struct {
 	state    *state
-	recorder recorder.EventRecorder
+	recorder events.EventRecorder
 
 	mu sync.Mutex
 	// written is when each pool's status was last written: during a burst
