@@ -65,9 +65,11 @@ integration: kube-binaries ## Run the tests against a real kube-apiserver and et
 # with a bare "context deadline exceeded" (golang/go#75804, fixed in Go 1.27).
 FUZZ_PARSE_EXECS ?= 300000x
 FUZZ_ALLOC_EXECS ?= 50000x
+FUZZ_MAGLEV_EXECS ?= 30000x
 fuzz: ## Run each fuzz target for a fixed number of executions (about 10 s each).
 	$(GO) test ./pkg/ipam -run '^$$' -fuzz '^FuzzParseRange$$' -fuzztime $(FUZZ_PARSE_EXECS) -timeout 5m
 	$(GO) test ./pkg/ipam -run '^$$' -fuzz '^FuzzAllocator$$' -fuzztime $(FUZZ_ALLOC_EXECS) -timeout 5m
+	$(GO) test ./pkg/maglev -run '^$$' -fuzz '^FuzzBuild$$' -fuzztime $(FUZZ_MAGLEV_EXECS) -timeout 5m
 
 .PHONY: e2e
 e2e: deps build kube-binaries ## Run the end-to-end suites in the lab (root).
@@ -85,7 +87,7 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.
 
 .PHONY: bench
 bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, controller load, lab failover.
-	$(GO) test ./pkg/ipam ./pkg/announce -run '^$$' -bench . -benchmem
+	$(GO) test ./pkg/ipam ./pkg/announce ./pkg/maglev -run '^$$' -bench . -benchmem
 	$(GO) test ./pkg/controller -run '^$$' -bench ControllerLoad -benchtime 1x
 	$(BIN)/ironlb-lab up >/dev/null
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
