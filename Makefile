@@ -35,15 +35,21 @@ deps: ## Install the Debian packages the lab and BPF build need (idempotent; roo
 kube-binaries: ## Build kube-apiserver, kube-proxy and etcd into bin/k8s (first time only).
 	hack/kube-binaries.sh >/dev/null
 
+# The BPF objects are committed; they are byte-identical only when built by
+# the same clang major version, so generate insists on it.
+CLANG_MAJOR := 14
+
 .PHONY: generate
-generate: $(CONTROLLER_GEN) ## Regenerate deepcopy, CRDs and RBAC from the Go markers.
+generate: $(CONTROLLER_GEN) ## Regenerate deepcopy, CRDs, RBAC and the BPF objects.
 	$(CONTROLLER_GEN) object paths=./pkg/apis/...
 	$(CONTROLLER_GEN) crd:crdVersions=v1 paths=./pkg/apis/... output:crd:dir=manifests/crd
 	$(CONTROLLER_GEN) rbac:roleName=ironlb-controller paths=./pkg/controller/... output:rbac:dir=manifests/rbac/controller
 	$(CONTROLLER_GEN) rbac:roleName=ironlb-speaker paths=./pkg/speaker/... output:rbac:dir=manifests/rbac/speaker
+	@v=$$(clang -dumpversion 2>/dev/null | cut -d. -f1); [[ "$$v" == "$(CLANG_MAJOR)" ]] || { echo "generate: need clang $(CLANG_MAJOR) for reproducible BPF objects, found '$$v' (make deps installs it)"; exit 1; }
+	$(GO) generate ./bpf/
 
 .PHONY: verify
-verify: ## Fail when generated files are stale or code is not gofmt'ed.
+verify: deps ## Fail when generated files are stale or code is not gofmt'ed.
 	hack/verify.sh
 
 .PHONY: lint
@@ -88,6 +94,7 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.
 .PHONY: bench
 bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, controller load, lab failover.
 	$(GO) test ./pkg/ipam ./pkg/announce ./pkg/maglev -run '^$$' -bench . -benchmem
+	$(GO) test ./bpf -run '^$$' -bench . -benchtime 3x
 	$(GO) test ./pkg/controller -run '^$$' -bench ControllerLoad -benchtime 1x
 	$(BIN)/ironlb-lab up >/dev/null
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc

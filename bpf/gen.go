@@ -1,0 +1,7 @@
+// Package bpf holds ironlb's eBPF programs: the C sources, and the Go
+// bindings and objects bpf2go generates from them (committed, so building
+// ironlb needs no clang). `make generate` rebuilds them with the pinned
+// clang and flags; `make verify` fails when they are stale.
+package bpf
+
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type vip_key -type vip_info -type service_stats Lb lb.c
