@@ -16,18 +16,16 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/layer2"
 )
@@ -90,11 +88,8 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 	if opts.Dataplane != "kernel" && opts.Dataplane != "xdp" {
 		return nil, fmt.Errorf("unknown data plane %q: want xdp or kernel", opts.Dataplane)
 	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := ironlbv1alpha1.AddToScheme(scheme); err != nil {
+	scheme, err := kube.Scheme()
+	if err != nil {
 		return nil, err
 	}
 	shutdown := 2 * time.Second
@@ -110,13 +105,8 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
 	}
-	if opts.HealthAddr != "0" {
-		if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
-			return nil, err
-		}
-		if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
-			return nil, err
-		}
+	if err := kube.AddPingChecks(mgr, opts.HealthAddr); err != nil {
+		return nil, err
 	}
 	log := ctrl.Log.WithName("speaker").WithValues("node", opts.NodeName)
 	s := &Speaker{
