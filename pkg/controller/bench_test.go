@@ -22,8 +22,11 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 
+	servicehelper "k8s.io/cloud-provider/service/helpers"
+
 	"github.com/ironlb/ironlb/internal/testenv"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/controller"
 )
 
 // controllerProcess is ironlb-controller running as its own process, so its
@@ -92,6 +95,23 @@ func (p *controllerProcess) peakRSS(b *testing.B) float64 {
 	}
 	b.Fatal("no VmHWM")
 	return 0
+}
+
+// cpuSeconds returns the CPU time (user and system) the process used so far.
+func (p *controllerProcess) cpuSeconds(b *testing.B) float64 {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The command name, in parentheses, may hold spaces; fields count
+	// from after it. utime and stime are fields 14 and 15 of stat(5).
+	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+	utime, err1 := strconv.Atoi(f[11])
+	stime, err2 := strconv.Atoi(f[12])
+	if err1 != nil || err2 != nil {
+		b.Fatalf("parse %s: %v %v", st, err1, err2)
+	}
+	return float64(utime+stime) / 100 // USER_HZ is 100 on Linux
 }
 
 // terminate sends SIGTERM and returns how long the process took to exit.
@@ -217,6 +237,42 @@ func createParallel(b *testing.B, ns string, n, workers int) map[string]time.Tim
 	return created
 }
 
+// patchFloor is the baseline for the backlog figure: the time a bare
+// client takes to write the same status patch (an ingress IP and the
+// cleanup finalizer, through k8s.io/cloud-provider's helper) to n Services
+// from the controller's number of workers, with nothing else running. The
+// backlog divided by it is what the controller adds, whatever the host's
+// speed that day.
+func patchFloor(b *testing.B, ns string, n, workers int) time.Duration {
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	list, err := cs.CoreV1().Services(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(list.Items) != n {
+		b.Fatalf("list %s: %d services, %v", ns, len(list.Items), err)
+	}
+	next := make(chan *corev1.Service)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Go(func() {
+			for old := range next {
+				updated := old.DeepCopy()
+				// A different address from the one the controller wrote,
+				// so the patch is a real change of the same size.
+				updated.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "192.0.2.1"}}
+				if _, err := servicehelper.PatchService(cs.CoreV1(), old, updated); err != nil {
+					b.Error(err)
+				}
+			}
+		})
+	}
+	for i := range list.Items {
+		next <- &list.Items[i]
+	}
+	close(next)
+	wg.Wait()
+	return time.Since(start)
+}
+
 func percentile(d []time.Duration, p float64) time.Duration {
 	slices.Sort(d)
 	return d[min(len(d)-1, int(float64(len(d))*p))]
@@ -291,7 +347,11 @@ func BenchmarkControllerLoad(b *testing.B) {
 		b.ReportMetric(last.Sub(started).Seconds(), "s-backlog-1000")
 		b.ReportMetric(first.Sub(started).Seconds(), "s-backlog-first-ip")
 		b.ReportMetric(proc.peakRSS(b), "MiB-peak-rss")
+		b.ReportMetric(proc.cpuSeconds(b), "cpu-s-backlog")
 		b.ReportMetric(proc.terminate(b).Seconds(), "s-sigterm-exit-2")
+		floor := patchFloor(b, backlog, n, controller.DefaultOptions().Workers)
+		b.ReportMetric(floor.Seconds(), "s-floor-1000-patches")
+		b.ReportMetric(last.Sub(started).Seconds()/floor.Seconds(), "x-backlog-over-floor")
 		cancel()
 	}
 }

@@ -35,7 +35,7 @@ type ServiceReconciler struct {
 }
 
 func newPatcher(mgr ctrl.Manager) corev1client.CoreV1Interface {
-	return kubernetes.NewForConfigOrDie(mgr.GetConfig()).CoreV1()
+	return kubernetes.NewForConfigOrDie(protobuf(mgr.GetConfig())).CoreV1()
 }
 
 func (r *ServiceReconciler) setup(mgr ctrl.Manager) error {
