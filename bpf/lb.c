@@ -1,16 +1,305 @@
 //go:build ignore
 
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* ironlb's XDP program. This first stage parses every packet, recognises
- * the VIPs the speaker wrote into the vips map and counts their traffic;
- * forwarding (Maglev, conntrack, IPIP, DNAT) builds on it. Every packet
- * still goes to the kernel (XDP_PASS): nothing is modified yet. */
+/* ironlb's data plane: an XDP program on each node's external interfaces
+ * and a TC egress program beside it. See docs/architecture.md.
+ *
+ * Tier 1 (the node that receives VIP traffic) keeps each flow on one node:
+ * its own conntrack, else a Maglev ring over the nodes that hold ready
+ * endpoints. A flow for another node is encapsulated (IPv4-in-IPv4 or
+ * IPv6-in-IPv6) and sent there; a flow for this node goes to tier 2.
+ * Tier 2 (the node with the endpoints) opens the encapsulation, keeps each
+ * flow on one local endpoint (its own conntrack, else a hash over the
+ * ready endpoints), rewrites the destination to the endpoint and hands
+ * the packet to the kernel, which routes it to the pod.
+ * Replies go straight to the client: TC egress rewrites their source back
+ * to the VIP (direct server return). */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "include/consts.h"
 #include "include/structs.h"
 #include "include/maps.h"
 #include "include/parse.h"
+#include "include/csum.h"
+#include "include/hash.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+static __always_inline void count_drop(enum drop_reason r)
+{
+	__u32 reason = r;
+	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
+	if (n)
+		(*n)++;
+}
+
+static __always_inline int drop(enum drop_reason reason)
+{
+	count_drop(reason);
+	return XDP_DROP;
+}
+
+static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/* is_self reports whether addr (of the flow's family) is this node's. */
+static __always_inline int is_self(const struct settings *cfg, const __u32 *addr, __u8 family)
+{
+	if (family == FAMILY_V4)
+		return cfg->self4 != 0 && addr[0] == cfg->self4;
+	return (cfg->self6[0] | cfg->self6[1] | cfg->self6[2] | cfg->self6[3]) != 0 &&
+	       addr_eq(addr, cfg->self6);
+}
+
+/* dnat rewrites the destination of the packet to the endpoint, with its
+ * checksums. */
+static __always_inline int dnat(const struct flow *f, struct hdrs *h, void *data,
+				void *data_end, const struct backend *be)
+{
+	__u16 *l4sum;
+	int udp_nocsum = 0;
+
+	if (f->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = h->l4;
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		l4sum = &tcp->check;
+		csum_replace2(l4sum, tcp->dest, be->port);
+		tcp->dest = be->port;
+	} else {
+		struct udphdr *udp = h->l4;
+		if ((void *)(udp + 1) > data_end)
+			return -1;
+		l4sum = &udp->check;
+		/* IPv4 UDP may go without a checksum; it stays without. */
+		udp_nocsum = f->family == FAMILY_V4 && udp->check == 0;
+		if (!udp_nocsum)
+			csum_replace2(l4sum, udp->dest, be->port);
+		udp->dest = be->port;
+	}
+	if (f->family == FAMILY_V4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		csum_replace4(&ip->check, ip->daddr, be->addr[0]);
+		if (!udp_nocsum)
+			csum_replace4(l4sum, ip->daddr, be->addr[0]);
+		ip->daddr = be->addr[0];
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		csum_replace_addr(l4sum, f->dst, be->addr, 4);
+		__builtin_memcpy(&ip6->daddr, be->addr, 16);
+	}
+	if (f->proto == IPPROTO_UDP && !udp_nocsum && *l4sum == 0)
+		*l4sum = 0xffff;
+	return 0;
+}
+
+/* tier2 sends a VIP packet to one of this node's endpoints. */
+static __always_inline int tier2(struct flow *f, struct hdrs *h, void *data,
+				 void *data_end, const struct vip_info *vip)
+{
+	struct backend chosen;
+	struct backend *be = bpf_map_lookup_elem(&ct2, f);
+
+	if (be) {
+		chosen = *be;
+	} else {
+		__u32 id = vip->service_id;
+		struct backend_set *set = bpf_map_lookup_elem(&backends, &id);
+		if (!set || set->count == 0)
+			return drop(DROP_NO_BACKEND);
+		__u32 n = set->count;
+		if (n > MAX_LOCAL_BACKENDS)
+			n = MAX_LOCAL_BACKENDS;
+		__u32 i = hash_flow(f, vip->flags & VIP_AFFINITY) % n;
+		/* The compiler knows i < n; the verifier must be told. */
+		asm volatile("" : "+r"(i));
+		if (i >= MAX_LOCAL_BACKENDS)
+			return drop(DROP_NO_BACKEND);
+		chosen = set->be[i];
+		bpf_map_update_elem(&ct2, f, &chosen, BPF_ANY);
+
+		/* The reply, as it leaves the endpoint, and the VIP to put
+		 * back in its source. */
+		struct flow rk = {
+			.sport = chosen.port,
+			.dport = f->sport,
+			.proto = f->proto,
+			.family = f->family,
+		};
+		__builtin_memcpy(rk.src, chosen.addr, 16);
+		__builtin_memcpy(rk.dst, f->src, 16);
+		struct vip_key vk = {
+			.port = f->dport,
+			.proto = f->proto,
+			.family = f->family,
+		};
+		__builtin_memcpy(vk.addr, f->dst, 16);
+		bpf_map_update_elem(&revnat, &rk, &vk, BPF_ANY);
+	}
+	if (dnat(f, h, data, data_end, &chosen) < 0)
+		return drop(DROP_MALFORMED);
+	return XDP_PASS;
+}
+
+/* encap wraps the packet in an outer IP header from this node to node and
+ * sends it towards it. */
+static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
+				 const struct flow *f, const __u32 *node)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bpf_fib_lookup fib = {};
+	__u16 inner_len;
+	__u8 tos;
+	int overhead;
+
+	__u32 in_if = ctx->ingress_ifindex;
+	fib.ifindex = in_if;
+	if (f->family == FAMILY_V4) {
+		struct iphdr *inner = data + sizeof(struct ethhdr);
+		if ((void *)(inner + 1) > data_end)
+			return drop(DROP_MALFORMED);
+		inner_len = bpf_ntohs(inner->tot_len);
+		tos = inner->tos;
+		fib.family = AF_INET;
+		fib.ipv4_src = cfg->self4;
+		fib.ipv4_dst = node[0];
+		fib.tot_len = inner_len + IPIP4_OVERHEAD;
+		overhead = IPIP4_OVERHEAD;
+	} else {
+		struct ipv6hdr *inner = data + sizeof(struct ethhdr);
+		if ((void *)(inner + 1) > data_end)
+			return drop(DROP_MALFORMED);
+		inner_len = bpf_ntohs(inner->payload_len) + sizeof(struct ipv6hdr);
+		tos = (inner->priority << 4) | (inner->flow_lbl[0] >> 4);
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, cfg->self6, 16);
+		__builtin_memcpy(fib.ipv6_dst, node, 16);
+		fib.tot_len = inner_len + IPIP6_OVERHEAD;
+		overhead = IPIP6_OVERHEAD;
+	}
+	/* We originate the outer packet: an output lookup, which needs no
+	 * forwarding on the interface. */
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return drop(DROP_FIB);
+
+	if (bpf_xdp_adjust_head(ctx, -overhead))
+		return drop(DROP_ENCAP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(DROP_ENCAP);
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+
+	if (f->family == FAMILY_V4) {
+		struct iphdr *outer = (void *)(eth + 1);
+		if ((void *)(outer + 1) > data_end)
+			return drop(DROP_ENCAP);
+		eth->h_proto = ETH_P_IP_BE;
+		outer->version = 4;
+		outer->ihl = 5;
+		outer->tos = tos;
+		outer->tot_len = bpf_htons(inner_len + IPIP4_OVERHEAD);
+		outer->id = 0;
+		outer->frag_off = IP_DF_BE;
+		outer->ttl = 64;
+		outer->protocol = IPPROTO_IPIP;
+		outer->check = 0;
+		outer->saddr = cfg->self4;
+		outer->daddr = node[0];
+		outer->check = ipv4_csum(outer);
+	} else {
+		struct ipv6hdr *outer = (void *)(eth + 1);
+		if ((void *)(outer + 1) > data_end)
+			return drop(DROP_ENCAP);
+		eth->h_proto = ETH_P_IPV6_BE;
+		outer->version = 6;
+		outer->priority = tos >> 4;
+		outer->flow_lbl[0] = (tos & 0xf) << 4;
+		outer->flow_lbl[1] = 0;
+		outer->flow_lbl[2] = 0;
+		outer->payload_len = bpf_htons(inner_len);
+		outer->nexthdr = IPPROTO_IPV6;
+		outer->hop_limit = 64;
+		__builtin_memcpy(&outer->saddr, cfg->self6, 16);
+		__builtin_memcpy(&outer->daddr, node, 16);
+	}
+	if (fib.ifindex == in_if)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+static __always_inline struct vip_info *lookup_vip(const struct flow *f)
+{
+	struct vip_key key = {
+		.port = f->dport,
+		.proto = f->proto,
+		.family = f->family,
+	};
+	__builtin_memcpy(key.addr, f->dst, sizeof(key.addr));
+	return bpf_map_lookup_elem(&vips, &key);
+}
+
+/* decap opens a packet another node's tier 1 sent here, when it is ours:
+ * addressed to this node, and carrying a VIP packet. */
+static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
+				 const struct flow *outer, struct hdrs *oh)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct flow f = {};
+	struct hdrs h = {};
+	int olen;
+	__u16 proto;
+
+	if (!is_self(cfg, outer->dst, outer->family))
+		return XDP_PASS;
+	if (outer->family == FAMILY_V4) {
+		olen = (void *)oh->l4 - ((void *)(long)ctx->data + sizeof(struct ethhdr));
+		proto = ETH_P_IP_BE;
+	} else {
+		olen = sizeof(struct ipv6hdr);
+		proto = ETH_P_IPV6_BE;
+	}
+	if (parse_ip(oh->l4, data_end, proto, &f, &h) != PARSE_L4)
+		return XDP_PASS;
+	struct vip_info *vip = lookup_vip(&f);
+	if (!vip)
+		return XDP_PASS;
+
+	void *data = (void *)(long)ctx->data;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	struct ethhdr saved = *eth;
+	if (olen < (int)sizeof(struct iphdr) || olen > 60)
+		return drop(DROP_DECAP);
+	if (bpf_xdp_adjust_head(ctx, olen))
+		return drop(DROP_DECAP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(DROP_DECAP);
+	*eth = saved;
+	__builtin_memset(&f, 0, sizeof(f));
+	__builtin_memset(&h, 0, sizeof(h));
+	if (parse_flow(data, data_end, &f, &h) != PARSE_L4)
+		return drop(DROP_DECAP);
+	return tier2(&f, &h, data, data_end, vip);
+}
 
 SEC("xdp")
 int ironlb_xdp(struct xdp_md *ctx)
@@ -18,17 +307,19 @@ int ironlb_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct flow f = {};
+	struct hdrs h = {};
+	__u32 zero = 0;
 
-	if (parse_flow(data, data_end, &f) < 0)
+	int r = parse_flow(data, data_end, &f, &h);
+	if (r == PARSE_OTHER)
 		return XDP_PASS;
+	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (r == PARSE_ENCAP)
+		return decap(ctx, cfg, &f, &h);
 
-	struct vip_key key = {
-		.port = f.dport,
-		.proto = f.proto,
-		.family = f.family,
-	};
-	__builtin_memcpy(key.addr, f.dst, sizeof(key.addr));
-	struct vip_info *vip = bpf_map_lookup_elem(&vips, &key);
+	struct vip_info *vip = lookup_vip(&f);
 	if (!vip)
 		return XDP_PASS;
 
@@ -38,7 +329,108 @@ int ironlb_xdp(struct xdp_md *ctx)
 		st->packets++;
 		st->bytes += data_end - data;
 	}
-	return XDP_PASS;
+	if (cfg->ring_size == 0)
+		return drop(DROP_NO_CONFIG);
+	if (vip->flags & VIP_LOCAL)
+		return tier2(&f, &h, data, data_end, vip);
+
+	struct ct1_entry node;
+	struct ct1_entry *ce = bpf_map_lookup_elem(&ct1, &f);
+	if (ce) {
+		node = *ce;
+	} else {
+		void *ring = bpf_map_lookup_elem(&rings, &id);
+		if (!ring)
+			return drop(DROP_NO_RING);
+		__u32 slot = hash_flow(&f, vip->flags & VIP_AFFINITY) % cfg->ring_size;
+		__u32 *idx = bpf_map_lookup_elem(ring, &slot);
+		if (!idx)
+			return drop(DROP_NO_RING);
+		struct node_info *ni = bpf_map_lookup_elem(&nodes, idx);
+		if (!ni || ni->family != f.family)
+			return drop(DROP_NO_NODE);
+		__builtin_memcpy(node.node, ni->addr, 16);
+		bpf_map_update_elem(&ct1, &f, &node, BPF_ANY);
+		if (st)
+			st->new_flows++;
+	}
+	if (is_self(cfg, node.node, f.family))
+		return tier2(&f, &h, data, data_end, vip);
+	return encap(ctx, cfg, &f, node.node);
+}
+
+/* clamp_mss lowers the MSS option of a SYN-ACK so that the client's
+ * segments still fit once a director encapsulates them. Linux puts MSS
+ * first; other layouts are left alone. */
+static __always_inline void clamp_mss(struct __sk_buff *skb, __u32 l4off, __u16 max)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (l4off > 128)
+		return; /* bounds the offset for the verifier */
+	struct tcphdr *tcp = data + l4off;
+	if ((void *)(tcp + 1) > data_end)
+		return;
+	if (!tcp->syn || tcp->doff < 6)
+		return;
+	__u8 *opt = (void *)(tcp + 1);
+	if ((void *)(opt + 4) > data_end)
+		return;
+	if (opt[0] != TCPOPT_MSS_KIND || opt[1] != TCPOLEN_MSS_LEN)
+		return;
+	__u16 old = *(__u16 *)(opt + 2);
+	if (bpf_ntohs(old) <= max)
+		return;
+	__u16 new = bpf_htons(max);
+	bpf_l4_csum_replace(skb, l4off + offsetof(struct tcphdr, check), old, new, 2);
+	bpf_skb_store_bytes(skb, l4off + sizeof(struct tcphdr) + 2, &new, 2, 0);
+}
+
+SEC("tc")
+int ironlb_tc_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct flow f = {};
+	struct hdrs h = {};
+
+	if (parse_flow(data, data_end, &f, &h) != PARSE_L4)
+		return TC_ACT_OK;
+	struct vip_key *vk = bpf_map_lookup_elem(&revnat, &f);
+	if (!vk)
+		return TC_ACT_OK;
+	struct vip_key v = *vk;
+	__u32 l3off = sizeof(struct ethhdr);
+	__u32 l4off = (void *)h.l4 - data;
+	__u32 csum_off = l4off + (f.proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+						      : offsetof(struct udphdr, check));
+	__u64 l4flags = f.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (f.family == FAMILY_V4) {
+		bpf_l4_csum_replace(skb, csum_off, f.src[0], v.addr[0],
+				    l4flags | BPF_F_PSEUDO_HDR | sizeof(__u32));
+		bpf_l3_csum_replace(skb, l3off + offsetof(struct iphdr, check), f.src[0],
+				    v.addr[0], sizeof(__u32));
+		bpf_skb_store_bytes(skb, l3off + offsetof(struct iphdr, saddr), &v.addr[0],
+				    sizeof(__u32), 0);
+	} else {
+		__s64 diff = bpf_csum_diff(f.src, 16, v.addr, 16, 0);
+		bpf_l4_csum_replace(skb, csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR);
+		bpf_skb_store_bytes(skb, l3off + offsetof(struct ipv6hdr, saddr), v.addr, 16, 0);
+	}
+	bpf_l4_csum_replace(skb, csum_off, f.sport, v.port, l4flags | sizeof(__u16));
+	bpf_skb_store_bytes(skb, l4off, &v.port, sizeof(__u16), 0);
+
+	if (f.proto == IPPROTO_TCP) {
+		__u32 zero = 0;
+		struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+		if (cfg && cfg->mtu > 200) {
+			__u32 over = f.family == FAMILY_V4 ? 20 + 20 + IPIP4_OVERHEAD
+							   : 40 + 20 + IPIP6_OVERHEAD;
+			clamp_mss(skb, l4off, cfg->mtu - over);
+		}
+	}
+	return TC_ACT_OK;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

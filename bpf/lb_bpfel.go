@@ -13,10 +13,58 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type LbBackend struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
+type LbBackendSet struct {
+	_     structs.HostLayout
+	Count uint32
+	Pad   uint32
+	Be    [64]LbBackend
+}
+
+type LbCt1Entry struct {
+	_    structs.HostLayout
+	Node [4]uint32
+}
+
+type LbFlow struct {
+	_      structs.HostLayout
+	Src    [4]uint32
+	Dst    [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    uint16
+}
+
+type LbNodeInfo struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Family uint8
+	Pad    [3]uint8
+}
+
 type LbServiceStats struct {
-	_       structs.HostLayout
-	Packets uint64
-	Bytes   uint64
+	_        structs.HostLayout
+	Packets  uint64
+	Bytes    uint64
+	NewFlows uint64
+}
+
+type LbSettings struct {
+	_        structs.HostLayout
+	Self4    uint32
+	Self6    [4]uint32
+	RingSize uint32
+	Mtu      uint32
+	Flags    uint32
 }
 
 type LbVipInfo struct {
@@ -37,9 +85,18 @@ type LbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	LbMapStats      = "stats"
-	LbMapVips       = "vips"
-	LbProgIronlbXdp = "ironlb_xdp"
+	LbMapBackends        = "backends"
+	LbMapConfig          = "config"
+	LbMapCt1             = "ct1"
+	LbMapCt2             = "ct2"
+	LbMapDrops           = "drops"
+	LbMapNodes           = "nodes"
+	LbMapRevnat          = "revnat"
+	LbMapRings           = "rings"
+	LbMapStats           = "stats"
+	LbMapVips            = "vips"
+	LbProgIronlbTcEgress = "ironlb_tc_egress"
+	LbProgIronlbXdp      = "ironlb_xdp"
 )
 
 // LoadLb returns the embedded CollectionSpec for Lb.
@@ -84,15 +141,24 @@ type LbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbProgramSpecs struct {
-	IronlbXdp *ebpf.ProgramSpec `ebpf:"ironlb_xdp"`
+	IronlbTcEgress *ebpf.ProgramSpec `ebpf:"ironlb_tc_egress"`
+	IronlbXdp      *ebpf.ProgramSpec `ebpf:"ironlb_xdp"`
 }
 
 // LbMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbMapSpecs struct {
-	Stats *ebpf.MapSpec `ebpf:"stats"`
-	Vips  *ebpf.MapSpec `ebpf:"vips"`
+	Backends *ebpf.MapSpec `ebpf:"backends"`
+	Config   *ebpf.MapSpec `ebpf:"config"`
+	Ct1      *ebpf.MapSpec `ebpf:"ct1"`
+	Ct2      *ebpf.MapSpec `ebpf:"ct2"`
+	Drops    *ebpf.MapSpec `ebpf:"drops"`
+	Nodes    *ebpf.MapSpec `ebpf:"nodes"`
+	Revnat   *ebpf.MapSpec `ebpf:"revnat"`
+	Rings    *ebpf.MapSpec `ebpf:"rings"`
+	Stats    *ebpf.MapSpec `ebpf:"stats"`
+	Vips     *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // LbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -121,12 +187,28 @@ func (o *LbObjects) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbMaps struct {
-	Stats *ebpf.Map `ebpf:"stats"`
-	Vips  *ebpf.Map `ebpf:"vips"`
+	Backends *ebpf.Map `ebpf:"backends"`
+	Config   *ebpf.Map `ebpf:"config"`
+	Ct1      *ebpf.Map `ebpf:"ct1"`
+	Ct2      *ebpf.Map `ebpf:"ct2"`
+	Drops    *ebpf.Map `ebpf:"drops"`
+	Nodes    *ebpf.Map `ebpf:"nodes"`
+	Revnat   *ebpf.Map `ebpf:"revnat"`
+	Rings    *ebpf.Map `ebpf:"rings"`
+	Stats    *ebpf.Map `ebpf:"stats"`
+	Vips     *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *LbMaps) Close() error {
 	return _LbClose(
+		m.Backends,
+		m.Config,
+		m.Ct1,
+		m.Ct2,
+		m.Drops,
+		m.Nodes,
+		m.Revnat,
+		m.Rings,
 		m.Stats,
 		m.Vips,
 	)
@@ -142,11 +224,13 @@ type LbVariables struct {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbPrograms struct {
-	IronlbXdp *ebpf.Program `ebpf:"ironlb_xdp"`
+	IronlbTcEgress *ebpf.Program `ebpf:"ironlb_tc_egress"`
+	IronlbXdp      *ebpf.Program `ebpf:"ironlb_xdp"`
 }
 
 func (p *LbPrograms) Close() error {
 	return _LbClose(
+		p.IronlbTcEgress,
 		p.IronlbXdp,
 	)
 }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Limits and constants of the ironlb data plane; every limit can be
- * overridden at compile time. */
+ * overridden at compile time, and the map sizes also at load time. */
 #ifndef IRONLB_CONSTS_H
 #define IRONLB_CONSTS_H
 
@@ -9,16 +9,63 @@
 #define MAX_VIPS 65536
 #endif
 
-/* Most Services (statistics are indexed by service id). */
+/* Most Service ports (a VIP:port:protocol each); rings, local endpoint
+ * sets and statistics are indexed by their id. */
 #ifndef MAX_SERVICES
 #define MAX_SERVICES 16384
+#endif
+
+/* Most nodes a ring can point to. */
+#ifndef MAX_NODES
+#define MAX_NODES 4096
+#endif
+
+/* Most ready endpoints of one Service port on one node. */
+#ifndef MAX_LOCAL_BACKENDS
+#define MAX_LOCAL_BACKENDS 64
+#endif
+
+/* Flows each conntrack table keeps (LRU). */
+#ifndef MAX_FLOWS
+#define MAX_FLOWS 131072
+#endif
+
+/* Slots of a Maglev ring; the loader sets the real size (a prime). */
+#ifndef RING_SIZE
+#define RING_SIZE 16381
 #endif
 
 #define ETH_P_IP_BE 0x0008   /* htons(ETH_P_IP) */
 #define ETH_P_IPV6_BE 0xDD86 /* htons(ETH_P_IPV6) */
 #define IP_MF_OFFSET_BE 0xFF3F /* htons(IP_MF | IP_OFFSET) */
+#define IP_DF_BE 0x0040       /* htons(IP_DF) */
 
 #define FAMILY_V4 4
 #define FAMILY_V6 6
+
+/* vip_info.flags */
+#define VIP_AFFINITY 1 /* sessionAffinity ClientIP: hash the client only */
+#define VIP_LOCAL 2    /* externalTrafficPolicy Local: this node's endpoints */
+
+/* Headers the encapsulation adds. */
+#define IPIP4_OVERHEAD 20
+#define IPIP6_OVERHEAD 40
+
+/* TCP option kinds. */
+#define TCPOPT_MSS_KIND 2
+#define TCPOLEN_MSS_LEN 4
+
+/* Why a VIP packet was dropped or left to the kernel (drops map index). */
+enum drop_reason {
+	DROP_NO_CONFIG = 0,   /* the speaker has not configured this node */
+	DROP_NO_RING = 1,     /* a VIP without a ring (being set up) */
+	DROP_NO_NODE = 2,     /* the ring points to an unknown node */
+	DROP_NO_BACKEND = 3,  /* no local endpoint on the chosen node */
+	DROP_FIB = 4,         /* no route or neighbour to the chosen node */
+	DROP_ENCAP = 5,       /* no room to add the outer header */
+	DROP_DECAP = 6,       /* an encapsulated packet we could not open */
+	DROP_MALFORMED = 7,   /* a VIP packet with a bad header */
+	DROP_REASONS = 8,
+};
 
 #endif

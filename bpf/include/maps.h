@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* The maps of the ironlb data plane. */
+/* The maps of the ironlb data plane. The speaker pins them all, so a
+ * restarted speaker finds the conntrack tables where it left them. */
 #ifndef IRONLB_MAPS_H
 #define IRONLB_MAPS_H
 
@@ -8,7 +9,15 @@
 #include "consts.h"
 #include "structs.h"
 
-/* VIP:port:protocol -> Service; written by the speaker. */
+/* This node's addresses and the ring size (one entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} config SEC(".maps");
+
+/* VIP:port:protocol -> Service port. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_VIPS);
@@ -16,12 +25,79 @@ struct {
 	__type(value, struct vip_info);
 } vips SEC(".maps");
 
-/* Packets and bytes per Service, per CPU. */
+/* One Maglev ring per Service port: slot -> index in nodes. The speaker
+ * fills a new inner map and then swaps it in, so a packet never sees a
+ * half-written ring. */
+struct ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RING_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings SEC(".maps");
+
+/* Node index -> address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_NODES);
+	__type(key, __u32);
+	__type(value, struct node_info);
+} nodes SEC(".maps");
+
+/* Service port -> its ready endpoints on this node. A hash map, so each
+ * update replaces the whole set at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct backend_set);
+} backends SEC(".maps");
+
+/* Tier-1 conntrack: client flow -> node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow);
+	__type(value, struct ct1_entry);
+} ct1 SEC(".maps");
+
+/* Tier-2 conntrack: client flow -> endpoint. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow);
+	__type(value, struct backend);
+} ct2 SEC(".maps");
+
+/* Reverse NAT: endpoint -> client flow (as the reply shows it) -> the VIP
+ * the client spoke to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow);
+	__type(value, struct vip_key);
+} revnat SEC(".maps");
+
+/* Packets, bytes and new flows per Service port, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_SERVICES);
 	__type(key, __u32);
 	__type(value, struct service_stats);
 } stats SEC(".maps");
+
+/* Drops by reason, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
 
 #endif

@@ -1,0 +1,78 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// The maps hold addresses and ports as the packet does: in network byte
+// order, read as raw memory. An IPv4 address fills the first word only.
+
+// Addr returns a in the maps' layout.
+func Addr(a netip.Addr) [4]uint32 {
+	var out [4]uint32
+	if a.Is4() {
+		b := a.As4()
+		out[0] = binary.NativeEndian.Uint32(b[:])
+		return out
+	}
+	b := a.As16()
+	for i := range out {
+		out[i] = binary.NativeEndian.Uint32(b[i*4:])
+	}
+	return out
+}
+
+// AddrFrom is the inverse of Addr.
+func AddrFrom(raw [4]uint32, family uint8) netip.Addr {
+	var b [16]byte
+	for i, w := range raw {
+		binary.NativeEndian.PutUint32(b[i*4:], w)
+	}
+	if family == Family4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// Port returns a port in the maps' layout.
+func Port(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// PortFrom is the inverse of Port.
+func PortFrom(p uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], p)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+// Families, as the maps record them.
+const (
+	Family4 = 4
+	Family6 = 6
+)
+
+// FamilyOf returns a's family in the maps' terms.
+func FamilyOf(a netip.Addr) uint8 {
+	if a.Is4() {
+		return Family4
+	}
+	return Family6
+}
+
+// VipKeyFor returns the vips key of addr:port/proto.
+func VipKeyFor(addr netip.Addr, port uint16, proto uint8) LbVipKey {
+	return LbVipKey{Addr: Addr(addr), Port: Port(port), Proto: proto, Family: FamilyOf(addr)}
+}
+
+// Flags of a VIP (vip_info.flags).
+const (
+	VIPAffinity = 1
+	VIPLocal    = 2
+)
+
+// Drop reasons: indexes of the drops map, as consts.h numbers them.
+var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed"}
