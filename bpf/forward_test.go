@@ -297,10 +297,15 @@ func TestForwarding(t *testing.T) {
 			verdict: xdpPass,
 		},
 		{
-			name:    "tier-2 conntrack: the first flow keeps its endpoint (pod1) although only pod2 is ready now",
-			setup:   func() { setRing(t, objs, 1, 1) },
-			prog:    "xdp",
-			in:      func() []byte { p := client; p.sport = 41000; p.flags, p.mss = tcpACK, 0; return p.encapsulated(nodeB4, self4, macNodeB, macSelf) }(),
+			name:  "tier-2 conntrack: the first flow keeps its endpoint (pod1) although only pod2 is ready now",
+			setup: func() { setRing(t, objs, 1, 1) },
+			prog:  "xdp",
+			in: func() []byte {
+				p := client
+				p.sport = 41000
+				p.flags, p.mss = tcpACK, 0
+				return p.encapsulated(nodeB4, self4, macNodeB, macSelf)
+			}(),
 			verdict: xdpPass,
 			out: func() []byte {
 				p := dnatted(client, pod2, 8080)
@@ -404,7 +409,7 @@ func TestAffinity(t *testing.T) {
 			if ret != xdpPass {
 				t.Fatalf("verdict %d", ret)
 			}
-			got[netip.AddrFrom4([4]byte(out[14+16 : 14+20]))] = true
+			got[netip.AddrFrom4([4]byte(out[14+16:14+20]))] = true
 		}
 		return got
 	}
@@ -440,7 +445,11 @@ func TestUntouched(t *testing.T) {
 		"truncated IPv4 header":    tcp4[:14+12],
 		"IPv4 header length four":  func() []byte { p := bytes.Clone(tcp4); p[14] = 0x44; return p }(),
 		"TCP data offset four":     func() []byte { p := bytes.Clone(tcp4); p[14+20+12] = 0x40; return p }(),
-		"IPv6 extension header":    func() []byte { p := pkt{src: client6, dst: vip6, proto: 6, sport: 1, dport: 80}.frame(); p[14+6] = 0; return p }(),
+		"IPv6 extension header": func() []byte {
+			p := pkt{src: client6, dst: vip6, proto: 6, sport: 1, dport: 80}.frame()
+			p[14+6] = 0
+			return p
+		}(),
 	}
 	for name, in := range tests {
 		ret, out := runXDP(t, objs.IronlbXdp, in, 0)
