@@ -26,6 +26,9 @@
 #include "include/csum.h"
 #include "include/hash.h"
 
+/* Enough for Ethernet, IPv4 with options or IPv6, and TCP with options. */
+#define PULL_LEN (14 + 60 + 60)
+
 #define AF_INET 2
 #define AF_INET6 10
 
@@ -273,7 +276,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 		olen = sizeof(struct ipv6hdr);
 		proto = ETH_P_IPV6_BE;
 	}
-	if (parse_ip(oh->l4, data_end, proto, &f, &h) != PARSE_L4)
+	if (parse_ip(oh->l4, data_end, proto, &f, &h, 1) != PARSE_L4)
 		return XDP_PASS;
 	struct vip_info *vip = lookup_vip(&f);
 	if (!vip)
@@ -296,7 +299,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 	*eth = saved;
 	__builtin_memset(&f, 0, sizeof(f));
 	__builtin_memset(&h, 0, sizeof(h));
-	if (parse_flow(data, data_end, &f, &h) != PARSE_L4)
+	if (parse_flow(data, data_end, &f, &h, 1) != PARSE_L4)
 		return drop(DROP_DECAP);
 	return tier2(&f, &h, data, data_end, vip);
 }
@@ -310,7 +313,7 @@ int ironlb_xdp(struct xdp_md *ctx)
 	struct hdrs h = {};
 	__u32 zero = 0;
 
-	int r = parse_flow(data, data_end, &f, &h);
+	int r = parse_flow(data, data_end, &f, &h, 1);
 	if (r == PARSE_OTHER)
 		return XDP_PASS;
 	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
@@ -394,8 +397,20 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 	struct flow f = {};
 	struct hdrs h = {};
 
-	if (parse_flow(data, data_end, &f, &h) != PARSE_L4)
-		return TC_ACT_OK;
+	if (parse_flow(data, data_end, &f, &h, 0) != PARSE_L4) {
+		/* Headers split between the linear part and pages: pull
+		 * them in once and look again. */
+		__u32 linear = data_end - data;
+		if (linear >= PULL_LEN || skb->len <= linear)
+			return TC_ACT_OK;
+		if (bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN))
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		__builtin_memset(&f, 0, sizeof(f));
+		if (parse_flow(data, data_end, &f, &h, 0) != PARSE_L4)
+			return TC_ACT_OK;
+	}
 	struct vip_key *vk = bpf_map_lookup_elem(&revnat, &f);
 	if (!vk)
 		return TC_ACT_OK;

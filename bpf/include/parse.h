@@ -55,9 +55,11 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct flow *f)
 }
 
 /* parse_ip parses the IP header at l3 (eth_proto in network order) and
- * what follows it. */
+ * what follows it. whole says the buffer holds the whole packet (XDP), so
+ * an IP length past its end means a truncated packet; a socket buffer
+ * (TC) may hold only the headers in its linear part. */
 static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
-				    struct flow *f, struct hdrs *h)
+				    struct flow *f, struct hdrs *h, int whole)
 {
 	if (eth_proto == ETH_P_IP_BE) {
 		struct iphdr *ip = l3;
@@ -68,7 +70,7 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 		if (ip->frag_off & IP_MF_OFFSET_BE)
 			return PARSE_OTHER; /* fragments: the kernel reassembles */
 		__u16 tot = bpf_ntohs(ip->tot_len);
-		if (tot < ip->ihl * 4 || l3 + tot > data_end)
+		if (tot < ip->ihl * 4 || (whole && l3 + tot > data_end))
 			return PARSE_OTHER; /* inconsistent or truncated */
 		void *l4 = l3 + ip->ihl * 4;
 		f->family = FAMILY_V4;
@@ -86,7 +88,7 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 			return PARSE_OTHER;
 		if (ip6->version != 6)
 			return PARSE_OTHER;
-		if ((void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > data_end)
+		if (whole && (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > data_end)
 			return PARSE_OTHER;
 		f->family = FAMILY_V6;
 		f->proto = ip6->nexthdr; /* extension headers: not TCP/UDP, passed */
@@ -102,12 +104,12 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 
 /* parse_flow fills f and h from an Ethernet frame. */
 static __always_inline int parse_flow(void *data, void *data_end, struct flow *f,
-				      struct hdrs *h)
+				      struct hdrs *h, int whole)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_OTHER;
-	return parse_ip(eth + 1, data_end, eth->h_proto, f, h);
+	return parse_ip(eth + 1, data_end, eth->h_proto, f, h, whole);
 }
 
 #endif

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/ironlb/ironlb/internal/flagenv"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/speaker"
 )
 
@@ -41,6 +42,12 @@ func run() error {
 	secret := fs.String("memberlist-secret", "", "base64 key (16, 24 or 32 bytes) that encrypts member traffic; empty means none")
 	fs.DurationVar(&opts.Layer2.Refresh, "l2-refresh", opts.Layer2.Refresh, "re-announce owned IPs unasked this often so switch tables do not age out; 0 disables")
 	fs.DurationVar(&opts.Resync, "resync", opts.Resync, "recompute all announcements this often even without changes")
+	fs.StringVar(&opts.XDP.PinDir, "bpf-pin-dir", opts.XDP.PinDir, "directory on a bpffs mount where the data plane pins its maps and links")
+	ifaces := fs.String("xdp-interfaces", "", "comma-separated interfaces that get the data plane; empty means the one holding the node's InternalIP")
+	fs.StringVar(&opts.XDP.XDPMode, "xdp-mode", opts.XDP.XDPMode, "native, generic, or auto (native where the driver supports it)")
+	ringSize := fs.Uint("maglev-table-size", uint(opts.XDP.RingSize), "slots of each Maglev ring, a prime from 251 to 131071")
+	flows := fs.Uint("conntrack-size", uint(opts.XDP.Flows), "flows each conntrack table keeps")
+	cleanup := fs.Bool("cleanup", false, "detach the data plane, remove its pinned maps and exit (run when uninstalling)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -57,8 +64,12 @@ func run() error {
 		}
 		opts.Members.SecretKey = key
 	}
-	if opts.Dataplane == "xdp" {
-		return fmt.Errorf("--dataplane=xdp is not built yet; use --dataplane=kernel")
+	if *ifaces != "" {
+		opts.XDP.Interfaces = strings.Split(*ifaces, ",")
+	}
+	opts.XDP.RingSize, opts.XDP.Flows = uint32(*ringSize), uint32(*flows)
+	if *cleanup {
+		return dataplane.Cleanup(opts.XDP.PinDir)
 	}
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)

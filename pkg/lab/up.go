@@ -38,8 +38,8 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 			return nil, fmt.Errorf("%s is missing: run make build kube-binaries (or make lab)", b)
 		}
 	}
-	if c.Dataplane != "kernel" {
-		return nil, fmt.Errorf("--dataplane=%s is not available yet; the lab runs --dataplane=kernel (kube-proxy forwards)", c.Dataplane)
+	if c.Dataplane != "kernel" && c.Dataplane != "xdp" {
+		return nil, fmt.Errorf("--dataplane=%s: want xdp or kernel", c.Dataplane)
 	}
 	if err := Down(ctx, c.Dir); err != nil {
 		return nil, fmt.Errorf("clean an earlier lab: %w", err)
@@ -74,9 +74,19 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 	if err := c.createObjects(ctx, CRDDir(root)); err != nil {
 		return nil, err
 	}
-	step("starting kube-proxy on every node")
-	for _, n := range c.NodeList() {
-		if err := c.StartKubeProxy(n); err != nil {
+	if c.Dataplane == "kernel" {
+		step("starting kube-proxy on every node")
+		for _, n := range c.NodeList() {
+			if err := c.StartKubeProxy(n); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		step("preparing the xdp data plane: a bpffs under " + c.BPFFS() + ", NAPI on the bridge side of each node")
+		if err := c.mountBPFFS(); err != nil {
+			return nil, err
+		}
+		if err := c.enableVethXDP(); err != nil {
 			return nil, err
 		}
 	}
@@ -138,6 +148,8 @@ func (c Config) StartSpeaker(n Node) error {
 		"--kubeconfig", c.Kubeconfig(),
 		"--node-name", n.Name,
 		"--dataplane", c.Dataplane,
+		"--bpf-pin-dir", c.PinDir(n),
+		"--xdp-interfaces", "eth0",
 	)
 }
 
@@ -223,6 +235,7 @@ func Down(ctx context.Context, dir string) error {
 		errs = append(errs, Config{Dir: dir}.stopAll(3*time.Second))
 	}
 	errs = append(errs, deleteNetwork(ctx))
+	errs = append(errs, unmountBPFFS(filepath.Join(dir, "bpffs")))
 	for _, sub := range []string{"pids", "etcd", "pki", "lab.json", "kubeconfig"} {
 		errs = append(errs, os.RemoveAll(filepath.Join(dir, sub)))
 	}
@@ -239,6 +252,9 @@ func Leftovers(ctx context.Context, dir string) ([]string, error) {
 	}
 	for _, n := range names {
 		out = append(out, "namespace "+n)
+	}
+	if onBPFFS(filepath.Join(dir, "bpffs")) {
+		out = append(out, "bpffs mount "+filepath.Join(dir, "bpffs"))
 	}
 	procs, err := filepath.Glob("/proc/[0-9]*")
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/layer2"
 )
 
@@ -46,6 +47,8 @@ type Options struct {
 	HealthAddr  string
 	Members     MemberOptions
 	Layer2      layer2.Options
+	// XDP configures the xdp data plane.
+	XDP dataplane.Options
 	// Resync recomputes everything this often even without events.
 	Resync time.Duration
 }
@@ -58,6 +61,7 @@ func DefaultOptions() Options {
 		HealthAddr:  ":7475",
 		Members:     DefaultMemberOptions(),
 		Layer2:      layer2.DefaultOptions(),
+		XDP:         dataplane.DefaultOptions(),
 		Resync:      10 * time.Second,
 	}
 }
@@ -77,6 +81,8 @@ type Speaker struct {
 	// owners remembers the computed layer-2 owner of each IP, to count
 	// owner changes.
 	owners map[netip.Addr]string
+	// dp is the XDP data plane; nil with --dataplane=kernel.
+	dp *dataplane.Dataplane
 }
 
 // New builds a speaker on a manager of its own (no leader election: every
@@ -177,6 +183,16 @@ func (s *Speaker) run(ctx context.Context) error {
 	advertise := s.opts.Members.BindAddr
 	if advertise == "" || advertise == "0.0.0.0" {
 		advertise = nodeAddress(&self)
+	}
+	if s.opts.Dataplane == "xdp" {
+		dp, err := s.openDataplane(ctx, &self)
+		if err != nil {
+			return err
+		}
+		// Closing keeps the programs attached and the maps pinned: the
+		// node forwards on until the next speaker takes over.
+		defer func() { _ = dp.Close() }()
+		s.dp = dp
 	}
 	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, s.opts.Members, s.poke)
 	if err != nil {

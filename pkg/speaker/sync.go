@@ -13,6 +13,7 @@ import (
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
 // sync reads the cache, decides, and applies: first the announcements on
@@ -46,6 +47,11 @@ func (s *Speaker) sync(ctx context.Context) error {
 	w.alive[s.opts.NodeName] = true
 	s.metrics.members.Set(float64(len(w.alive)))
 
+	// Forwarding first: a node must forward an IP before it announces it.
+	var dpErr error
+	if s.dp != nil {
+		dpErr = s.applyDataplane(w)
+	}
 	decisions := plan(w, s.opts.NodeName)
 	want := map[string][]netip.Addr{}
 	var mine []announcement
@@ -92,6 +98,28 @@ func (s *Speaker) sync(ctx context.Context) error {
 	s.writer.publish(mine, owned, w.alive)
 	if err != nil {
 		return fmt.Errorf("layer 2: %w", err)
+	}
+	return dpErr
+}
+
+// applyDataplane writes the world into the XDP maps.
+func (s *Speaker) applyDataplane(w world) error {
+	var self *corev1.Node
+	for i := range w.nodes {
+		if w.nodes[i].Name == s.opts.NodeName {
+			self = &w.nodes[i]
+		}
+	}
+	if self == nil {
+		return fmt.Errorf("data plane: node %s not found", s.opts.NodeName)
+	}
+	nodes, ports := forwarding(w)
+	entries, err := dataplane.Plan(s.opts.NodeName, nodes, ports, s.opts.XDP.RingSize)
+	if err != nil {
+		return fmt.Errorf("data plane: %w", err)
+	}
+	if err := s.dp.Apply(selfOf(self), entries); err != nil {
+		return fmt.Errorf("data plane: %w", err)
 	}
 	return nil
 }

@@ -1,0 +1,50 @@
+//go:build linux
+
+package dataplane
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+)
+
+// keepResolved asks the kernel to keep the next hop towards addr resolved
+// (a managed neighbour entry, Linux 5.16+): bpf_fib_lookup reads the
+// neighbour table and cannot resolve an address itself, and nodes may
+// never otherwise talk over one family (IPv6 between nodes whose member
+// list speaks IPv4).
+func keepResolved(addr netip.Addr) error {
+	routes, err := netlink.RouteGet(net.IP(addr.AsSlice()))
+	if err != nil {
+		return fmt.Errorf("route to %s: %w", addr, err)
+	}
+	if len(routes) == 0 {
+		return fmt.Errorf("no route to %s", addr)
+	}
+	r := routes[0]
+	hop := net.IP(addr.AsSlice())
+	if r.Gw != nil {
+		hop = r.Gw
+	}
+	if r.Type == 2 /* RTN_LOCAL */ {
+		return nil
+	}
+	n := netlink.Neigh{
+		LinkIndex: r.LinkIndex,
+		IP:        hop,
+		State:     netlink.NUD_NONE,
+		Flags:     netlink.NTF_EXT_LEARNED,
+		FlagsExt:  netlink.NTF_EXT_MANAGED,
+	}
+	if addr.Is4() {
+		n.Family = netlink.FAMILY_V4
+	} else {
+		n.Family = netlink.FAMILY_V6
+	}
+	if err := netlink.NeighSet(&n); err != nil {
+		return fmt.Errorf("managed neighbour %s: %w", hop, err)
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/ironlb/ironlb/pkg/dataplane"
+	"github.com/ironlb/ironlb/pkg/ipam"
+)
+
+// forwarding translates the world into the data plane's terms: every
+// VIP:port of a LoadBalancer Service whose IP is in a pool, with its
+// endpoints, and every node's InternalIPs.
+func forwarding(w world) ([]dataplane.Node, []dataplane.Port) {
+	var ranges []ipam.Range
+	for _, p := range w.pools {
+		for _, a := range p.Spec.Addresses {
+			if r, err := ipam.ParseRange(string(a)); err == nil {
+				ranges = append(ranges, r)
+			}
+		}
+	}
+	inPool := func(ip netip.Addr) bool {
+		for _, r := range ranges {
+			if r.Contains(ip) {
+				return true
+			}
+		}
+		return false
+	}
+	nodes := make([]dataplane.Node, 0, len(w.nodes))
+	for i := range w.nodes {
+		nodes = append(nodes, dataplane.Node{Name: w.nodes[i].Name, Addrs: internalIPs(&w.nodes[i])})
+	}
+	byService := map[string][]*discoveryv1.EndpointSlice{}
+	for i := range w.slices {
+		s := &w.slices[i]
+		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+			byService[s.Namespace+"/"+name] = append(byService[s.Namespace+"/"+name], s)
+		}
+	}
+	var ports []dataplane.Port
+	for i := range w.services {
+		svc := &w.services[i]
+		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+			continue
+		}
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			vip, err := netip.ParseAddr(ing.IP)
+			if err != nil || !inPool(vip) {
+				continue
+			}
+			for _, sp := range svc.Spec.Ports {
+				proto := uint8(dataplane.TCP)
+				switch sp.Protocol {
+				case corev1.ProtocolUDP:
+					proto = dataplane.UDP
+				case corev1.ProtocolSCTP:
+					continue
+				}
+				p := dataplane.Port{
+					VIP: vip, Port: uint16(sp.Port), Proto: proto,
+					Affinity: svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP,
+					Local:    svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+				}
+				for _, s := range byService[svc.Namespace+"/"+svc.Name] {
+					p.Endpoints = append(p.Endpoints, sliceEndpoints(s, sp, vip.Is4())...)
+				}
+				ports = append(ports, p)
+			}
+		}
+	}
+	return nodes, ports
+}
+
+// sliceEndpoints returns the endpoints of one slice for one Service port.
+func sliceEndpoints(s *discoveryv1.EndpointSlice, sp corev1.ServicePort, v4 bool) []dataplane.Endpoint {
+	if (s.AddressType == discoveryv1.AddressTypeIPv4) != v4 || (s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6) {
+		return nil
+	}
+	var target uint16
+	for _, p := range s.Ports {
+		name := ""
+		if p.Name != nil {
+			name = *p.Name
+		}
+		proto := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		if name == sp.Name && proto == sp.Protocol && p.Port != nil {
+			target = uint16(*p.Port)
+		}
+	}
+	if target == 0 {
+		return nil
+	}
+	var out []dataplane.Endpoint
+	for _, e := range s.Endpoints {
+		if len(e.Addresses) == 0 {
+			continue
+		}
+		addr, err := netip.ParseAddr(e.Addresses[0])
+		if err != nil {
+			continue
+		}
+		// Ready unset means ready; a terminating endpoint is not ready.
+		ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+		if e.Conditions.Terminating != nil && *e.Conditions.Terminating {
+			ready = false
+		}
+		node := ""
+		if e.NodeName != nil {
+			node = *e.NodeName
+		}
+		out = append(out, dataplane.Endpoint{Addr: addr, Port: target, Node: node, Ready: ready})
+	}
+	return out
+}
+
+func internalIPs(n *corev1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// selfOf returns a node's first InternalIP of each family.
+func selfOf(n *corev1.Node) dataplane.Self {
+	var s dataplane.Self
+	for _, ip := range internalIPs(n) {
+		if ip.Is4() && !s.V4.IsValid() {
+			s.V4 = ip
+		}
+		if ip.Is6() && !s.V6.IsValid() {
+			s.V6 = ip
+		}
+	}
+	return s
+}
+
+// linkOf names the interface that holds addr.
+func linkOf(addr netip.Addr) (string, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return "", err
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+			l, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return "", err
+			}
+			return l.Attrs().Name, nil
+		}
+	}
+	return "", fmt.Errorf("no interface holds %s", addr)
+}
+
+// openDataplane loads the XDP data plane on the interfaces given, or on
+// the one that holds the node's InternalIP.
+func (s *Speaker) openDataplane(_ context.Context, self *corev1.Node) (*dataplane.Dataplane, error) {
+	opts := s.opts.XDP
+	if len(opts.Interfaces) == 0 {
+		me := selfOf(self)
+		addr := me.V4
+		if !addr.IsValid() {
+			addr = me.V6
+		}
+		name, err := linkOf(addr)
+		if err != nil {
+			return nil, fmt.Errorf("choose the XDP interface (set --xdp-interfaces): %w", err)
+		}
+		opts.Interfaces = []string{name}
+	}
+	if opts.MTU == 0 {
+		if i, err := net.InterfaceByName(opts.Interfaces[0]); err == nil {
+			opts.MTU = uint32(i.MTU)
+		}
+	}
+	return dataplane.Open(s.log.WithName("dataplane"), opts)
+}
