@@ -1,7 +1,7 @@
 // Command ironlb-lab runs a whole ironlb cluster on one Linux machine, in
 // network namespaces: see docs/lab.md.
 //
-//	ironlb-lab up [--nodes 3] [--dataplane kernel]
+//	ironlb-lab up [--nodes 3] [--dataplane xdp|kernel]
 //	ironlb-lab status
 //	ironlb-lab exec client -- curl -s http://10.89.100.1/
 //	ironlb-lab kubeconfig
@@ -31,7 +31,7 @@ import (
 const usage = `usage: ironlb-lab [--dir DIR] COMMAND
 
 commands:
-  up [--nodes N] [--dataplane kernel]   build the lab (cleans an earlier one first)
+  up [--nodes N] [--dataplane xdp|kernel] build the lab (cleans an earlier one first)
   down                                  remove every namespace, process and state file of the lab
   status                                show processes, the demo Service and who announces it
   exec NS -- CMD...                     run CMD in a lab namespace (client, router, fabric, a, node-a, demo-a-0)
@@ -89,7 +89,7 @@ func run() error {
 		cfg := lab.DefaultConfig(abs)
 		fs := flag.NewFlagSet("up", flag.ContinueOnError)
 		fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of nodes (1-20)")
-		fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "kernel: kube-proxy forwards (the XDP data plane comes later)")
+		fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "xdp: ironlb forwards in XDP (no kube-proxy); kernel: kube-proxy forwards")
 		pool := fs.String("pool", strings.Join(cfg.Pool, ","), "addresses of the sample IPPool")
 		if err := fs.Parse(rest); err != nil {
 			return err

@@ -38,8 +38,9 @@ const ProbeInterval = 10 * time.Millisecond
 
 // Probe sends a UDP datagram to VIP:7 from the client namespace every
 // 10 ms, over a pool of source ports so that one flow stuck on a dead
-// backend cannot hide the others, and records the source MAC of every
-// reply with a packet socket: the MAC tells which node answered.
+// backend cannot hide the others, and watches both directions with a
+// packet socket: the MAC each answered request went to tells which node
+// carried it.
 type Probe struct {
 	vip   netip.Addr
 	conns []net.Conn
@@ -70,12 +71,14 @@ func (c Config) StartProbe(ctx context.Context, vip netip.Addr) (*Probe, error) 
 		if err != nil {
 			return err
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
+		// ETH_P_ALL: a socket bound to one protocol sees no outgoing
+		// frames.
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		if err != nil {
 			return fmt.Errorf("packet socket: %w", err)
 		}
 		p.psock = fd
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
 			return fmt.Errorf("bind packet socket: %w", err)
 		}
 		tv := unix.NsecToTimeval(int64(50 * time.Millisecond))
@@ -126,34 +129,59 @@ func (p *Probe) send() {
 	}
 }
 
-// capture reads the replies' frames.
+// capture reads the probe's frames both ways. A reply counts for the node
+// its request was sent to (the MAC the client resolved for the VIP): with
+// the kernel data plane that node also sends the reply, with the XDP data
+// plane the reply comes straight from the endpoint's node (direct server
+// return), so only the request says which node carried the flow.
 func (p *Probe) capture() {
 	buf := make([]byte, 2048)
 	vip := p.vip.As4()
+	sentTo := map[int]string{} // probe number -> MAC it was sent to
 	for {
 		select {
 		case <-p.stop:
 			return
 		default:
 		}
-		n, _, err := unix.Recvfrom(p.psock, buf, 0)
+		n, from, err := unix.Recvfrom(p.psock, buf, 0)
 		if err != nil {
 			continue // timeout: look at stop again
 		}
 		f := buf[:n]
-		// Ethernet (14) + IPv4 (>= 20) + UDP (8), from VIP port 7.
+		// Ethernet (14) + IPv4 (>= 20) + UDP (8), to or from VIP port 7.
 		if len(f) < 14+20+8 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
 			continue
 		}
 		ip := f[14:]
 		ihl := int(ip[0]&0x0f) * 4
-		if ip[0]>>4 != 4 || ihl < 20 || len(ip) < ihl+8 || ip[9] != syscall.IPPROTO_UDP || [4]byte(ip[12:16]) != vip {
+		if ip[0]>>4 != 4 || ihl < 20 || len(ip) < ihl+8 || ip[9] != syscall.IPPROTO_UDP {
 			continue
 		}
-		if binary.BigEndian.Uint16(ip[ihl:ihl+2]) != 7 {
+		payload := string(ip[ihl+8:])
+		i := strings.Index(payload, "probe ")
+		if i < 0 {
 			continue
 		}
-		mac := net.HardwareAddr(f[6:12]).String()
+		num, err := strconv.Atoi(strings.TrimSpace(payload[i+len("probe "):]))
+		if err != nil {
+			continue
+		}
+		ll, _ := from.(*unix.SockaddrLinklayer)
+		if ll != nil && ll.Pkttype == unix.PACKET_OUTGOING {
+			if [4]byte(ip[16:20]) == vip && binary.BigEndian.Uint16(ip[ihl+2:ihl+4]) == 7 {
+				sentTo[num] = net.HardwareAddr(f[0:6]).String()
+				delete(sentTo, num-4096) // bounded
+			}
+			continue
+		}
+		if [4]byte(ip[12:16]) != vip || binary.BigEndian.Uint16(ip[ihl:ihl+2]) != 7 {
+			continue
+		}
+		mac, ok := sentTo[num]
+		if !ok {
+			continue
+		}
 		now := time.Now()
 		p.mu.Lock()
 		p.last[mac] = now

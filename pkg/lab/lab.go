@@ -65,7 +65,7 @@ func DefaultConfig(dir string) Config {
 	return Config{
 		Dir:       dir,
 		Nodes:     3,
-		Dataplane: "kernel",
+		Dataplane: "xdp",
 		APIPort:   16443,
 		EtcdPort:  12379,
 		Pool:      []string{PoolIPv4, poolRangeIPv6},
