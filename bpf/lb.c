@@ -269,14 +269,25 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 
 	if (!is_self(cfg, outer->dst, outer->family))
 		return XDP_PASS;
+	void *l3 = (void *)(long)ctx->data + sizeof(struct ethhdr);
+	void *outer_end;
 	if (outer->family == FAMILY_V4) {
-		olen = (void *)oh->l4 - ((void *)(long)ctx->data + sizeof(struct ethhdr));
+		struct iphdr *o = l3;
+		if ((void *)(o + 1) > data_end)
+			return XDP_PASS;
+		olen = (void *)oh->l4 - l3;
+		outer_end = l3 + bpf_ntohs(o->tot_len);
 		proto = ETH_P_IP_BE;
 	} else {
+		struct ipv6hdr *o = l3;
+		if ((void *)(o + 1) > data_end)
+			return XDP_PASS;
 		olen = sizeof(struct ipv6hdr);
+		outer_end = (void *)(o + 1) + bpf_ntohs(o->payload_len);
 		proto = ETH_P_IPV6_BE;
 	}
-	if (parse_ip(oh->l4, data_end, proto, &f, &h, 1) != PARSE_L4)
+	/* The inner packet must lie within the outer one. */
+	if (parse_ip(oh->l4, data_end, proto, &f, &h, 1, outer_end) != PARSE_L4)
 		return XDP_PASS;
 	struct vip_info *vip = lookup_vip(&f);
 	if (!vip)

@@ -30,12 +30,13 @@ struct hdrs {
 	void *l4;
 };
 
-/* parse_ports reads the TCP or UDP ports at l4. */
-static __always_inline int parse_ports(void *l4, void *data_end, struct flow *f)
+/* parse_ports reads the TCP or UDP ports at l4; the header must end
+ * before both the buffer (data_end) and the IP packet (ip_end). */
+static __always_inline int parse_ports(void *l4, void *data_end, void *ip_end, struct flow *f)
 {
 	if (f->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
-		if ((void *)(tcp + 1) > data_end)
+		if ((void *)(tcp + 1) > data_end || (void *)(tcp + 1) > ip_end)
 			return PARSE_OTHER;
 		if (tcp->doff < 5)
 			return PARSE_OTHER;
@@ -45,7 +46,7 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct flow *f)
 	}
 	if (f->proto == IPPROTO_UDP) {
 		struct udphdr *udp = l4;
-		if ((void *)(udp + 1) > data_end)
+		if ((void *)(udp + 1) > data_end || (void *)(udp + 1) > ip_end)
 			return PARSE_OTHER;
 		f->sport = udp->source;
 		f->dport = udp->dest;
@@ -56,10 +57,11 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct flow *f)
 
 /* parse_ip parses the IP header at l3 (eth_proto in network order) and
  * what follows it. whole says the buffer holds the whole packet (XDP), so
- * an IP length past its end means a truncated packet; a socket buffer
- * (TC) may hold only the headers in its linear part. */
+ * an IP length past its end, or past limit (the end of the packet that
+ * encapsulates this one), means a malformed packet; a socket buffer (TC)
+ * may hold only the headers in its linear part. */
 static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
-				    struct flow *f, struct hdrs *h, int whole)
+				    struct flow *f, struct hdrs *h, int whole, void *limit)
 {
 	if (eth_proto == ETH_P_IP_BE) {
 		struct iphdr *ip = l3;
@@ -70,7 +72,7 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 		if (ip->frag_off & IP_MF_OFFSET_BE)
 			return PARSE_OTHER; /* fragments: the kernel reassembles */
 		__u16 tot = bpf_ntohs(ip->tot_len);
-		if (tot < ip->ihl * 4 || (whole && l3 + tot > data_end))
+		if (tot < ip->ihl * 4 || (whole && (l3 + tot > data_end || l3 + tot > limit)))
 			return PARSE_OTHER; /* inconsistent or truncated */
 		void *l4 = l3 + ip->ihl * 4;
 		f->family = FAMILY_V4;
@@ -80,7 +82,7 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 		h->l4 = l4;
 		if (f->proto == IPPROTO_IPIP)
 			return PARSE_ENCAP;
-		return parse_ports(l4, data_end, f);
+		return parse_ports(l4, data_end, l3 + tot, f);
 	}
 	if (eth_proto == ETH_P_IPV6_BE) {
 		struct ipv6hdr *ip6 = l3;
@@ -88,7 +90,8 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 			return PARSE_OTHER;
 		if (ip6->version != 6)
 			return PARSE_OTHER;
-		if (whole && (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > data_end)
+		void *end = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
+		if (whole && (end > data_end || end > limit))
 			return PARSE_OTHER;
 		f->family = FAMILY_V6;
 		f->proto = ip6->nexthdr; /* extension headers: not TCP/UDP, passed */
@@ -97,7 +100,7 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 		h->l4 = ip6 + 1;
 		if (f->proto == IPPROTO_IPV6)
 			return PARSE_ENCAP;
-		return parse_ports(ip6 + 1, data_end, f);
+		return parse_ports(ip6 + 1, data_end, (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len), f);
 	}
 	return PARSE_OTHER;
 }
@@ -109,7 +112,7 @@ static __always_inline int parse_flow(void *data, void *data_end, struct flow *f
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_OTHER;
-	return parse_ip(eth + 1, data_end, eth->h_proto, f, h, whole);
+	return parse_ip(eth + 1, data_end, eth->h_proto, f, h, whole, data_end);
 }
 
 #endif
