@@ -96,7 +96,7 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.
 .PHONY: bench
 bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, controller load, lab failover.
 	$(GO) test ./pkg/ipam ./pkg/announce ./pkg/maglev -run '^$$' -bench . -benchmem
-	$(GO) test ./bpf -run '^$$' -bench . -benchtime 3x
+	$(GO) test ./bpf -run '^$$' -bench XDP -benchtime 1x
 	$(GO) test ./pkg/controller -run '^$$' -bench ControllerLoad -benchtime 1x
 	$(BIN)/ironlb-lab up >/dev/null
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc

@@ -39,7 +39,7 @@ const ringSize = 16381
 // network namespace with a link that has this node's addresses and
 // permanent neighbour entries for node B, so bpf_fib_lookup resolves it.
 // It returns the link's index.
-func testNet(t *testing.T) int {
+func testNet(t testing.TB) int {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -101,7 +101,7 @@ func testNet(t *testing.T) int {
 // world fills the maps: node indexes 1 self, 2 node B (both families), 3
 // node C; VIP services 1 (vip4:80/TCP), 2 (vip4:7/UDP), 3 (vip6:80/TCP),
 // 4 (vip4:81/TCP, affinity), 5 (vip4:82/TCP, Local).
-func world(t *testing.T, objs *LbObjects) {
+func world(t testing.TB, objs *LbObjects) {
 	t.Helper()
 	must(t, objs.Config.Put(uint32(0), LbSettings{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
 	for i, n := range []netip.Addr{self4, nodeB4, nodeC4} {

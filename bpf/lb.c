@@ -157,7 +157,7 @@ static __always_inline int tier2(struct flow *f, struct hdrs *h, void *data,
 /* encap wraps the packet in an outer IP header from this node to node and
  * sends it towards it. */
 static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
-				 const struct flow *f, const __u32 *node)
+				 const struct flow *f, const __u32 *node, __u32 idx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -191,11 +191,25 @@ static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
 		fib.tot_len = inner_len + IPIP6_OVERHEAD;
 		overhead = IPIP6_OVERHEAD;
 	}
-	/* We originate the outer packet: an output lookup, which needs no
-	 * forwarding on the interface. */
-	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return drop(DROP_FIB);
+	/* The next hop towards the node: from the cache while it is fresh,
+	 * else a FIB lookup (an output lookup: we originate the outer
+	 * packet), which refreshes it. */
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
+	if (!nh)
+		return drop(DROP_NO_NODE);
+	if (nh->expires <= now || nh->in_ifindex != in_if || !addr_eq(nh->node, node)) {
+		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+			return drop(DROP_FIB);
+		__builtin_memcpy(nh->node, node, 16);
+		__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+		nh->ifindex = fib.ifindex;
+		nh->in_ifindex = in_if;
+		nh->expires = now + NEXTHOP_TTL_NS;
+	}
+	struct nexthop hop = *nh;
 
 	if (bpf_xdp_adjust_head(ctx, -overhead))
 		return drop(DROP_ENCAP);
@@ -204,8 +218,8 @@ static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return drop(DROP_ENCAP);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, hop.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, hop.smac, ETH_ALEN);
 
 	if (f->family == FAMILY_V4) {
 		struct iphdr *outer = (void *)(eth + 1);
@@ -240,9 +254,9 @@ static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
 		__builtin_memcpy(&outer->saddr, cfg->self6, 16);
 		__builtin_memcpy(&outer->daddr, node, 16);
 	}
-	if (fib.ifindex == in_if)
+	if (hop.ifindex == in_if)
 		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
+	return bpf_redirect(hop.ifindex, 0);
 }
 
 static __always_inline struct vip_info *lookup_vip(const struct flow *f)
@@ -327,14 +341,18 @@ int ironlb_xdp(struct xdp_md *ctx)
 	int r = parse_flow(data, data_end, &f, &h, 1);
 	if (r == PARSE_OTHER)
 		return XDP_PASS;
-	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg)
-		return XDP_PASS;
-	if (r == PARSE_ENCAP)
+	if (r == PARSE_ENCAP) {
+		struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+		if (!cfg)
+			return XDP_PASS;
 		return decap(ctx, cfg, &f, &h);
-
+	}
+	/* The common case, traffic for the node itself, costs one lookup. */
 	struct vip_info *vip = lookup_vip(&f);
 	if (!vip)
+		return XDP_PASS;
+	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
 		return XDP_PASS;
 
 	__u32 id = vip->service_id;
@@ -364,13 +382,14 @@ int ironlb_xdp(struct xdp_md *ctx)
 		if (!ni || ni->family != f.family)
 			return drop(DROP_NO_NODE);
 		__builtin_memcpy(node.node, ni->addr, 16);
+		node.idx = *idx;
 		bpf_map_update_elem(&ct1, &f, &node, BPF_ANY);
 		if (st)
 			st->new_flows++;
 	}
 	if (is_self(cfg, node.node, f.family))
 		return tier2(&f, &h, data, data_end, vip);
-	return encap(ctx, cfg, &f, node.node);
+	return encap(ctx, cfg, &f, node.node, node.idx);
 }
 
 /* clamp_mss lowers the MSS option of a SYN-ACK so that the client's

@@ -31,6 +31,7 @@ type LbBackendSet struct {
 type LbCt1Entry struct {
 	_    structs.HostLayout
 	Node [4]uint32
+	Idx  uint32
 }
 
 type LbFlow struct {
@@ -42,6 +43,17 @@ type LbFlow struct {
 	Proto  uint8
 	Family uint8
 	Pad    uint16
+}
+
+type LbNexthop struct {
+	_         structs.HostLayout
+	Node      [4]uint32
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	Ifindex   uint32
+	InIfindex uint32
+	_         [4]byte
+	Expires   uint64
 }
 
 type LbNodeInfo struct {
@@ -90,6 +102,7 @@ const (
 	LbMapCt1             = "ct1"
 	LbMapCt2             = "ct2"
 	LbMapDrops           = "drops"
+	LbMapNexthops        = "nexthops"
 	LbMapNodes           = "nodes"
 	LbMapRevnat          = "revnat"
 	LbMapRings           = "rings"
@@ -154,6 +167,7 @@ type LbMapSpecs struct {
 	Ct1      *ebpf.MapSpec `ebpf:"ct1"`
 	Ct2      *ebpf.MapSpec `ebpf:"ct2"`
 	Drops    *ebpf.MapSpec `ebpf:"drops"`
+	Nexthops *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes    *ebpf.MapSpec `ebpf:"nodes"`
 	Revnat   *ebpf.MapSpec `ebpf:"revnat"`
 	Rings    *ebpf.MapSpec `ebpf:"rings"`
@@ -192,6 +206,7 @@ type LbMaps struct {
 	Ct1      *ebpf.Map `ebpf:"ct1"`
 	Ct2      *ebpf.Map `ebpf:"ct2"`
 	Drops    *ebpf.Map `ebpf:"drops"`
+	Nexthops *ebpf.Map `ebpf:"nexthops"`
 	Nodes    *ebpf.Map `ebpf:"nodes"`
 	Revnat   *ebpf.Map `ebpf:"revnat"`
 	Rings    *ebpf.Map `ebpf:"rings"`
@@ -206,6 +221,7 @@ func (m *LbMaps) Close() error {
 		m.Ct1,
 		m.Ct2,
 		m.Drops,
+		m.Nexthops,
 		m.Nodes,
 		m.Revnat,
 		m.Rings,

@@ -35,6 +35,11 @@
 #define RING_SIZE 16381
 #endif
 
+/* How long a cached next hop is used before the FIB is asked again. */
+#ifndef NEXTHOP_TTL_NS
+#define NEXTHOP_TTL_NS 1000000000ULL
+#endif
+
 #define ETH_P_IP_BE 0x0008   /* htons(ETH_P_IP) */
 #define ETH_P_IPV6_BE 0xDD86 /* htons(ETH_P_IPV6) */
 #define IP_MF_OFFSET_BE 0xFF3F /* htons(IP_MF | IP_OFFSET) */

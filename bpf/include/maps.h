@@ -84,6 +84,16 @@ struct {
 	__type(value, struct vip_key);
 } revnat SEC(".maps");
 
+/* Next hops towards nodes, by node index, per CPU, refreshed by a FIB
+ * lookup every NEXTHOP_TTL_NS: a lookup costs more than the rest of the
+ * path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_NODES);
+	__type(key, __u32);
+	__type(value, struct nexthop);
+} nexthops SEC(".maps");
+
 /* Packets, bytes and new flows per Service port, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

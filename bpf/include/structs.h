@@ -57,9 +57,11 @@ struct node_info {
 	__u8 pad[3];
 };
 
-/* Tier-1 conntrack: the node a flow was sent to. */
+/* Tier-1 conntrack: the node a flow was sent to (its index in nodes, to
+ * find the cached next hop). */
 struct ct1_entry {
 	__u32 node[4];
+	__u32 idx;
 };
 
 /* An endpoint: address and target port. */
@@ -68,6 +70,16 @@ struct backend {
 	__u16 port;
 	__u8 family;
 	__u8 pad;
+};
+
+/* The next hop towards a node, as a FIB lookup found it. */
+struct nexthop {
+	__u32 node[4];    /* the node it leads to */
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 ifindex;    /* where to send */
+	__u32 in_ifindex; /* the interface the lookup was made for */
+	__u64 expires;    /* bpf_ktime_get_coarse_ns() deadline */
 };
 
 /* A Service port's ready endpoints on this node. */

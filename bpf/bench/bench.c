@@ -1,0 +1,65 @@
+//go:build ignore
+
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* A harness for measuring ironlb's XDP program with BPF_PROG_TEST_RUN and
+ * repeat. The kernel reuses the packet the program wrote for the next
+ * repetition, so a program that rewrites (DNAT) or encapsulates would be
+ * measured on the wrong path after the first one. bench_xdp runs the
+ * program, then undoes what it did: it moves the head back and restores
+ * the first bytes. With new_flows set, it also gives each repetition its
+ * own source port, so every packet is a new flow (a conntrack miss and
+ * insert). With new_flows 2 it runs nothing between save and restore:
+ * the harness's own cost. Never loaded by the speaker. */
+#include "../lb.c"
+
+#define SAVE 128
+
+struct bench_cfg {
+	__u32 new_flows;
+	__u32 counter;
+	__u8 saved[SAVE]; /* not on the stack: the program needs it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_cfg);
+} bench SEC(".maps");
+
+SEC("xdp")
+int bench_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+
+	struct bench_cfg *bc = bpf_map_lookup_elem(&bench, &zero);
+	if (!bc || data + SAVE > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(bc->saved, data, SAVE);
+	if (bc->new_flows == 1) {
+		/* The TCP source port of an IPv4 packet without options. */
+		bc->counter++;
+		__u16 port = bc->counter;
+		__builtin_memcpy(data + 14 + 20, &port, 2);
+	}
+	__u32 before = data_end - data;
+
+	int verdict = bc->new_flows == 2 ? XDP_PASS : ironlb_xdp(ctx);
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	int delta = (int)(data_end - data) - (int)before;
+	if (delta != 0 && bpf_xdp_adjust_head(ctx, delta))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + SAVE > data_end)
+		return XDP_ABORTED;
+	bc = bpf_map_lookup_elem(&bench, &zero);
+	if (!bc)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, bc->saved, SAVE);
+	return verdict;
+}
