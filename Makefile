@@ -46,7 +46,7 @@ generate: $(CONTROLLER_GEN) ## Regenerate deepcopy, CRDs, RBAC and the BPF objec
 	$(CONTROLLER_GEN) rbac:roleName=ironlb-controller paths=./pkg/controller/... output:rbac:dir=manifests/rbac/controller
 	$(CONTROLLER_GEN) rbac:roleName=ironlb-speaker paths=./pkg/speaker/... output:rbac:dir=manifests/rbac/speaker
 	@v=$$(clang -dumpversion 2>/dev/null | cut -d. -f1); [[ "$$v" == "$(CLANG_MAJOR)" ]] || { echo "generate: need clang $(CLANG_MAJOR) for reproducible BPF objects, found '$$v' (make deps installs it)"; exit 1; }
-	$(GO) generate ./bpf/
+	$(GO) generate ./bpf/...
 
 .PHONY: verify
 verify: deps ## Fail when generated files are stale or code is not gofmt'ed.

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"os"
@@ -456,5 +457,59 @@ func TestUntouched(t *testing.T) {
 		if ret != xdpPass || !bytes.Equal(out, in) {
 			t.Errorf("%s: verdict %d, modified %v; want XDP_PASS, unchanged", name, ret, !bytes.Equal(out, in))
 		}
+	}
+}
+
+// TestTooBig: a packet that would not fit the link once encapsulated is
+// answered with ICMP "fragmentation needed" (IPv4, DF set) or "packet too
+// big" (IPv6), from the VIP, quoting its header; without DF it is dropped.
+func TestTooBig(t *testing.T) {
+	objs := load(t)
+	ifindex := testNet(t)
+	world(t, objs)
+	setRing(t, objs, 2, 2)  // vip4:7/UDP -> node B
+	setRing(t, objs, 3, 12) // vip6:80/TCP -> node B
+	mtu := 1500
+
+	big4 := pkt{src: client4, dst: vip4, proto: 17, sport: 5000, dport: 7, payload: make([]byte, mtu-20-8-10)}.frame()
+	ret, out := runXDP(t, objs.IronlbXdp, big4, ifindex)
+	quote := big4[14 : 14+28]
+	icmp := append([]byte{3, 4, 0, 0, 0, 0}, byte((mtu-20)>>8), byte(mtu-20))
+	icmp = append(icmp, quote...)
+	binary.BigEndian.PutUint16(icmp[2:], fold(sum16(icmp, 0)))
+	ip := []byte{0x45, 0, 0, byte(20 + len(icmp)), 0, 0, 0, 0, 64, 1, 0, 0}
+	ip = append(append(ip, vip4.AsSlice()...), client4.AsSlice()...)
+	binary.BigEndian.PutUint16(ip[10:], fold(sum16(ip, 0)))
+	want := ether(macSelf, macClient, 4, append(ip, icmp...))
+	if ret != xdpTX || !bytes.Equal(out, want) {
+		t.Errorf("IPv4 too big: verdict %d\n got %x\nwant %x", ret, out, want)
+	}
+
+	noDF := bytes.Clone(big4)
+	noDF[14+6] = 0
+	binary.BigEndian.PutUint16(noDF[14+10:], 0)
+	binary.BigEndian.PutUint16(noDF[14+10:], fold(sum16(noDF[14:34], 0)))
+	if ret, _ := runXDP(t, objs.IronlbXdp, noDF, ifindex); ret != xdpDrop {
+		t.Errorf("IPv4 too big without DF: verdict %d, want XDP_DROP", ret)
+	}
+
+	big6 := pkt{src: client6, dst: vip6, proto: 6, sport: 40000, dport: 80, flags: tcpACK, payload: make([]byte, mtu-40-40-20+1)}.frame()
+	ret, out = runXDP(t, objs.IronlbXdp, big6, ifindex)
+	icmp6 := []byte{2, 0, 0, 0}
+	icmp6 = binary.BigEndian.AppendUint32(icmp6, uint32(mtu-40))
+	icmp6 = append(icmp6, big6[14:14+48]...)
+	var ph []byte
+	ph = append(append(ph, vip6.AsSlice()...), client6.AsSlice()...)
+	ph = binary.BigEndian.AppendUint32(ph, uint32(len(icmp6)))
+	ph = append(ph, 0, 0, 0, 58)
+	binary.BigEndian.PutUint16(icmp6[2:], fold(sum16(icmp6, sum16(ph, 0))))
+	ip6 := []byte{0x60, 0, 0, 0, 0, byte(len(icmp6)), 58, 64}
+	ip6 = append(append(ip6, vip6.AsSlice()...), client6.AsSlice()...)
+	want6 := ether(macSelf, macClient, 6, append(ip6, icmp6...))
+	if ret != xdpTX || !bytes.Equal(out, want6) {
+		t.Errorf("IPv6 too big: verdict %d\n got %x\nwant %x", ret, out, want6)
+	}
+	if d := drops(t, objs); d[8] != 3 {
+		t.Errorf("too_big drops %d, want 3", d[8])
 	}
 }

@@ -75,4 +75,4 @@ const (
 )
 
 // Drop reasons: indexes of the drops map, as consts.h numbers them.
-var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed"}
+var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed", "too_big"}

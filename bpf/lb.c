@@ -25,6 +25,7 @@
 #include "include/parse.h"
 #include "include/csum.h"
 #include "include/hash.h"
+#include "include/icmp.h"
 
 /* Enough for Ethernet, IPv4 with options or IPv6, and TCP with options. */
 #define PULL_LEN (14 + 60 + 60)
@@ -174,6 +175,15 @@ static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
 			return drop(DROP_MALFORMED);
 		inner_len = bpf_ntohs(inner->tot_len);
 		tos = inner->tos;
+		if (inner_len + IPIP4_OVERHEAD > cfg->mtu) {
+			/* A router would fragment a packet without DF; we
+			 * cannot, and drop it. */
+			count_drop(DROP_TOO_BIG);
+			if (!(inner->frag_off & IP_DF_BE) ||
+			    too_big4(ctx, cfg->mtu - IPIP4_OVERHEAD) < 0)
+				return XDP_DROP;
+			return XDP_TX;
+		}
 		fib.family = AF_INET;
 		fib.ipv4_src = cfg->self4;
 		fib.ipv4_dst = node[0];
@@ -185,6 +195,12 @@ static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
 			return drop(DROP_MALFORMED);
 		inner_len = bpf_ntohs(inner->payload_len) + sizeof(struct ipv6hdr);
 		tos = (inner->priority << 4) | (inner->flow_lbl[0] >> 4);
+		if (inner_len + IPIP6_OVERHEAD > cfg->mtu) {
+			count_drop(DROP_TOO_BIG);
+			if (too_big6(ctx, cfg->mtu - IPIP6_OVERHEAD) < 0)
+				return XDP_DROP;
+			return XDP_TX;
+		}
 		fib.family = AF_INET6;
 		__builtin_memcpy(fib.ipv6_src, cfg->self6, 16);
 		__builtin_memcpy(fib.ipv6_dst, node, 16);

@@ -70,7 +70,8 @@ enum drop_reason {
 	DROP_ENCAP = 5,       /* no room to add the outer header */
 	DROP_DECAP = 6,       /* an encapsulated packet we could not open */
 	DROP_MALFORMED = 7,   /* a VIP packet with a bad header */
-	DROP_REASONS = 8,
+	DROP_TOO_BIG = 8,     /* too big once encapsulated (ICMP sent if DF) */
+	DROP_REASONS = 9,
 };
 
 #endif
