@@ -193,6 +193,10 @@ func (s *Speaker) run(ctx context.Context) error {
 		// node forwards on until the next speaker takes over.
 		defer func() { _ = dp.Close() }()
 		s.dp = dp
+		if err := metrics.Registry.Register(dp); err != nil {
+			return fmt.Errorf("data plane metrics: %w", err)
+		}
+		defer metrics.Registry.Unregister(dp)
 	}
 	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, s.opts.Members, s.poke)
 	if err != nil {

@@ -1,0 +1,88 @@
+//go:build linux
+
+package dataplane
+
+import (
+	"strconv"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ironlb/ironlb/bpf"
+)
+
+var (
+	descPackets  = prometheus.NewDesc("ironlb_dataplane_packets_total", "Packets the XDP program received for a VIP:port.", []string{"vip", "port", "protocol"}, nil)
+	descBytes    = prometheus.NewDesc("ironlb_dataplane_bytes_total", "Bytes the XDP program received for a VIP:port.", []string{"vip", "port", "protocol"}, nil)
+	descNewFlows = prometheus.NewDesc("ironlb_dataplane_new_flows_total", "Flows this node directed for the first time (tier-1 conntrack misses).", []string{"vip", "port", "protocol"}, nil)
+	descDrops    = prometheus.NewDesc("ironlb_dataplane_drops_total", "VIP packets the XDP program dropped, by reason.", []string{"reason"}, nil)
+	descEntries  = prometheus.NewDesc("ironlb_dataplane_conntrack_entries", "Entries in a conntrack table (tier1, tier2, revnat).", []string{"table"}, nil)
+	descCapacity = prometheus.NewDesc("ironlb_dataplane_conntrack_capacity", "Size of a conntrack table; the oldest flows are evicted beyond it.", []string{"table"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (d *Dataplane) Describe(ch chan<- *prometheus.Desc) {
+	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDrops, descEntries, descCapacity} {
+		ch <- desc
+	}
+}
+
+// Collect implements prometheus.Collector: it reads the per-CPU counters
+// and counts the conntrack tables (a walk of each, at scrape time).
+func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
+	d.mu.Lock()
+	ids := make(map[uint32]Key, len(d.ids))
+	for k, id := range d.ids {
+		ids[id] = k
+	}
+	d.mu.Unlock()
+	for id, k := range ids {
+		var per []bpf.LbServiceStats
+		if err := d.objs.Stats.Lookup(id, &per); err != nil {
+			continue
+		}
+		var s bpf.LbServiceStats
+		for _, p := range per {
+			s.Packets += p.Packets
+			s.Bytes += p.Bytes
+			s.NewFlows += p.NewFlows
+		}
+		labels := []string{k.VIP.String(), strconv.Itoa(int(k.Port)), protoName(k.Proto)}
+		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.Packets), labels...)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.Bytes), labels...)
+		ch <- prometheus.MustNewConstMetric(descNewFlows, prometheus.CounterValue, float64(s.NewFlows), labels...)
+	}
+	for i, reason := range bpf.DropReasons {
+		var per []uint64
+		if err := d.objs.Drops.Lookup(uint32(i), &per); err != nil {
+			continue
+		}
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason)
+	}
+	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat} {
+		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(countKeys(m)), table)
+		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(m.MaxEntries()), table)
+	}
+}
+
+func countKeys(m *ebpf.Map) int {
+	var k bpf.LbFlow
+	v := make([]byte, m.ValueSize())
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
+
+func protoName(p uint8) string {
+	if p == UDP {
+		return "UDP"
+	}
+	return "TCP"
+}
