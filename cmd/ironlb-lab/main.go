@@ -14,12 +14,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -38,6 +40,8 @@ commands:
   kubeconfig                            print the kubeconfig path
   bench failover [--runs N] [--kind kill|link|term|all]
                                         measure L2 failover from a client probing every 10 ms
+  bench pps [--frames N]                packets per second to the backends, xdp then kernel
+                                        data plane, same generator (leaves the lab down)
 `
 
 func main() {
@@ -146,8 +150,41 @@ func run() error {
 		}
 		return cfg.RunAgent(ctx)
 	case "bench":
+		if len(rest) >= 1 && rest[0] == "pps" {
+			fs := flag.NewFlagSet("bench pps", flag.ContinueOnError)
+			frames := fs.Uint("frames", 3_000_000, "frames sent to each data plane")
+			current := fs.Bool("current", false, "measure the lab that is up, as it is, and leave it up")
+			if err := fs.Parse(rest[1:]); err != nil {
+				return err
+			}
+			if *current {
+				cfg, err := lab.Load(abs)
+				if err != nil {
+					return err
+				}
+				cl, err := cfg.Client()
+				if err != nil {
+					return err
+				}
+				ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: lab.DemoService}, 2, 10*time.Second)
+				if err != nil {
+					return err
+				}
+				for _, ip := range ips {
+					if ip.Is4() {
+						r, err := cfg.BenchPPS(ctx, ip, uint32(min(*frames, lab.MaxFrames)))
+						if err != nil {
+							return err
+						}
+						fmt.Println(r)
+					}
+				}
+				return nil
+			}
+			return benchPPS(ctx, abs, root, uint32(min(*frames, lab.MaxFrames)))
+		}
 		if len(rest) < 1 || rest[0] != "failover" {
-			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all]")
+			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all] | bench pps [--frames N]")
 		}
 		fs := flag.NewFlagSet("bench failover", flag.ContinueOnError)
 		runs := fs.Int("runs", 20, "repetitions of each kind of death (1-100)")
@@ -187,6 +224,38 @@ func run() error {
 		global.Usage()
 		return fmt.Errorf("unknown command %q", cmd)
 	}
+}
+
+// benchPPS brings the lab up with each data plane in turn, floods the
+// demo VIP with the same generator and frame, and prints both rates and
+// their ratio. It leaves the lab down.
+func benchPPS(ctx context.Context, dir, root string, frames uint32) error {
+	defer func() { _ = lab.Down(context.WithoutCancel(ctx), dir) }()
+	var res []lab.PPSResult
+	for _, dp := range []string{"xdp", "kernel"} {
+		cfg := lab.DefaultConfig(dir)
+		cfg.Dataplane = dp
+		cfg.Bin = filepath.Join(root, "bin")
+		cfg.K8sBin = envOr("IRONLB_K8S_BIN", filepath.Join(root, "bin", "k8s"))
+		ips, err := cfg.Up(ctx, root, os.Stderr)
+		if err != nil {
+			return err
+		}
+		var vip netip.Addr
+		for _, ip := range ips {
+			if ip.Is4() {
+				vip = ip
+			}
+		}
+		r, err := cfg.BenchPPS(ctx, vip, frames)
+		if err != nil {
+			return fmt.Errorf("%s: %w", dp, err)
+		}
+		fmt.Println(r)
+		res = append(res, r)
+	}
+	fmt.Printf("xdp/kernel: %.2fx\n", res[0].Rate()/res[1].Rate())
+	return nil
 }
 
 func status(ctx context.Context, cfg lab.Config) error {

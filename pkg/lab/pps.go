@@ -1,0 +1,276 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// PPSResult is one data plane's forwarding rate.
+type PPSResult struct {
+	Dataplane      string
+	Sent, Received uint64
+	Took           time.Duration
+}
+
+// Rate is the packets per second that reached the backends.
+func (r PPSResult) Rate() float64 { return float64(r.Received) / r.Took.Seconds() }
+
+func (r PPSResult) String() string {
+	return fmt.Sprintf("%-6s %d frames sent, %d reached the backends in %s: %.2f Mpps",
+		r.Dataplane, r.Sent, r.Received, r.Took.Round(time.Millisecond), r.Rate()/1e6)
+}
+
+// MaxFrames bounds one measurement (and a minute does).
+const MaxFrames = 20_000_000
+
+// burst is how many frames one generator call sends: large, as each call
+// sets up a page pool.
+const burst = 4096
+
+// BenchPPS floods the demo Service's IPv4 VIP on UDP 7 from lab-client
+// with the kernel's XDP live-frames generator (BPF_PROG_RUN with
+// BPF_F_TEST_XDP_LIVE_FRAMES: one frame, sent frames times as fast as the
+// kernel can), and counts the packets that reached the backends' IP layer.
+// The generator and the frame are the same whatever the data plane, so two
+// runs compare the data planes. The count is bounded by frames.
+func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PPSResult, error) {
+	if frames == 0 || frames > MaxFrames {
+		return PPSResult{}, fmt.Errorf("frames %d: want 1 to %d", frames, MaxFrames)
+	}
+	// One exchange so the client knows the announcer's MAC.
+	if _, err := c.WaitHTTP(ctx, vip, 20*time.Second); err != nil {
+		return PPSResult{}, err
+	}
+	var dst net.HardwareAddr
+	var src net.HardwareAddr
+	var ifindex int
+	err := InNamespace(ClientNS, func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		src, ifindex = l.Attrs().HardwareAddr, l.Attrs().Index
+		neighs, err := netlink.NeighList(ifindex, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, n := range neighs {
+			if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == vip && len(n.HardwareAddr) == 6 {
+				dst = n.HardwareAddr
+			}
+		}
+		if dst == nil {
+			return fmt.Errorf("the client has no MAC for %s", vip)
+		}
+		return nil
+	})
+	if err != nil {
+		return PPSResult{}, err
+	}
+	frame := udpFrame(src, dst, netip.MustParseAddr(ClientIPv4), vip, 40000, 7, []byte("ironlb pps bench\n"))
+
+	pass, err := xdpProgram(2) // XDP_PASS
+	if err != nil {
+		return PPSResult{}, err
+	}
+	defer func() { _ = pass.Close() }()
+	tx, err := xdpProgram(3) // XDP_TX
+	if err != nil {
+		return PPSResult{}, err
+	}
+	defer func() { _ = tx.Close() }()
+	// The bridge side of the client's link must run NAPI to take frames
+	// sent by XDP; the client's link needs a program for XDP_TX.
+	if err := InNamespace(FabricNS, func() error {
+		l, err := netlink.LinkByName("fab-client")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFdWithFlags(l, pass.FD(), 1<<2)
+	}); err != nil {
+		return PPSResult{}, err
+	}
+	defer func() {
+		_ = InNamespace(FabricNS, func() error {
+			l, err := netlink.LinkByName("fab-client")
+			if err == nil {
+				err = netlink.LinkSetXdpFd(l, -1)
+			}
+			return err
+		})
+	}()
+
+	// Both data planes receive through NAPI on the nodes' links, as from
+	// a NIC's ring: XDP turns it on for the xdp data plane, GRO for the
+	// kernel one (without either, a veth queues to the CPU's backlog and
+	// drops beyond 1 000 packets, which no NIC does).
+	if c.Dataplane == "kernel" {
+		for _, n := range c.NodeList() {
+			if err := InNamespace(n.NS, func() error { return napiOn("eth0") }); err != nil {
+				return PPSResult{}, err
+			}
+		}
+	}
+	before, err := c.podsReceived()
+	if err != nil {
+		return PPSResult{}, err
+	}
+	var took time.Duration
+	err = InNamespace(ClientNS, func() error {
+		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: ifindex})
+		if err != nil {
+			return fmt.Errorf("attach to the client's link: %w", err)
+		}
+		defer func() { _ = l.Close() }()
+		// Bursts of one batch per call: between calls the kernel runs
+		// the receive work the burst queued, as it would between a
+		// NIC's interrupts. One call for all frames would fill the
+		// receivers' backlog queues (1 000 packets) at once, and the
+		// kernel data plane, which has no ring of its own, would be
+		// measured on that artefact.
+		opts := &ebpf.RunOptions{
+			Data:      frame,
+			Repeat:    burst,
+			BatchSize: 64,
+			Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+			Context:   xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
+		}
+		start := time.Now()
+		limit := start.Add(60 * time.Second)
+		for sent := uint32(0); sent < frames && time.Now().Before(limit); sent += burst {
+			if _, err := tx.Run(opts); err != nil {
+				return err
+			}
+		}
+		took = time.Since(start)
+		return nil
+	})
+	if err != nil {
+		return PPSResult{}, fmt.Errorf("generator: %w", err)
+	}
+	// Let the last frames arrive: poll until the count stops moving.
+	var after uint64
+	deadline := time.Now().Add(5 * time.Second)
+	for prev := uint64(0); time.Now().Before(deadline); prev = after {
+		if after, err = c.podsReceived(); err != nil {
+			return PPSResult{}, err
+		}
+		if after == prev {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return PPSResult{Dataplane: c.Dataplane, Sent: uint64(frames), Received: after - before, Took: took}, nil
+}
+
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+func xdpProgram(verdict int32) (*ebpf.Program, error) {
+	return ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		License:      "Dual BSD/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()},
+	})
+}
+
+// podsReceived sums the IPv4 packets every pod's IP layer received.
+func (c Config) podsReceived() (uint64, error) {
+	var total uint64
+	for _, p := range c.Pods() {
+		err := InNamespace(p.NS, func() error {
+			n, err := ipInReceives()
+			total += n
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	return total, nil
+}
+
+// ipInReceives reads Ip InReceives of the calling thread's namespace.
+func ipInReceives() (uint64, error) {
+	f, err := os.Open("/proc/thread-self/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = f.Close() }()
+	return parseInReceives(f)
+}
+
+func parseInReceives(r io.Reader) (uint64, error) {
+	sc := bufio.NewScanner(r)
+	var header []string
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 || fields[0] != "Ip:" {
+			continue
+		}
+		if header == nil {
+			header = fields
+			continue
+		}
+		for i, h := range header {
+			if h == "InReceives" && i < len(fields) {
+				return strconv.ParseUint(fields[i], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no Ip InReceives in snmp")
+}
+
+// udpFrame builds Ethernet + IPv4 + UDP with correct checksums.
+func udpFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	udp := binary.BigEndian.AppendUint16(nil, sport)
+	udp = binary.BigEndian.AppendUint16(udp, dport)
+	udp = binary.BigEndian.AppendUint16(udp, uint16(8+len(payload)))
+	udp = append(udp, 0, 0)
+	udp = append(udp, payload...)
+	ph := append(append([]byte{}, src.AsSlice()...), dst.AsSlice()...)
+	ph = append(ph, 0, 17)
+	ph = binary.BigEndian.AppendUint16(ph, uint16(len(udp)))
+	cs := checksum(append(ph, udp...))
+	if cs == 0 {
+		cs = 0xffff
+	}
+	binary.BigEndian.PutUint16(udp[6:], cs)
+	ip := []byte{0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0}
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	ip = append(append(ip, src.AsSlice()...), dst.AsSlice()...)
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	f := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
+	return append(append(f, ip...), udp...)
+}
+
+func checksum(b []byte) uint16 {
+	var c uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		c += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		c += uint32(b[len(b)-1]) << 8
+	}
+	for c>>16 != 0 {
+		c = c&0xffff + c>>16
+	}
+	return ^uint16(c)
+}
