@@ -74,5 +74,5 @@ const (
 	VIPLocal    = 2
 )
 
-// Drop reasons: indexes of the drops map, as consts.h numbers them.
+// DropReasons names the drops map's indexes, as consts.h numbers them.
 var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed", "too_big"}

@@ -56,6 +56,7 @@ type Key struct {
 	Proto uint8
 }
 
+// Key returns the port's VIP:port/protocol.
 func (p Port) Key() Key { return Key{p.VIP, p.Port, p.Proto} }
 
 func (k Key) String() string {

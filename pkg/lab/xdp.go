@@ -123,8 +123,10 @@ func ethtoolSet(name string, cmd, data uint32) error {
 	val := &[2]uint32{cmd, data}
 	var ifr [40]byte
 	copy(ifr[:unix.IFNAMSIZ-1], name)
-	*(*unsafe.Pointer)(unsafe.Pointer(&ifr[unix.IFNAMSIZ])) = unsafe.Pointer(val)
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
+	// x/sys/unix has no ethtool "set" call: the ioctl takes a struct
+	// ifreq whose ifr_data points to the command.
+	*(*unsafe.Pointer)(unsafe.Pointer(&ifr[unix.IFNAMSIZ])) = unsafe.Pointer(val)                             //nolint:gosec // G103: the ifreq layout, audited
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))) //nolint:gosec // G103: as above
 	runtime.KeepAlive(val)
 	if errno != 0 {
 		return fmt.Errorf("ethtool command %#x on %s: %w", cmd, name, errno)
