@@ -513,3 +513,120 @@ func TestTooBig(t *testing.T) {
 		t.Errorf("too_big drops %d, want 3", d[8])
 	}
 }
+
+// icmpError builds an ICMP (IPv4) or ICMPv6 error from router to dst with
+// the given type, code and 4 bytes of data, quoting quoted.
+func icmpError(router, dst netip.Addr, typ, code byte, rest [4]byte, quoted []byte) []byte {
+	msg := append([]byte{typ, code, 0, 0}, rest[:]...)
+	msg = append(msg, quoted...)
+	if dst.Is4() {
+		binary.BigEndian.PutUint16(msg[2:], fold(sum16(msg, 0)))
+		return ipHeader(router, dst, 1, 0, msg)
+	}
+	var ph []byte
+	ph = append(append(ph, router.AsSlice()...), dst.AsSlice()...)
+	ph = binary.BigEndian.AppendUint32(ph, uint32(len(msg)))
+	ph = append(ph, 0, 0, 0, 58)
+	binary.BigEndian.PutUint16(msg[2:], fold(sum16(msg, sum16(ph, 0))))
+	return ipHeader(router, dst, 58, 0, msg)
+}
+
+// asSentBy rewrites a quoted reply's source to the endpoint, as the
+// endpoint sent it before reverse NAT.
+func asSentBy(quoted []byte, ep netip.Addr, port uint16) []byte {
+	q := bytes.Clone(quoted)
+	if ep.Is4() {
+		copy(q[12:16], ep.AsSlice())
+		q[10], q[11] = 0, 0
+		binary.BigEndian.PutUint16(q[10:], fold(sum16(q[:20], 0)))
+		binary.BigEndian.PutUint16(q[20:], port)
+		return q
+	}
+	copy(q[8:24], ep.AsSlice())
+	binary.BigEndian.PutUint16(q[40:], port)
+	return q
+}
+
+// TestICMPErrors: an ICMP error a router on the client's path sends to
+// the VIP about a reply is steered with the flow it quotes, and reaches the
+// flow's endpoint as an error about the packet the endpoint sent.
+func TestICMPErrors(t *testing.T) {
+	objs := load(t)
+	ifindex := testNet(t)
+	world(t, objs)
+	router4, router6 := netip.MustParseAddr("10.89.0.1"), netip.MustParseAddr("fd89::1")
+	// The client's flows and their endpoints, as tier 2 recorded them.
+	must(t, objs.Ct2.Put(LbFlow{Src: Addr(client4), Dst: Addr(vip4), Sport: Port(40000), Dport: Port(80), Proto: 6, Family: 4},
+		LbBackend{Addr: Addr(pod1), Port: Port(8080), Family: 4}))
+	must(t, objs.Ct2.Put(LbFlow{Src: Addr(client6), Dst: Addr(vip6), Sport: Port(40000), Dport: Port(80), Proto: 6, Family: 6},
+		LbBackend{Addr: Addr(pod6), Port: Port(8080), Family: 6}))
+	quoted4 := pkt{src: vip4, dst: client4, proto: 6, sport: 80, dport: 40000, flags: tcpACK}.ip()[:28]
+	quoted6 := pkt{src: client6, dst: client6, proto: 6, sport: 80, dport: 40000, flags: tcpACK}.ip()[:48]
+	copy(quoted6[8:24], vip6.AsSlice())
+	fragNeeded := [4]byte{0, 0, 0x05, 0xc8}
+	err4 := icmpError(router4, vip4, 3, 4, fragNeeded, quoted4)
+	toPod4 := icmpError(router4, pod1, 3, 4, fragNeeded, asSentBy(quoted4, pod1, 8080))
+	tooBig := [4]byte{0, 0, 0x05, 0xb4}
+	err6 := icmpError(router6, vip6, 2, 0, tooBig, quoted6)
+	toPod6 := icmpError(router6, pod6, 2, 0, tooBig, asSentBy(quoted6, pod6, 8080))
+	routerMAC := [6]byte{0x02, 0, 0, 0, 0, 0x01}
+
+	steps := []struct {
+		name    string
+		setup   func()
+		in      []byte
+		verdict uint32
+		out     []byte
+	}{
+		{
+			name:    "to the flow's tier-1 node, encapsulated",
+			setup:   func() { setRing(t, objs, 1, 2) },
+			in:      ether(routerMAC, macSelf, 4, err4),
+			verdict: xdpTX,
+			out:     ether(macSelf, macNodeB, 4, ipHeader(self4, nodeB4, 4, 0, err4)),
+		},
+		{
+			name:    "on the endpoint's node: rewritten for the endpoint",
+			setup:   func() { setRing(t, objs, 1, 1) },
+			in:      ether(routerMAC, macSelf, 4, err4),
+			verdict: xdpPass,
+			out:     ether(routerMAC, macSelf, 4, toPod4),
+		},
+		{
+			name:    "decapsulated, then rewritten",
+			in:      ether(macNodeB, macSelf, 4, ipHeader(nodeB4, self4, 4, 0, err4)),
+			verdict: xdpPass,
+			out:     ether(macNodeB, macSelf, 4, toPod4),
+		},
+		{
+			name:    "ICMPv6 packet too big, rewritten for the endpoint",
+			setup:   func() { setRing(t, objs, 3, 11) },
+			in:      ether(routerMAC, macSelf, 6, err6),
+			verdict: xdpPass,
+			out:     ether(routerMAC, macSelf, 6, toPod6),
+		},
+		{
+			name:    "an echo request to the VIP is the kernel's",
+			in:      ether(macClient, macSelf, 4, icmpError(client4, vip4, 8, 0, [4]byte{0, 1, 0, 1}, []byte("ping"))),
+			verdict: xdpPass,
+		},
+		{
+			name:    "an error about an unknown flow goes to the kernel untouched",
+			in:      ether(routerMAC, macSelf, 4, icmpError(router4, vip4, 3, 4, fragNeeded, pkt{src: vip4, dst: client4, proto: 6, sport: 80, dport: 1}.ip()[:28])),
+			verdict: xdpPass,
+		},
+	}
+	for _, s := range steps {
+		if s.setup != nil {
+			s.setup()
+		}
+		ret, out := runXDP(t, objs.IronlbXdp, s.in, ifindex)
+		want := s.out
+		if want == nil {
+			want = s.in
+		}
+		if ret != s.verdict || !bytes.Equal(out, want) {
+			t.Errorf("%s: verdict %d (want %d)\n got %x\nwant %x", s.name, ret, s.verdict, out, want)
+		}
+	}
+}

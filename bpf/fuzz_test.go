@@ -49,6 +49,9 @@ func wellFormedIP(b []byte, ethType uint16, vips map[LbVipKey]bool, self4, self6
 		return false
 	}
 	_ = src
+	if proto == 1 || proto == 58 {
+		return icmpAboutVIP(l4, dst, proto, vips, ethType == 0x0800 && b[0]&0xf != 5)
+	}
 	switch proto {
 	case 6:
 		if len(l4) < 20 || l4[12]>>4 < 5 {
@@ -62,6 +65,32 @@ func wellFormedIP(b []byte, ethType uint16, vips map[LbVipKey]bool, self4, self6
 		return false
 	}
 	return vips[VipKeyFor(dst, binary.BigEndian.Uint16(l4[2:4]), proto)]
+}
+
+// icmpAboutVIP: an ICMP error, to the VIP dst, about a TCP or UDP packet
+// the VIP sent (the program may steer and rewrite those).
+func icmpAboutVIP(m []byte, dst netip.Addr, proto uint8, vips map[LbVipKey]bool, options bool) bool {
+	if options {
+		return false
+	}
+	if proto == 1 {
+		if len(m) < 8+20+4 || (m[0] != 3 && m[0] != 11) {
+			return false
+		}
+		q := m[8:]
+		if q[0] != 0x45 || (q[9] != 6 && q[9] != 17) || netip.AddrFrom4([4]byte(q[12:16])) != dst {
+			return false
+		}
+		return vips[VipKeyFor(dst, binary.BigEndian.Uint16(q[20:22]), q[9])]
+	}
+	if len(m) < 8+40+4 || m[0] < 1 || m[0] > 4 {
+		return false
+	}
+	q := m[8:]
+	if (q[6] != 6 && q[6] != 17) || netip.AddrFrom16([16]byte(q[8:24])) != dst {
+		return false
+	}
+	return vips[VipKeyFor(dst, binary.BigEndian.Uint16(q[40:42]), q[6])]
 }
 
 // FuzzXDP feeds random bytes and mutated valid packets to the XDP program
@@ -96,6 +125,8 @@ func FuzzXDP(f *testing.F) {
 	f.Add(seeds[0].encapsulated(nodeB4, self4, macNodeB, macSelf))
 	f.Add(seeds[2].encapsulated(nodeB6, self6, macNodeB, macSelf))
 	f.Add([]byte{})
+	quoted := pkt{src: vip4, dst: client4, proto: 6, sport: 80, dport: 40000}.ip()[:28]
+	f.Add(ether(macClient, macSelf, 4, icmpError(netip.MustParseAddr("10.89.0.1"), vip4, 3, 4, [4]byte{0, 0, 5, 0xc8}, quoted)))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		if len(in) < 14 || len(in) > 1514 {
 			return // the kernel refuses these frames

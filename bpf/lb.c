@@ -26,6 +26,7 @@
 #include "include/csum.h"
 #include "include/hash.h"
 #include "include/icmp.h"
+#include "include/icmperr.h"
 
 /* Enough for Ethernet, IPv4 with options or IPv6, and TCP with options. */
 #define PULL_LEN (14 + 60 + 60)
@@ -151,6 +152,18 @@ static __always_inline int tier2(struct flow *f, struct hdrs *h, void *data,
 		bpf_map_update_elem(&revnat, &rk, &vk, BPF_ANY);
 	}
 	if (dnat(f, h, data, data_end, &chosen) < 0)
+		return drop(DROP_MALFORMED);
+	return XDP_PASS;
+}
+
+/* tier2_icmp hands an ICMP error about a flow to the flow's endpoint. */
+static __always_inline int tier2_icmp(const struct flow *cf, void *data, void *data_end)
+{
+	struct backend *be = bpf_map_lookup_elem(&ct2, cf);
+	if (!be)
+		return XDP_PASS; /* no such flow here: the kernel drops it */
+	struct backend b = *be;
+	if (icmp_to_backend(data, data_end, cf, &b) < 0)
 		return drop(DROP_MALFORMED);
 	return XDP_PASS;
 }
@@ -317,9 +330,23 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 		proto = ETH_P_IPV6_BE;
 	}
 	/* The inner packet must lie within the outer one. */
-	if (parse_ip(oh->l4, data_end, proto, &f, &h, 1, outer_end) != PARSE_L4)
+	int inner = parse_ip(oh->l4, data_end, proto, &f, &h, 1, outer_end);
+	struct flow cf = {};
+	if (inner == PARSE_ICMP) {
+		/* Only our own encapsulation (no IPv4 options): a constant
+		 * offset for the verifier. */
+		if (olen != (outer->family == FAMILY_V4 ? 20 : 40))
+			return XDP_PASS;
+		void *il3 = (void *)(long)ctx->data + sizeof(struct ethhdr) +
+			    (outer->family == FAMILY_V4 ? 20 : 40);
+		if (icmp_flow(il3, data_end, &f, &cf) < 0)
+			return XDP_PASS;
+	} else if (inner == PARSE_L4) {
+		cf = f;
+	} else {
 		return XDP_PASS;
-	struct vip_info *vip = lookup_vip(&f);
+	}
+	struct vip_info *vip = lookup_vip(&cf);
 	if (!vip)
 		return XDP_PASS;
 
@@ -340,9 +367,71 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 	*eth = saved;
 	__builtin_memset(&f, 0, sizeof(f));
 	__builtin_memset(&h, 0, sizeof(h));
-	if (parse_flow(data, data_end, &f, &h, 1) != PARSE_L4)
+	int r = parse_flow(data, data_end, &f, &h, 1);
+	if (r != inner)
 		return drop(DROP_DECAP);
+	if (r == PARSE_ICMP)
+		return tier2_icmp(&cf, data, data_end);
 	return tier2(&f, &h, data, data_end, vip);
+}
+
+/* choose_node finds the tier-1 node of a flow: its conntrack entry, else
+ * its ring slot, which st (when given) records as a new flow. It returns
+ * -1, or the reason to drop the packet. */
+static __always_inline int choose_node(const struct settings *cfg, const struct vip_info *vip,
+				       struct flow *f, struct ct1_entry *node,
+				       struct service_stats *st)
+{
+	struct ct1_entry *ce = bpf_map_lookup_elem(&ct1, f);
+	if (ce) {
+		*node = *ce;
+		return -1;
+	}
+	__u32 id = vip->service_id;
+	void *ring = bpf_map_lookup_elem(&rings, &id);
+	if (!ring)
+		return DROP_NO_RING;
+	__u32 slot = hash_flow(f, vip->flags & VIP_AFFINITY) % cfg->ring_size;
+	__u32 *idx = bpf_map_lookup_elem(ring, &slot);
+	if (!idx)
+		return DROP_NO_RING;
+	struct node_info *ni = bpf_map_lookup_elem(&nodes, idx);
+	if (!ni || ni->family != f->family)
+		return DROP_NO_NODE;
+	__builtin_memcpy(node->node, ni->addr, 16);
+	node->idx = *idx;
+	if (st) {
+		/* Only real packets of the flow pin it, never ICMP errors. */
+		bpf_map_update_elem(&ct1, f, node, BPF_ANY);
+		st->new_flows++;
+	}
+	return -1;
+}
+
+/* icmp_error steers an ICMP error addressed to a VIP with the flow it
+ * quotes: to the flow's tier-1 node, then to its endpoint. */
+static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *outer,
+				      struct hdrs *h, void *data, void *data_end)
+{
+	struct flow cf = {};
+	__u32 zero = 0;
+	if (icmp_flow(data + sizeof(struct ethhdr), data_end, outer, &cf) < 0)
+		return XDP_PASS;
+	struct vip_info *vip = lookup_vip(&cf);
+	if (!vip)
+		return XDP_PASS;
+	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || cfg->ring_size == 0)
+		return XDP_PASS;
+	if (vip->flags & VIP_LOCAL)
+		return tier2_icmp(&cf, data, data_end);
+	struct ct1_entry node;
+	int reason = choose_node(cfg, vip, &cf, &node, NULL);
+	if (reason >= 0)
+		return drop(reason);
+	if (is_self(cfg, node.node, cf.family))
+		return tier2_icmp(&cf, data, data_end);
+	return encap(ctx, cfg, outer, node.node, node.idx);
 }
 
 SEC("xdp")
@@ -363,6 +452,8 @@ int ironlb_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 		return decap(ctx, cfg, &f, &h);
 	}
+	if (r == PARSE_ICMP)
+		return icmp_error(ctx, &f, &h, data, data_end);
 	/* The common case, traffic for the node itself, costs one lookup. */
 	struct vip_info *vip = lookup_vip(&f);
 	if (!vip)
@@ -383,26 +474,9 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return tier2(&f, &h, data, data_end, vip);
 
 	struct ct1_entry node;
-	struct ct1_entry *ce = bpf_map_lookup_elem(&ct1, &f);
-	if (ce) {
-		node = *ce;
-	} else {
-		void *ring = bpf_map_lookup_elem(&rings, &id);
-		if (!ring)
-			return drop(DROP_NO_RING);
-		__u32 slot = hash_flow(&f, vip->flags & VIP_AFFINITY) % cfg->ring_size;
-		__u32 *idx = bpf_map_lookup_elem(ring, &slot);
-		if (!idx)
-			return drop(DROP_NO_RING);
-		struct node_info *ni = bpf_map_lookup_elem(&nodes, idx);
-		if (!ni || ni->family != f.family)
-			return drop(DROP_NO_NODE);
-		__builtin_memcpy(node.node, ni->addr, 16);
-		node.idx = *idx;
-		bpf_map_update_elem(&ct1, &f, &node, BPF_ANY);
-		if (st)
-			st->new_flows++;
-	}
+	int reason = choose_node(cfg, vip, &f, &node, st);
+	if (reason >= 0)
+		return drop(reason);
 	if (is_self(cfg, node.node, f.family))
 		return tier2(&f, &h, data, data_end, vip);
 	return encap(ctx, cfg, &f, node.node, node.idx);

@@ -22,6 +22,7 @@
 #define PARSE_OTHER -1
 #define PARSE_L4 0    /* TCP or UDP: f is complete */
 #define PARSE_ENCAP 1 /* IPv4-in-IPv4 or IPv6-in-IPv6 */
+#define PARSE_ICMP 2  /* ICMP or ICMPv6: h->l4 is its header, no ports */
 
 /* Where the headers of a parsed packet are. (The IP header is always
  * right after Ethernet; keeping its pointer would lose what the verifier
@@ -82,6 +83,8 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 		h->l4 = l4;
 		if (f->proto == IPPROTO_IPIP)
 			return PARSE_ENCAP;
+		if (f->proto == IPPROTO_ICMP)
+			return PARSE_ICMP;
 		return parse_ports(l4, data_end, l3 + tot, f);
 	}
 	if (eth_proto == ETH_P_IPV6_BE) {
@@ -100,6 +103,8 @@ static __always_inline int parse_ip(void *l3, void *data_end, __u16 eth_proto,
 		h->l4 = ip6 + 1;
 		if (f->proto == IPPROTO_IPV6)
 			return PARSE_ENCAP;
+		if (f->proto == IPPROTO_ICMPV6)
+			return PARSE_ICMP;
 		return parse_ports(ip6 + 1, data_end, (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len), f);
 	}
 	return PARSE_OTHER;
