@@ -259,6 +259,17 @@ func TestConnectionsSurvive(t *testing.T) {
 	if err := cfg.SetEndpointsReady(t.Context(), cl, name, ready); err != nil {
 		t.Fatal(err)
 	}
+	// Every node must know before connections open: a flow on a node
+	// that then leaves the ring survives a ring change but not, on top of
+	// it, a change of director (docs/architecture.md, known limits).
+	eventually(t, 20*time.Second, func() error {
+		for range 40 {
+			if p, _ := get(t, clientHTTP(), vip); strings.HasPrefix(p, "demo-c-") {
+				return fmt.Errorf("%s, on node-c, still takes new connections", p)
+			}
+		}
+		return nil
+	})
 	const n = 50
 
 	t.Run("kill -9 of the announcing node's speaker", func(t *testing.T) {
