@@ -23,8 +23,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/lab"
@@ -69,6 +71,9 @@ func repoRoot() string {
 }
 
 func run() error {
+	// envtest's CRD installer logs through controller-runtime; the lab
+	// prints its own progress.
+	ctrllog.SetLogger(logr.Discard())
 	root := repoRoot()
 	global := flag.NewFlagSet("ironlb-lab", flag.ContinueOnError)
 	global.Usage = func() { fmt.Fprint(os.Stderr, usage) }
