@@ -1,17 +1,11 @@
 package lab
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -326,53 +320,6 @@ func xdpProgram(verdict int32) (*ebpf.Program, error) {
 		License:      "Dual BSD/GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()},
 	})
-}
-
-// podsReceived sums the IPv4 packets every pod's IP layer received.
-func (c Config) podsReceived() (uint64, error) {
-	var total uint64
-	for _, p := range c.Pods() {
-		err := InNamespace(p.NS, func() error {
-			n, err := ipInReceives()
-			total += n
-			return err
-		})
-		if err != nil {
-			return 0, err
-		}
-	}
-	return total, nil
-}
-
-// ipInReceives reads Ip InReceives of the calling thread's namespace.
-func ipInReceives() (uint64, error) {
-	f, err := os.Open("/proc/thread-self/net/snmp")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = f.Close() }()
-	return parseInReceives(f)
-}
-
-func parseInReceives(r io.Reader) (uint64, error) {
-	sc := bufio.NewScanner(r)
-	var header []string
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) == 0 || fields[0] != "Ip:" {
-			continue
-		}
-		if header == nil {
-			header = fields
-			continue
-		}
-		for i, h := range header {
-			if h == "InReceives" && i < len(fields) {
-				return strconv.ParseUint(fields[i], 10, 64)
-			}
-		}
-	}
-	return 0, errors.New("no Ip InReceives in snmp")
 }
 
 // udpFrame builds Ethernet + IPv4 + UDP with correct checksums.
