@@ -48,6 +48,16 @@ func run() error {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
+	// The controller lists every Service once at start, before it may
+	// allocate. A plain LIST (served from the API server's watch cache)
+	// gets it there sooner and for less CPU on both sides than client-go's
+	// streaming watch-list, measured on a backlog of 1 000 Services. The
+	// environment still decides when set.
+	if _, set := os.LookupEnv("KUBE_FEATURE_WatchListClient"); !set {
+		if err := os.Setenv("KUBE_FEATURE_WatchListClient", "false"); err != nil {
+			return err
+		}
+	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
