@@ -411,7 +411,7 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 /* icmp_error steers an ICMP error addressed to a VIP with the flow it
  * quotes: to the flow's tier-1 node, then to its endpoint. */
 static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *outer,
-				      struct hdrs *h, void *data, void *data_end)
+				      void *data, void *data_end)
 {
 	struct flow cf = {};
 	__u32 zero = 0;
@@ -453,7 +453,7 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return decap(ctx, cfg, &f, &h);
 	}
 	if (r == PARSE_ICMP)
-		return icmp_error(ctx, &f, &h, data, data_end);
+		return icmp_error(ctx, &f, data, data_end);
 	/* The common case, traffic for the node itself, costs one lookup. */
 	struct vip_info *vip = lookup_vip(&f);
 	if (!vip)

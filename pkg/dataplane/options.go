@@ -1,0 +1,36 @@
+package dataplane
+
+import (
+	"net/netip"
+
+	"github.com/ironlb/ironlb/pkg/maglev"
+)
+
+// Options configure the loader.
+type Options struct {
+	// PinDir is a directory on a bpffs mount where maps and links are
+	// pinned, so a restarted speaker finds them and forwarding never
+	// stops.
+	PinDir string
+	// Interfaces get the XDP program and the TC egress program.
+	Interfaces []string
+	// XDPMode is native, generic or auto (native where the driver has
+	// it).
+	XDPMode string
+	// RingSize is the Maglev table size, one of maglev.Sizes.
+	RingSize uint32
+	// Flows is the size of each conntrack table.
+	Flows uint32
+	// MTU of the node's links; TCP MSS is clamped so IPIP fits in it.
+	MTU uint32
+}
+
+// DefaultOptions are the speaker's defaults.
+func DefaultOptions() Options {
+	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, MTU: 1500}
+}
+
+// Self is this node's addresses.
+type Self struct {
+	V4, V6 netip.Addr
+}
