@@ -381,7 +381,7 @@ func (c Config) fabricSwitch(clientMAC net.HardwareAddr) (*ebpf.Program, *ebpf.M
 		asm.LoadMapPtr(asm.R1, macs.FD()),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word), // target ifindex
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),  // target ifindex
 		asm.LoadMem(asm.R2, asm.R6, 12, asm.Word), // ingress ifindex
 		asm.JEq.Reg(asm.R1, asm.R2, "pass"),
 		asm.Mov.Imm(asm.R2, 0),
