@@ -43,6 +43,12 @@ const (
 // its weight. It fails on a size that is not one of Sizes, on duplicate
 // keys, and when no backend has weight.
 func Build(backends []Backend, m uint32) ([]uint32, error) {
+	return build(backends, m, hash)
+}
+
+// build is Build with the hash that places each backend's permutation as
+// a parameter, so tests can compare hashes.
+func build(backends []Backend, m uint32, hash func(string, uint64) uint64) ([]uint32, error) {
 	if !slices.Contains(Sizes, m) {
 		return nil, fmt.Errorf("table size %d is not one of %v", m, Sizes)
 	}
