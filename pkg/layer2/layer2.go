@@ -14,9 +14,11 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +59,8 @@ type Announcer struct {
 	ifaces map[string]*iface
 	// ctx bounds the gratuitous bursts and read loops; set by Run.
 	ctx context.Context
+	// servers counts the running receive loops (one per open socket).
+	servers sync.WaitGroup
 }
 
 // iface is one interface the Announcer answers on.
@@ -309,7 +313,7 @@ func (a *Announcer) openARP(ifc *iface) error {
 	}
 	c := &arpConn{pc: conn, mac: ifc.ifi.HardwareAddr}
 	ifc.arp = c
-	go a.serveARP(ifc, c)
+	a.servers.Go(func() { a.serveARP(ifc, c) })
 	return nil
 }
 
@@ -319,6 +323,8 @@ func (a *Announcer) openARP(ifc *iface) error {
 type arpConn struct {
 	pc  *packet.Conn
 	mac net.HardwareAddr
+	// done is set by Close: the read loop ends on its next error.
+	done atomic.Bool
 }
 
 // read returns the next ARP packet and the Ethernet source it came from.
@@ -353,7 +359,10 @@ func (c *arpConn) write(p *arp.Packet, dst net.HardwareAddr) error {
 	return err
 }
 
-func (c *arpConn) Close() error { return c.pc.Close() }
+func (c *arpConn) Close() error {
+	c.done.Store(true)
+	return c.pc.Close()
+}
 
 // serveARP answers ARP requests for the interface's IPv4 addresses until
 // the socket is closed.
@@ -363,9 +372,10 @@ func (a *Announcer) serveARP(ifc *iface, c *arpConn) {
 	for {
 		p, from, err := c.read(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if c.done.Load() || closed(err) {
 				return
 			}
+			readError()
 			continue
 		}
 		if slices.Equal(p.SenderHardwareAddr, mac) {
@@ -401,7 +411,7 @@ func (a *Announcer) openNDP(ifc *iface) error {
 		return fmt.Errorf("open NDP socket on %s: %w", ifc.name, err)
 	}
 	ifc.ndp = c
-	go a.serveNDP(ifc, c)
+	a.servers.Go(func() { a.serveNDP(ifc, c) })
 	return nil
 }
 
@@ -437,9 +447,10 @@ func (a *Announcer) serveNDP(ifc *iface, c *ndp.Conn) {
 	for {
 		msg, _, from, err := c.ReadFrom()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if closed(err) {
 				return
 			}
+			readError()
 			continue
 		}
 		if na, ok := msg.(*ndp.NeighborAdvertisement); ok {
@@ -489,6 +500,18 @@ func advertises(na *ndp.NeighborAdvertisement, mac net.HardwareAddr) bool {
 	}
 	return false
 }
+
+// closed tells whether a read failed because the socket is closed. The
+// packet socket (mdlayher/socket) says "use of closed file" once, then
+// EBADF; the NDP socket (x/net) says net.ErrClosed. A read loop that
+// missed one would spin on it forever.
+func closed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EBADF)
+}
+
+// readError paces a read loop through errors it does not know, so that a
+// lasting one costs a little CPU, not a core.
+func readError() { time.Sleep(10 * time.Millisecond) }
 
 func (ifc *iface) close() {
 	empty := map[netip.Addr]bool{}

@@ -202,4 +202,12 @@ func TestAnnouncerAnswersARPAndNDP(t *testing.T) {
 	if mac, err := arpc.Resolve(vip4); err == nil {
 		t.Errorf("after Set(nil) %s is still answered by %s", vip4, mac)
 	}
+	// And its receive loops end with their sockets, instead of spinning.
+	done := make(chan struct{})
+	go func() { a.servers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Error("the receive loops still run 5 s after their sockets were closed")
+	}
 }
