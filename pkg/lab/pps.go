@@ -110,27 +110,6 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 		return PPSResult{}, err
 	}
 	defer func() { _ = tx.Close(); _ = tmpl.Close() }()
-	// The bridge side of the client's link must run NAPI to take frames
-	// sent by XDP; the client's link needs a program for XDP_TX.
-	if err := InNamespace(FabricNS, func() error {
-		l, err := netlink.LinkByName("fab-client")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetXdpFdWithFlags(l, pass.FD(), 1<<2)
-	}); err != nil {
-		return PPSResult{}, err
-	}
-	defer func() {
-		_ = InNamespace(FabricNS, func() error {
-			l, err := netlink.LinkByName("fab-client")
-			if err == nil {
-				err = netlink.LinkSetXdpFd(l, -1)
-			}
-			return err
-		})
-	}()
-
 	// Both data planes receive through NAPI on the nodes' links, as from
 	// a NIC's ring: XDP turns it on for the xdp data plane, GRO for the
 	// kernel one (without either, a veth queues to the CPU's backlog and
@@ -145,7 +124,9 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	// The fabric switches in XDP during the measurement, as a hardware
 	// switch costs the hosts nothing: frames go from port to port by
 	// destination MAC without becoming socket buffers on the bridge.
-	// Broadcasts and unknown MACs still go to the bridge.
+	// Broadcasts and unknown MACs still go to the bridge. An XDP program
+	// on the client's port also makes it run NAPI, which it needs to take
+	// the frames the generator sends with XDP_TX.
 	sw, macs, err := c.fabricSwitch(src)
 	if err != nil {
 		return PPSResult{}, err
@@ -161,6 +142,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	defer func() {
 		// Back as the lab had them: the nodes' ports keep a pass
 		// program with the xdp data plane (NAPI), the client's none.
+		_ = setXDP(FabricNS, ports[:1], nil)
 		if c.Dataplane == "xdp" {
 			_ = setXDP(FabricNS, ports[1:], pass)
 		} else {
@@ -177,26 +159,13 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	}
 	defer func() { _ = sink.Close(); _ = counter.Close() }()
 	for _, p := range c.Pods() {
-		err := InNamespace(p.NS, func() error {
-			l, err := netlink.LinkByName("eth0")
-			if err != nil {
-				return err
-			}
-			return netlink.LinkSetXdpFdWithFlags(l, sink.FD(), 1<<2)
-		})
-		if err != nil {
-			return PPSResult{}, fmt.Errorf("sink in %s: %w", p.NS, err)
+		if err := setXDP(p.NS, []string{"eth0"}, sink); err != nil {
+			return PPSResult{}, err
 		}
 	}
 	defer func() {
 		for _, p := range c.Pods() {
-			_ = InNamespace(p.NS, func() error {
-				l, err := netlink.LinkByName("eth0")
-				if err == nil {
-					err = netlink.LinkSetXdpFd(l, -1)
-				}
-				return err
-			})
+			_ = setXDP(p.NS, []string{"eth0"}, nil)
 		}
 	}()
 	podsReceived := func() (uint64, error) {
@@ -305,33 +274,8 @@ func generator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
 	)
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Dual BSD/GPL", Instructions: insns})
-	if err != nil {
-		_ = tmpl.Close()
-		return nil, nil, fmt.Errorf("generator: %w", err)
-	}
-	return prog, tmpl, nil
-}
-
-// setXDP attaches prog (nil: detaches) in native mode to links of ns.
-func setXDP(ns string, links []string, prog *ebpf.Program) error {
-	return InNamespace(ns, func() error {
-		for _, name := range links {
-			l, err := netlink.LinkByName(name)
-			if err != nil {
-				return err
-			}
-			if prog == nil {
-				err = netlink.LinkSetXdpFd(l, -1)
-			} else {
-				err = netlink.LinkSetXdpFdWithFlags(l, prog.FD(), 1<<2)
-			}
-			if err != nil {
-				return fmt.Errorf("XDP on %s: %w", name, err)
-			}
-		}
-		return nil
-	})
+	prog, err := loadXDP("generator", insns, tmpl)
+	return prog, tmpl, err
 }
 
 // fabricSwitch returns an XDP program for the bridge's ports that sends a
@@ -405,12 +349,8 @@ func (c Config) fabricSwitch(clientMAC net.HardwareAddr) (*ebpf.Program, *ebpf.M
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Dual BSD/GPL", Instructions: insns})
-	if err != nil {
-		_ = macs.Close()
-		return nil, nil, fmt.Errorf("fabric switch: %w", err)
-	}
-	return prog, macs, nil
+	prog, err := loadXDP("fabric switch", insns, macs)
+	return prog, macs, err
 }
 
 // sinkProgram returns an XDP program that counts IPv4 UDP packets to port
@@ -447,20 +387,26 @@ func sinkProgram() (*ebpf.Program, *ebpf.Map, error) {
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Dual BSD/GPL", Instructions: insns})
-	if err != nil {
-		_ = counter.Close()
-		return nil, nil, fmt.Errorf("sink: %w", err)
-	}
-	return prog, counter, nil
+	prog, err := loadXDP("sink", insns, counter)
+	return prog, counter, err
 }
 
+// xdpProgram returns an XDP program that only returns verdict.
 func xdpProgram(verdict int32) (*ebpf.Program, error) {
-	return ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.XDP,
-		License:      "Dual BSD/GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()},
-	})
+	return loadXDP("constant", asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()}, nil)
+}
+
+// loadXDP loads an XDP program; on failure it closes the map the program
+// would have used (when not nil).
+func loadXDP(what string, insns asm.Instructions, m *ebpf.Map) (*ebpf.Program, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Dual BSD/GPL", Instructions: insns})
+	if err != nil {
+		if m != nil {
+			_ = m.Close()
+		}
+		return nil, fmt.Errorf("load the %s XDP program: %w", what, err)
+	}
+	return prog, nil
 }
 
 // udpFrame builds Ethernet + IPv4 + UDP with correct checksums.

@@ -8,7 +8,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -64,13 +63,9 @@ func unmountBPFFS(dir string) error {
 // program turns on; without it, the data plane's encapsulated packets
 // would be dropped at the bridge.
 func (c Config) enableVethXDP() error {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.XDP,
-		License:      "Dual BSD/GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
-	})
+	prog, err := xdpProgram(2) // XDP_PASS
 	if err != nil {
-		return fmt.Errorf("load the pass program: %w", err)
+		return err
 	}
 	// The attachment holds the program; this handle may go.
 	defer func() { _ = prog.Close() }()
@@ -80,14 +75,28 @@ func (c Config) enableVethXDP() error {
 			return err
 		}
 	}
-	return InNamespace(FabricNS, func() error {
-		for _, n := range c.NodeList() {
-			l, err := netlink.LinkByName(n.FabricLink)
+	var ports []string
+	for _, n := range c.NodeList() {
+		ports = append(ports, n.FabricLink)
+	}
+	return setXDP(FabricNS, ports, prog)
+}
+
+// setXDP attaches prog (nil: detaches) in native mode to links of ns.
+func setXDP(ns string, links []string, prog *ebpf.Program) error {
+	return InNamespace(ns, func() error {
+		for _, name := range links {
+			l, err := netlink.LinkByName(name)
 			if err != nil {
 				return err
 			}
-			if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), 1<<2 /* XDP_FLAGS_DRV_MODE */); err != nil {
-				return fmt.Errorf("attach XDP to %s: %w", n.FabricLink, err)
+			if prog == nil {
+				err = netlink.LinkSetXdpFd(l, -1)
+			} else {
+				err = netlink.LinkSetXdpFdWithFlags(l, prog.FD(), 1<<2)
+			}
+			if err != nil {
+				return fmt.Errorf("XDP on %s: %w", name, err)
 			}
 		}
 		return nil
