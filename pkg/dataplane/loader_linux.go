@@ -3,6 +3,7 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -252,10 +253,26 @@ func Cleanup(dir string) error {
 	return errors.Join(errs...)
 }
 
-func hashOf(parts ...any) uint64 {
+// ringHash and setHash fingerprint what was last written, to skip
+// rewriting an unchanged ring (16 381 slots by default) on every sync.
+func ringHash(e Entry) uint64 {
 	h := fnv.New64a()
-	for _, p := range parts {
-		_, _ = fmt.Fprint(h, p, "|")
+	b := make([]byte, 0, 4*len(e.Ring)+16*len(e.RingNodes))
+	for _, v := range e.Ring {
+		b = binary.LittleEndian.AppendUint32(b, v)
+	}
+	for _, a := range e.RingNodes {
+		b = append(b, a.AsSlice()...)
+	}
+	_, _ = h.Write(b)
+	return h.Sum64()
+}
+
+func setHash(bs []Backend) uint64 {
+	h := fnv.New64a()
+	for _, b := range bs {
+		_, _ = h.Write(b.Addr.AsSlice())
+		_, _ = h.Write([]byte{byte(b.Port >> 8), byte(b.Port)})
 	}
 	return h.Sum64()
 }
@@ -355,7 +372,7 @@ func (d *Dataplane) putRing(id uint32, e Entry) error {
 		}
 		return nil
 	}
-	h := hashOf(e.Ring, e.RingNodes)
+	h := ringHash(e)
 	if old, ok := d.rings[id]; ok && old == h {
 		return nil
 	}
@@ -402,7 +419,7 @@ func (d *Dataplane) putBackends(id uint32, bs []Backend) error {
 		}
 		return nil
 	}
-	h := hashOf(bs)
+	h := setHash(bs)
 	if old, ok := d.sets[id]; ok && old == h {
 		return nil
 	}

@@ -115,6 +115,7 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 		return 1
 	}
 	out := make([]Entry, 0, len(ports))
+	rings := map[string][]uint32{}
 	for _, p := range ports {
 		e := Entry{Key: p.Key(), Affinity: p.Affinity, Local: p.Local}
 		weights := map[string]uint32{}
@@ -148,9 +149,16 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 				e.RingNodes = append(e.RingNodes, addrOf[n][fam(p.VIP)])
 			}
 			if len(bs) > 0 {
-				ring, err := maglev.Build(bs, ringSize)
-				if err != nil {
-					return nil, fmt.Errorf("%s: %w", e.Key, err)
+				// Ports with the same nodes and weights (the ports of
+				// one Service, usually) share one table.
+				key := fmt.Sprint(bs)
+				ring, ok := rings[key]
+				if !ok {
+					var err error
+					if ring, err = maglev.Build(bs, ringSize); err != nil {
+						return nil, fmt.Errorf("%s: %w", e.Key, err)
+					}
+					rings[key] = ring
 				}
 				e.Ring = ring
 			}
