@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -99,6 +100,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	if len(frame) != frameLen {
 		return PPSResult{}, fmt.Errorf("frame of %d bytes, want %d", len(frame), frameLen)
 	}
+	frame[40], frame[41] = 0, 0 // no UDP checksum: the generator changes the source port
 
 	pass, err := xdpProgram(2) // XDP_PASS
 	if err != nil {
@@ -184,6 +186,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 		return PPSResult{}, err
 	}
 	var took time.Duration
+	var sent uint32
 	err = InNamespace(ClientNS, func() error {
 		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: ifindex})
 		if err != nil {
@@ -196,13 +199,14 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 		opts := &ebpf.RunOptions{
 			Data:      frame,
 			Repeat:    burst,
-			BatchSize: 64,
+			BatchSize: 128,
 			Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
 			Context:   xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
 		}
 		start := time.Now()
 		limit := start.Add(60 * time.Second)
-		for sent := uint32(0); sent < frames && time.Now().Before(limit); sent += burst {
+		for sent = 0; sent < frames && time.Now().Before(limit); sent += opts.Repeat {
+			opts.Repeat = min(burst, frames-sent)
 			if _, err := tx.Run(opts); err != nil {
 				return err
 			}
@@ -225,7 +229,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return PPSResult{Dataplane: c.Dataplane, Sent: uint64(frames), Received: after - before, Took: took}, nil
+	return PPSResult{Dataplane: c.Dataplane, Sent: uint64(sent), Received: after - before, Took: took}, nil
 }
 
 type xdpMD struct {
@@ -235,17 +239,22 @@ type xdpMD struct {
 // frameLen is the size of the generator's frame.
 const frameLen = 64
 
+// benchFlows is how many flows (source ports) the generator cycles
+// through; a power of two.
+const benchFlows = 256
+
 // generator returns an XDP program that writes frame over the packet and
 // sends it (XDP_TX). Live-frames mode recycles its pages without
 // re-initialising them, and the receivers rewrite packets in place (NAT,
 // encapsulation): without a fresh copy every time, later frames would carry
 // what an earlier one became.
 func generator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
-	tmpl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: frameLen, MaxEntries: 1})
+	// The frame, then a counter that numbers the frames sent.
+	tmpl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: frameLen + 8, MaxEntries: 1})
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := tmpl.Put(uint32(0), frame); err != nil {
+	if err := tmpl.Put(uint32(0), append(slices.Clone(frame), make([]byte, 8)...)); err != nil {
 		_ = tmpl.Close()
 		return nil, nil, err
 	}
@@ -268,7 +277,17 @@ func generator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
 			asm.LoadMem(asm.R5, asm.R0, off, asm.DWord),
 			asm.StoreMem(asm.R2, off, asm.R5, asm.DWord))
 	}
+	// Source port 40000 + n mod benchFlows for the nth frame: as many
+	// flows, which each data plane spreads over its endpoints as it
+	// would clients. (The frame's UDP checksum is zero: none.)
 	insns = append(insns,
+		asm.LoadMem(asm.R5, asm.R0, frameLen, asm.Word),
+		asm.Add.Imm(asm.R5, 1),
+		asm.StoreMem(asm.R0, frameLen, asm.R5, asm.Word),
+		asm.And.Imm(asm.R5, benchFlows-1),
+		asm.Add.Imm(asm.R5, 40000),
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.StoreMem(asm.R2, 34, asm.R5, asm.Half),
 		asm.Mov.Imm(asm.R0, 3), // XDP_TX
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
