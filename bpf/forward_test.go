@@ -557,9 +557,9 @@ func TestICMPErrors(t *testing.T) {
 	router4, router6 := netip.MustParseAddr("10.89.0.1"), netip.MustParseAddr("fd89::1")
 	// The client's flows and their endpoints, as tier 2 recorded them.
 	must(t, objs.Ct2.Put(LbFlow{Src: Addr(client4), Dst: Addr(vip4), Sport: Port(40000), Dport: Port(80), Proto: 6, Family: 4},
-		LbBackend{Addr: Addr(pod1), Port: Port(8080), Family: 4}))
+		LbCt2Entry{Be: LbBackend{Addr: Addr(pod1), Port: Port(8080), Family: 4}}))
 	must(t, objs.Ct2.Put(LbFlow{Src: Addr(client6), Dst: Addr(vip6), Sport: Port(40000), Dport: Port(80), Proto: 6, Family: 6},
-		LbBackend{Addr: Addr(pod6), Port: Port(8080), Family: 6}))
+		LbCt2Entry{Be: LbBackend{Addr: Addr(pod6), Port: Port(8080), Family: 6}}))
 	quoted4 := pkt{src: vip4, dst: client4, proto: 6, sport: 80, dport: 40000, flags: tcpACK}.ip()[:28]
 	quoted6 := pkt{src: client6, dst: client6, proto: 6, sport: 80, dport: 40000, flags: tcpACK}.ip()[:48]
 	copy(quoted6[8:24], vip6.AsSlice())

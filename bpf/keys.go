@@ -74,5 +74,12 @@ const (
 	VIPLocal    = 2
 )
 
+// Flags of a node's settings (settings.flags).
+const (
+	// SettingsRedirect lets packets for local endpoints leave in XDP by
+	// the links listed in endpoint_links.
+	SettingsRedirect = 1
+)
+
 // DropReasons names the drops map's indexes, as consts.h numbers them.
 var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed", "too_big"}

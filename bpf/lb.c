@@ -108,16 +108,107 @@ static __always_inline int dnat(const struct flow *f, struct hdrs *h, void *data
 	return 0;
 }
 
+/* ip_decrease_ttl lowers the TTL of a forwarded IPv4 packet, with its
+ * checksum, as the kernel's forwarding does. */
+static __always_inline void ip_decrease_ttl(struct iphdr *ip)
+{
+	__u32 check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xFFFF));
+	ip->ttl--;
+}
+
+/* deliver sends a packet DNAT made for a local endpoint. When the speaker
+ * allows it (SETTINGS_REDIRECT) and the route to the endpoint leaves by a
+ * link it listed in endpoint_links (a veth that takes XDP frames), the
+ * packet goes there directly, as the kernel would forward it: same next
+ * hop, TTL one lower. Everything else, including a TTL about to expire, a
+ * packet over the link's MTU and an unresolved neighbour, goes to the
+ * kernel, which routes it (and answers with ICMP when it must). The way
+ * is kept in the flow's conntrack entry (ce) for NEXTHOP_TTL_NS. */
+static __always_inline int deliver(struct xdp_md *ctx, const struct settings *cfg,
+				   const struct flow *f, struct ct2_entry *ce)
+{
+	if (!(cfg->flags & SETTINGS_REDIRECT))
+		return XDP_PASS;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u16 len;
+
+	if (f->family == FAMILY_V4) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+			return XDP_PASS;
+		len = bpf_ntohs(ip->tot_len);
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1)
+			return XDP_PASS;
+		len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
+	}
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (ce->ifindex == 0 || ce->expires <= now || len > ce->max_len) {
+		struct bpf_fib_lookup fib = {};
+		fib.ifindex = ctx->ingress_ifindex;
+		fib.tot_len = len;
+		if (f->family == FAMILY_V4) {
+			struct iphdr *ip = (void *)(eth + 1);
+			if ((void *)(ip + 1) > data_end)
+				return XDP_PASS;
+			fib.family = AF_INET;
+			fib.tos = ip->tos;
+			fib.ipv4_src = ip->saddr;
+			fib.ipv4_dst = ip->daddr;
+		} else {
+			struct ipv6hdr *ip6 = (void *)(eth + 1);
+			if ((void *)(ip6 + 1) > data_end)
+				return XDP_PASS;
+			fib.family = AF_INET6;
+			__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
+			__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
+		}
+		if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS ||
+		    fib.ifindex == ctx->ingress_ifindex) {
+			ce->ifindex = 0;
+			return XDP_PASS;
+		}
+		__u16 max = len;
+		if (ce->ifindex == fib.ifindex && ce->expires > now && ce->max_len > max)
+			max = ce->max_len;
+		ce->ifindex = fib.ifindex;
+		ce->max_len = max;
+		__builtin_memcpy(ce->dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(ce->smac, fib.smac, ETH_ALEN);
+		ce->expires = now + NEXTHOP_TTL_NS;
+	}
+	__u32 ifindex = ce->ifindex;
+	if (!bpf_map_lookup_elem(&endpoint_links, &ifindex))
+		return XDP_PASS;
+	if (f->family == FAMILY_V4) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return XDP_PASS;
+		ip_decrease_ttl(ip);
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_PASS;
+		ip6->hop_limit--;
+	}
+	__builtin_memcpy(eth->h_dest, ce->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ce->smac, ETH_ALEN);
+	return bpf_redirect_map(&endpoint_links, ifindex, XDP_PASS);
+}
+
 /* tier2 sends a VIP packet to one of this node's endpoints. */
-static __always_inline int tier2(struct flow *f, struct hdrs *h, void *data,
+static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
+				 struct flow *f, struct hdrs *h, void *data,
 				 void *data_end, const struct vip_info *vip)
 {
-	struct backend chosen;
-	struct backend *be = bpf_map_lookup_elem(&ct2, f);
+	struct ct2_entry *ce = bpf_map_lookup_elem(&ct2, f);
 
-	if (be) {
-		chosen = *be;
-	} else {
+	if (!ce) {
 		__u32 id = vip->service_id;
 		struct backend_set *set = bpf_map_lookup_elem(&backends, &id);
 		if (!set || set->count == 0)
@@ -130,18 +221,18 @@ static __always_inline int tier2(struct flow *f, struct hdrs *h, void *data,
 		asm volatile("" : "+r"(i));
 		if (i >= MAX_LOCAL_BACKENDS)
 			return drop(DROP_NO_BACKEND);
-		chosen = set->be[i];
-		bpf_map_update_elem(&ct2, f, &chosen, BPF_ANY);
+		struct ct2_entry fresh = {.be = set->be[i]};
+		bpf_map_update_elem(&ct2, f, &fresh, BPF_ANY);
 
 		/* The reply, as it leaves the endpoint, and the VIP to put
 		 * back in its source. */
 		struct flow rk = {
-			.sport = chosen.port,
+			.sport = fresh.be.port,
 			.dport = f->sport,
 			.proto = f->proto,
 			.family = f->family,
 		};
-		__builtin_memcpy(rk.src, chosen.addr, 16);
+		__builtin_memcpy(rk.src, fresh.be.addr, 16);
 		__builtin_memcpy(rk.dst, f->src, 16);
 		struct vip_key vk = {
 			.port = f->dport,
@@ -150,19 +241,28 @@ static __always_inline int tier2(struct flow *f, struct hdrs *h, void *data,
 		};
 		__builtin_memcpy(vk.addr, f->dst, 16);
 		bpf_map_update_elem(&revnat, &rk, &vk, BPF_ANY);
+		ce = bpf_map_lookup_elem(&ct2, f);
+		if (!ce) {
+			/* Evicted at once (a full LRU under attack): this
+			 * packet still goes where the flow was sent. */
+			if (dnat(f, h, data, data_end, &fresh.be) < 0)
+				return drop(DROP_MALFORMED);
+			return XDP_PASS;
+		}
 	}
+	struct backend chosen = ce->be;
 	if (dnat(f, h, data, data_end, &chosen) < 0)
 		return drop(DROP_MALFORMED);
-	return XDP_PASS;
+	return deliver(ctx, cfg, f, ce);
 }
 
 /* tier2_icmp hands an ICMP error about a flow to the flow's endpoint. */
 static __always_inline int tier2_icmp(const struct flow *cf, void *data, void *data_end)
 {
-	struct backend *be = bpf_map_lookup_elem(&ct2, cf);
-	if (!be)
+	struct ct2_entry *ce = bpf_map_lookup_elem(&ct2, cf);
+	if (!ce)
 		return XDP_PASS; /* no such flow here: the kernel drops it */
-	struct backend b = *be;
+	struct backend b = ce->be;
 	if (icmp_to_backend(data, data_end, cf, &b) < 0)
 		return drop(DROP_MALFORMED);
 	return XDP_PASS;
@@ -372,7 +472,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 		return drop(DROP_DECAP);
 	if (r == PARSE_ICMP)
 		return tier2_icmp(&cf, data, data_end);
-	return tier2(&f, &h, data, data_end, vip);
+	return tier2(ctx, cfg, &f, &h, data, data_end, vip);
 }
 
 /* choose_node finds the tier-1 node of a flow: its conntrack entry, else
@@ -471,14 +571,14 @@ int ironlb_xdp(struct xdp_md *ctx)
 	if (cfg->ring_size == 0)
 		return drop(DROP_NO_CONFIG);
 	if (vip->flags & VIP_LOCAL)
-		return tier2(&f, &h, data, data_end, vip);
+		return tier2(ctx, cfg, &f, &h, data, data_end, vip);
 
 	struct ct1_entry node;
 	int reason = choose_node(cfg, vip, &f, &node, st);
 	if (reason >= 0)
 		return drop(reason);
 	if (is_self(cfg, node.node, f.family))
-		return tier2(&f, &h, data, data_end, vip);
+		return tier2(ctx, cfg, &f, &h, data, data_end, vip);
 	return encap(ctx, cfg, &f, node.node, node.idx);
 }
 

@@ -34,6 +34,17 @@ type LbCt1Entry struct {
 	Idx  uint32
 }
 
+type LbCt2Entry struct {
+	_       structs.HostLayout
+	Be      LbBackend
+	Ifindex uint32
+	MaxLen  uint16
+	Dmac    [6]uint8
+	Smac    [6]uint8
+	Pad     uint16
+	Expires uint64
+}
+
 type LbFlow struct {
 	_      structs.HostLayout
 	Src    [4]uint32
@@ -102,6 +113,7 @@ const (
 	LbMapCt1             = "ct1"
 	LbMapCt2             = "ct2"
 	LbMapDrops           = "drops"
+	LbMapEndpointLinks   = "endpoint_links"
 	LbMapNexthops        = "nexthops"
 	LbMapNodes           = "nodes"
 	LbMapRevnat          = "revnat"
@@ -162,17 +174,18 @@ type LbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbMapSpecs struct {
-	Backends *ebpf.MapSpec `ebpf:"backends"`
-	Config   *ebpf.MapSpec `ebpf:"config"`
-	Ct1      *ebpf.MapSpec `ebpf:"ct1"`
-	Ct2      *ebpf.MapSpec `ebpf:"ct2"`
-	Drops    *ebpf.MapSpec `ebpf:"drops"`
-	Nexthops *ebpf.MapSpec `ebpf:"nexthops"`
-	Nodes    *ebpf.MapSpec `ebpf:"nodes"`
-	Revnat   *ebpf.MapSpec `ebpf:"revnat"`
-	Rings    *ebpf.MapSpec `ebpf:"rings"`
-	Stats    *ebpf.MapSpec `ebpf:"stats"`
-	Vips     *ebpf.MapSpec `ebpf:"vips"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Config        *ebpf.MapSpec `ebpf:"config"`
+	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
+	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
+	Drops         *ebpf.MapSpec `ebpf:"drops"`
+	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
+	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
+	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
+	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
+	Rings         *ebpf.MapSpec `ebpf:"rings"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // LbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -201,17 +214,18 @@ func (o *LbObjects) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbMaps struct {
-	Backends *ebpf.Map `ebpf:"backends"`
-	Config   *ebpf.Map `ebpf:"config"`
-	Ct1      *ebpf.Map `ebpf:"ct1"`
-	Ct2      *ebpf.Map `ebpf:"ct2"`
-	Drops    *ebpf.Map `ebpf:"drops"`
-	Nexthops *ebpf.Map `ebpf:"nexthops"`
-	Nodes    *ebpf.Map `ebpf:"nodes"`
-	Revnat   *ebpf.Map `ebpf:"revnat"`
-	Rings    *ebpf.Map `ebpf:"rings"`
-	Stats    *ebpf.Map `ebpf:"stats"`
-	Vips     *ebpf.Map `ebpf:"vips"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Config        *ebpf.Map `ebpf:"config"`
+	Ct1           *ebpf.Map `ebpf:"ct1"`
+	Ct2           *ebpf.Map `ebpf:"ct2"`
+	Drops         *ebpf.Map `ebpf:"drops"`
+	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
+	Nexthops      *ebpf.Map `ebpf:"nexthops"`
+	Nodes         *ebpf.Map `ebpf:"nodes"`
+	Revnat        *ebpf.Map `ebpf:"revnat"`
+	Rings         *ebpf.Map `ebpf:"rings"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *LbMaps) Close() error {
@@ -221,6 +235,7 @@ func (m *LbMaps) Close() error {
 		m.Ct1,
 		m.Ct2,
 		m.Drops,
+		m.EndpointLinks,
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,

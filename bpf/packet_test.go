@@ -18,6 +18,7 @@ type pkt struct {
 	payload        []byte
 	udpNoCsum      bool
 	tos            uint8
+	ttl            uint8 // 0: 64
 }
 
 const (
@@ -95,7 +96,17 @@ func (p pkt) l4() []byte {
 // ip renders the IP header and everything after it.
 func (p pkt) ip() []byte {
 	l4 := p.l4()
-	return ipHeader(p.src, p.dst, p.proto, p.tos, l4)
+	h := ipHeader(p.src, p.dst, p.proto, p.tos, l4)
+	if p.ttl != 0 {
+		if p.dst.Is4() {
+			h[8] = p.ttl
+			h[10], h[11] = 0, 0
+			binary.BigEndian.PutUint16(h[10:], fold(sum16(h[:20], 0)))
+		} else {
+			h[7] = p.ttl
+		}
+	}
+	return h
 }
 
 func ipHeader(src, dst netip.Addr, proto, tos uint8, payload []byte) []byte {

@@ -13,19 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type BenchBackend struct {
-	_      structs.HostLayout
-	Addr   [4]uint32
-	Port   uint16
-	Family uint8
-	Pad    uint8
-}
-
 type BenchBackendSet struct {
 	_     structs.HostLayout
 	Count uint32
 	Pad   uint32
-	Be    [64]BenchBackend
+	Be    [64]struct {
+		_      structs.HostLayout
+		Addr   [4]uint32
+		Port   uint16
+		Family uint8
+		Pad    uint8
+	}
 }
 
 type BenchBenchCfg struct {
@@ -39,6 +37,23 @@ type BenchCt1Entry struct {
 	_    structs.HostLayout
 	Node [4]uint32
 	Idx  uint32
+}
+
+type BenchCt2Entry struct {
+	_  structs.HostLayout
+	Be struct {
+		_      structs.HostLayout
+		Addr   [4]uint32
+		Port   uint16
+		Family uint8
+		Pad    uint8
+	}
+	Ifindex uint32
+	MaxLen  uint16
+	Dmac    [6]uint8
+	Smac    [6]uint8
+	Pad     uint16
+	Expires uint64
 }
 
 type BenchFlow struct {
@@ -110,6 +125,7 @@ const (
 	BenchMapCt1             = "ct1"
 	BenchMapCt2             = "ct2"
 	BenchMapDrops           = "drops"
+	BenchMapEndpointLinks   = "endpoint_links"
 	BenchMapNexthops        = "nexthops"
 	BenchMapNodes           = "nodes"
 	BenchMapRevnat          = "revnat"
@@ -172,18 +188,19 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
-	Backends *ebpf.MapSpec `ebpf:"backends"`
-	Bench    *ebpf.MapSpec `ebpf:"bench"`
-	Config   *ebpf.MapSpec `ebpf:"config"`
-	Ct1      *ebpf.MapSpec `ebpf:"ct1"`
-	Ct2      *ebpf.MapSpec `ebpf:"ct2"`
-	Drops    *ebpf.MapSpec `ebpf:"drops"`
-	Nexthops *ebpf.MapSpec `ebpf:"nexthops"`
-	Nodes    *ebpf.MapSpec `ebpf:"nodes"`
-	Revnat   *ebpf.MapSpec `ebpf:"revnat"`
-	Rings    *ebpf.MapSpec `ebpf:"rings"`
-	Stats    *ebpf.MapSpec `ebpf:"stats"`
-	Vips     *ebpf.MapSpec `ebpf:"vips"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Bench         *ebpf.MapSpec `ebpf:"bench"`
+	Config        *ebpf.MapSpec `ebpf:"config"`
+	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
+	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
+	Drops         *ebpf.MapSpec `ebpf:"drops"`
+	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
+	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
+	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
+	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
+	Rings         *ebpf.MapSpec `ebpf:"rings"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // BenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -212,18 +229,19 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
-	Backends *ebpf.Map `ebpf:"backends"`
-	Bench    *ebpf.Map `ebpf:"bench"`
-	Config   *ebpf.Map `ebpf:"config"`
-	Ct1      *ebpf.Map `ebpf:"ct1"`
-	Ct2      *ebpf.Map `ebpf:"ct2"`
-	Drops    *ebpf.Map `ebpf:"drops"`
-	Nexthops *ebpf.Map `ebpf:"nexthops"`
-	Nodes    *ebpf.Map `ebpf:"nodes"`
-	Revnat   *ebpf.Map `ebpf:"revnat"`
-	Rings    *ebpf.Map `ebpf:"rings"`
-	Stats    *ebpf.Map `ebpf:"stats"`
-	Vips     *ebpf.Map `ebpf:"vips"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Bench         *ebpf.Map `ebpf:"bench"`
+	Config        *ebpf.Map `ebpf:"config"`
+	Ct1           *ebpf.Map `ebpf:"ct1"`
+	Ct2           *ebpf.Map `ebpf:"ct2"`
+	Drops         *ebpf.Map `ebpf:"drops"`
+	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
+	Nexthops      *ebpf.Map `ebpf:"nexthops"`
+	Nodes         *ebpf.Map `ebpf:"nodes"`
+	Revnat        *ebpf.Map `ebpf:"revnat"`
+	Rings         *ebpf.Map `ebpf:"rings"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *BenchMaps) Close() error {
@@ -234,6 +252,7 @@ func (m *BenchMaps) Close() error {
 		m.Ct1,
 		m.Ct2,
 		m.Drops,
+		m.EndpointLinks,
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,

@@ -25,6 +25,11 @@
 #define MAX_LOCAL_BACKENDS 64
 #endif
 
+/* Most links in front of local endpoints (pods' veths). */
+#ifndef MAX_ENDPOINT_LINKS
+#define MAX_ENDPOINT_LINKS 4096
+#endif
+
 /* Flows each conntrack table keeps (LRU). */
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 131072
@@ -51,6 +56,9 @@
 /* vip_info.flags */
 #define VIP_AFFINITY 1 /* sessionAffinity ClientIP: hash the client only */
 #define VIP_LOCAL 2    /* externalTrafficPolicy Local: this node's endpoints */
+
+/* settings.flags */
+#define SETTINGS_REDIRECT 1 /* redirect to endpoint_links links in XDP */
 
 /* Headers the encapsulation adds. */
 #define IPIP4_OVERHEAD 20

@@ -67,12 +67,12 @@ struct {
 	__type(value, struct ct1_entry);
 } ct1 SEC(".maps");
 
-/* Tier-2 conntrack: client flow -> endpoint. */
+/* Tier-2 conntrack: client flow -> endpoint (and the way to it). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_FLOWS);
 	__type(key, struct flow);
-	__type(value, struct backend);
+	__type(value, struct ct2_entry);
 } ct2 SEC(".maps");
 
 /* Reverse NAT: endpoint -> client flow (as the reply shows it) -> the VIP
@@ -101,6 +101,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct service_stats);
 } stats SEC(".maps");
+
+/* Links in front of local endpoints that DNAT-ed packets may be
+ * redirected to (ifindex -> ifindex); the speaker fills it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, MAX_ENDPOINT_LINKS);
+	__type(key, __u32);
+	__type(value, __u32);
+} endpoint_links SEC(".maps");
 
 /* Drops by reason, per CPU. */
 struct {

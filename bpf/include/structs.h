@@ -72,6 +72,20 @@ struct backend {
 	__u8 pad;
 };
 
+/* Tier-2 conntrack: the endpoint of a flow, and the link and MACs that
+ * reach it when packets are redirected to it in XDP (ifindex 0: none
+ * known), as a FIB lookup found them; trusted until expires, and for
+ * packets up to max_len bytes (the FIB checked the link's MTU for it). */
+struct ct2_entry {
+	struct backend be;
+	__u32 ifindex;
+	__u16 max_len;
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u16 pad;
+	__u64 expires;
+};
+
 /* The next hop towards a node, as a FIB lookup found it. */
 struct nexthop {
 	__u32 node[4];    /* the node it leads to */

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -42,11 +43,12 @@ func run() error {
 	secret := fs.String("memberlist-secret", "", "base64 key (16, 24 or 32 bytes) that encrypts member traffic; empty means none")
 	fs.DurationVar(&opts.Layer2.Refresh, "l2-refresh", opts.Layer2.Refresh, "re-announce owned IPs unasked this often so switch tables do not age out; 0 disables")
 	fs.DurationVar(&opts.Resync, "resync", opts.Resync, "recompute all announcements this often even without changes")
-	fs.StringVar(&opts.XDP.PinDir, "bpf-pin-dir", opts.XDP.PinDir, "directory on a bpffs mount where the data plane pins its maps and links")
-	ifaces := fs.String("xdp-interfaces", "", "comma-separated interfaces that get the data plane; empty means the one holding the node's InternalIP")
+	bpffs := fs.String("bpffs", "/sys/fs/bpf", "a bpffs mount; the data plane pins its maps and links in its ironlb directory")
+	ifaces := fs.String("interfaces", "", "comma-separated interfaces that get the data plane (XDP and TC egress); empty means the one holding the node's InternalIP")
 	fs.StringVar(&opts.XDP.XDPMode, "xdp-mode", opts.XDP.XDPMode, "native, generic, or auto (native where the driver supports it)")
 	ringSize := fs.Uint("maglev-table-size", uint(opts.XDP.RingSize), "slots of each Maglev ring, a prime from 251 to 131071")
 	flows := fs.Uint("conntrack-size", uint(opts.XDP.Flows), "flows each conntrack table keeps")
+	fs.BoolVar(&opts.XDP.EndpointRedirect, "xdp-endpoint-redirect", false, "send packets for this node's endpoints to the pods' veths in XDP rather than through the kernel's forwarding; needs NAPI on the pods' ends of the veths (GRO on, or an XDP program), which the CNI sets")
 	cleanup := fs.Bool("cleanup", false, "detach the data plane, remove its pinned maps and exit (run when uninstalling)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -64,6 +66,7 @@ func run() error {
 		}
 		opts.Members.SecretKey = key
 	}
+	opts.XDP.PinDir = filepath.Join(*bpffs, "ironlb")
 	if *ifaces != "" {
 		opts.XDP.Interfaces = strings.Split(*ifaces, ",")
 	}

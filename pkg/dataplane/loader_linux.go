@@ -291,10 +291,18 @@ func (d *Dataplane) Apply(self Self, entries []Entry) error {
 	if self.V6.IsValid() {
 		cfg.Self6 = bpf.Addr(self.V6)
 	}
+	var errs []error
+	// The links first, the flag after: a packet never meets the flag
+	// without the links it needs.
+	if err := d.putEndpointLinks(entries); err != nil {
+		errs = append(errs, err)
+	}
+	if d.opts.EndpointRedirect {
+		cfg.Flags |= bpf.SettingsRedirect
+	}
 	if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	var errs []error
 	want := map[Key]bool{}
 	for _, e := range entries {
 		want[e.Key] = true
@@ -436,6 +444,47 @@ func (d *Dataplane) putBackends(id uint32, bs []Backend) error {
 	}
 	d.sets[id] = h
 	return nil
+}
+
+// putEndpointLinks makes endpoint_links list the veths in front of the
+// local endpoints, or nothing when redirection is off. The kernel drops a
+// link's entry when the link goes.
+func (d *Dataplane) putEndpointLinks(entries []Entry) error {
+	want := map[uint32]bool{}
+	var err error
+	if d.opts.EndpointRedirect {
+		var addrs []netip.Addr
+		seen := map[netip.Addr]bool{}
+		for _, e := range entries {
+			for _, b := range e.Backends {
+				if !seen[b.Addr] {
+					seen[b.Addr] = true
+					addrs = append(addrs, b.Addr)
+				}
+			}
+		}
+		want, err = endpointLinks(addrs)
+	}
+	var have []uint32
+	var k, v uint32
+	it := d.objs.EndpointLinks.Iterate()
+	for it.Next(&k, &v) {
+		have = append(have, k)
+	}
+	errs := []error{err, it.Err()}
+	for _, k := range have {
+		if !want[k] {
+			errs = append(errs, ignoreNotExist(d.objs.EndpointLinks.Delete(k)))
+		}
+	}
+	for k := range want {
+		if !slices.Contains(have, k) {
+			if err := d.objs.EndpointLinks.Put(k, k); err != nil {
+				errs = append(errs, fmt.Errorf("endpoint link %d: %w", k, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (d *Dataplane) remove(k Key, id uint32) error {

@@ -3,6 +3,7 @@
 package dataplane
 
 import (
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -168,4 +169,84 @@ func prometheusRegistry(t *testing.T, c prometheus.Collector) *prometheus.Regist
 		t.Fatal(err)
 	}
 	return r
+}
+
+// TestEndpointLinks: with --xdp-endpoint-redirect the speaker lists the
+// veth in front of each local endpoint, and nothing for an endpoint behind
+// a router or when redirection is off.
+func TestEndpointLinks(t *testing.T) {
+	dir := sandbox(t)
+	// A pod's veth (p0, the node's end) with a /32 route to the pod, and a
+	// route to another endpoint through t0's neighbour.
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "p0"}, PeerName: "p1"}); err != nil {
+		t.Fatal(err)
+	}
+	p0, _ := netlink.LinkByName("p0")
+	t0, _ := netlink.LinkByName("t0")
+	for _, l := range []netlink.Link{p0, t0} {
+		if err := netlink.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr, _ := netlink.ParseAddr("10.0.0.11/24")
+	if err := netlink.AddrAdd(t0, addr); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*netlink.Route{
+		{LinkIndex: p0.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4(10, 1, 0, 2), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK},
+		{LinkIndex: t0.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4(10, 1, 0, 3), Mask: net.CIDRMask(32, 32)}, Gw: net.IPv4(10, 0, 0, 1)},
+	} {
+		if err := netlink.RouteAdd(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := Port{VIP: vip, Port: 80, Proto: TCP, Endpoints: []Endpoint{
+		ep("10.1.0.2", "node-a", true), ep("10.1.0.3", "node-a", true),
+	}}
+	entries, err := Plan("node-a", nodes, []Port{port}, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := Self{V4: netip.MustParseAddr("10.0.0.11")}
+	listed := func(d *Dataplane) (links []uint32, redirect bool) {
+		var k, v uint32
+		it := d.objs.EndpointLinks.Iterate()
+		for it.Next(&k, &v) {
+			links = append(links, k)
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		var cfg bpf.LbSettings
+		if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return links, cfg.Flags&bpf.SettingsRedirect != 0
+	}
+
+	for _, on := range []bool{true, false} {
+		opts := DefaultOptions()
+		opts.PinDir, opts.Interfaces, opts.RingSize, opts.EndpointRedirect = dir, []string{"t0"}, 251, on
+		d, err := Open(logr.Discard(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Apply(self, entries); err != nil {
+			t.Fatal(err)
+		}
+		links, redirect := listed(d)
+		want := []uint32{}
+		if on {
+			want = []uint32{uint32(p0.Attrs().Index)}
+		}
+		if redirect != on || len(links) != len(want) || (on && links[0] != want[0]) {
+			t.Errorf("redirect %v: links %v, flag %v; want %v, flag %v", on, links, redirect, want, on)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Cleanup(dir); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -3,6 +3,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -47,4 +48,40 @@ func keepResolved(addr netip.Addr) error {
 		return fmt.Errorf("managed neighbour %s: %w", hop, err)
 	}
 	return nil
+}
+
+// endpointLinks returns the indexes of the veth links the kernel routes
+// the endpoints through: the links a packet DNAT-ed to them may be
+// redirected to in XDP.
+func endpointLinks(addrs []netip.Addr) (map[uint32]bool, error) {
+	links := map[uint32]bool{}
+	kinds := map[int]string{}
+	var errs []error
+	for _, a := range addrs {
+		routes, err := netlink.RouteGet(net.IP(a.AsSlice()))
+		if err != nil || len(routes) == 0 {
+			errs = append(errs, fmt.Errorf("route to endpoint %s: %w", a, err))
+			continue
+		}
+		r := routes[0]
+		if r.Gw != nil || r.LinkIndex <= 0 {
+			continue // behind a router: the kernel forwards it
+		}
+		kind, ok := kinds[r.LinkIndex]
+		if !ok {
+			l, err := netlink.LinkByIndex(r.LinkIndex)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("link %d of endpoint %s: %w", r.LinkIndex, a, err))
+				continue
+			}
+			kind = l.Type()
+			kinds[r.LinkIndex] = kind
+		}
+		// Only a veth takes frames redirected from XDP (ndo_xdp_xmit)
+		// and hands them to the pod; a bridge or a tunnel does not.
+		if kind == "veth" {
+			links[uint32(r.LinkIndex)] = true
+		}
+	}
+	return links, errors.Join(errs...)
 }

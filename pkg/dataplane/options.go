@@ -23,6 +23,11 @@ type Options struct {
 	Flows uint32
 	// MTU of the node's links; TCP MSS is clamped so IPIP fits in it.
 	MTU uint32
+	// EndpointRedirect sends packets for local endpoints to the pod's
+	// veth in XDP instead of through the kernel's forwarding. The pod's
+	// end of the veth must run NAPI (GRO on, or an XDP program), or the
+	// kernel drops what is redirected to it.
+	EndpointRedirect bool
 }
 
 // DefaultOptions are the speaker's defaults.

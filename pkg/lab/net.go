@@ -170,6 +170,12 @@ func (c Config) buildNetwork(ctx context.Context) error {
 				return err
 			}
 		}
+		// GRO on the pod's end turns on its NAPI, which a veth needs to
+		// take the frames the xdp data plane redirects to it
+		// (--xdp-endpoint-redirect).
+		if err := InNamespace(p.NS, func() error { return napiOn("eth0") }); err != nil {
+			return fmt.Errorf("%s: %w", p.NS, err)
+		}
 	}
 	return nil
 }

@@ -148,8 +148,9 @@ func (c Config) StartSpeaker(n Node) error {
 		"--kubeconfig", c.Kubeconfig(),
 		"--node-name", n.Name,
 		"--dataplane", c.Dataplane,
-		"--bpf-pin-dir", c.PinDir(n),
-		"--xdp-interfaces", "eth0",
+		"--bpffs", c.path("bpffs", n.Name),
+		"--interfaces", "eth0",
+		"--xdp-endpoint-redirect",
 	)
 }
 

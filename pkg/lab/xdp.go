@@ -18,7 +18,7 @@ import (
 func (c Config) BPFFS() string { return c.path("bpffs") }
 
 // PinDir is a node's speaker's pin directory.
-func (c Config) PinDir(n Node) string { return c.path("bpffs", n.Name) }
+func (c Config) PinDir(n Node) string { return c.path("bpffs", n.Name, "ironlb") }
 
 const bpfFSMagic = 0xcafe4a11
 
