@@ -12,7 +12,7 @@ import (
 )
 
 // harness loads bench_xdp (bpf/bench) on the same maps as objs.
-func harness(b *testing.B, objs *LbObjects) (*ebpf.Program, *ebpf.Map) {
+func harness(b *testing.B, objs *LbObjects) (*ebpf.Program, *ebpf.Program, *ebpf.Map) {
 	spec, err := bench.LoadBench()
 	must(b, err)
 	repl := map[string]*ebpf.Map{}
@@ -26,12 +26,12 @@ func harness(b *testing.B, objs *LbObjects) (*ebpf.Program, *ebpf.Map) {
 	var h bench.BenchObjects
 	must(b, spec.LoadAndAssign(&h, &ebpf.CollectionOptions{MapReplacements: repl}))
 	b.Cleanup(func() { _ = h.Close() })
-	return h.BenchXdp, h.Bench
+	return h.BenchXdp, h.FloorXdp, h.Bench
 }
 
 type benchCfg struct {
 	NewFlows, Counter uint32
-	Saved             [128]byte
+	Saved             [64]byte
 }
 
 // perPacket runs prog over in repeat times in one BPF_PROG_TEST_RUN, with
@@ -54,15 +54,17 @@ func perPacket(b *testing.B, prog *ebpf.Program, in []byte, ifindex int, want ui
 }
 
 // BenchmarkXDP reports ns per packet for each path of the program next to
-// two floors measured in the same run: a trivial XDP_PASS program, and the
-// restoring harness with nothing inside (see bpf/bench). Paths that rewrite
+// three floors measured in the same run: a trivial XDP_PASS program, a
+// program that parses Ethernet, IPv4 and TCP and makes one hash lookup
+// (floor_xdp: what non-VIP traffic must cost at least), and the restoring
+// harness with nothing inside (see bpf/bench). Paths that rewrite
 // run inside the harness; "-net" figures subtract the harness's own cost.
 // Run once: go test ./bpf -run '^$' -bench XDP -benchtime 1x.
 func BenchmarkXDP(b *testing.B) {
 	objs := load(b)
 	ifindex := testNet(b)
 	world(b, objs)
-	prog, cfgMap := harness(b, objs)
+	prog, floorProg, cfgMap := harness(b, objs)
 	trivial, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: ebpf.XDP, License: "Dual BSD/GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
@@ -91,18 +93,28 @@ func BenchmarkXDP(b *testing.B) {
 	// holds (testNet locked it); the per-CPU maps stay warm.
 	runtime.Gosched()
 	for b.Loop() {
+		// The least of five rounds, each measuring every path in turn:
+		// one round alone moves by 20 % with what else the machine does.
 		res := map[string]time.Duration{}
-		res["trivial-pass"] = perPacket(b, trivial, nonVIP, ifindex, xdpPass)
-		res["non-VIP"] = perPacket(b, objs.IronlbXdp, nonVIP, ifindex, xdpPass)
-		setMode(2)
-		res["harness-floor"] = perPacket(b, prog, frame(80), ifindex, xdpPass)
-		setMode(0)
-		res["established-remote"] = perPacket(b, prog, frame(80), ifindex, xdpTX)
-		res["established-local"] = perPacket(b, prog, frame(81), ifindex, xdpPass)
-		setMode(1)
-		res["new-flow-remote"] = perPacket(b, prog, frame(80), ifindex, xdpTX)
-		setMode(0)
-		for _, k := range []string{"trivial-pass", "non-VIP", "harness-floor", "established-remote", "established-local", "new-flow-remote"} {
+		keep := func(k string, d time.Duration) {
+			if old, ok := res[k]; !ok || d < old {
+				res[k] = d
+			}
+		}
+		for range 5 {
+			keep("trivial-pass", perPacket(b, trivial, nonVIP, ifindex, xdpPass))
+			keep("parse-lookup-floor", perPacket(b, floorProg, nonVIP, ifindex, xdpPass))
+			keep("non-VIP", perPacket(b, objs.IronlbXdp, nonVIP, ifindex, xdpPass))
+			setMode(2)
+			keep("harness-floor", perPacket(b, prog, frame(80), ifindex, xdpPass))
+			setMode(0)
+			keep("established-remote", perPacket(b, prog, frame(80), ifindex, xdpTX))
+			keep("established-local", perPacket(b, prog, frame(81), ifindex, xdpPass))
+			setMode(1)
+			keep("new-flow-remote", perPacket(b, prog, frame(80), ifindex, xdpTX))
+			setMode(0)
+		}
+		for _, k := range []string{"trivial-pass", "parse-lookup-floor", "non-VIP", "harness-floor", "established-remote", "established-local", "new-flow-remote"} {
 			b.ReportMetric(float64(res[k].Nanoseconds()), "ns/"+k)
 		}
 		floor := res["harness-floor"]
@@ -110,5 +122,7 @@ func BenchmarkXDP(b *testing.B) {
 			b.ReportMetric(float64((res[k] - floor).Nanoseconds()), "ns/"+k+"-net")
 		}
 		b.ReportMetric(float64(res["non-VIP"])/float64(res["trivial-pass"]), "x-non-VIP/trivial")
+		b.ReportMetric(float64(res["non-VIP"])/float64(res["parse-lookup-floor"]), "x-non-VIP/floor")
+		b.ReportMetric(float64(res["established-remote"])/float64(res["trivial-pass"]), "x-established-remote/trivial")
 	}
 }

@@ -30,7 +30,7 @@ type BenchBenchCfg struct {
 	_        structs.HostLayout
 	NewFlows uint32
 	Counter  uint32
-	Saved    [128]uint8
+	Saved    [64]uint8
 }
 
 type BenchCt1Entry struct {
@@ -133,6 +133,7 @@ const (
 	BenchMapStats           = "stats"
 	BenchMapVips            = "vips"
 	BenchProgBenchXdp       = "bench_xdp"
+	BenchProgFloorXdp       = "floor_xdp"
 	BenchProgIronlbTcEgress = "ironlb_tc_egress"
 	BenchProgIronlbXdp      = "ironlb_xdp"
 )
@@ -180,6 +181,7 @@ type BenchSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchProgramSpecs struct {
 	BenchXdp       *ebpf.ProgramSpec `ebpf:"bench_xdp"`
+	FloorXdp       *ebpf.ProgramSpec `ebpf:"floor_xdp"`
 	IronlbTcEgress *ebpf.ProgramSpec `ebpf:"ironlb_tc_egress"`
 	IronlbXdp      *ebpf.ProgramSpec `ebpf:"ironlb_xdp"`
 }
@@ -273,6 +275,7 @@ type BenchVariables struct {
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchPrograms struct {
 	BenchXdp       *ebpf.Program `ebpf:"bench_xdp"`
+	FloorXdp       *ebpf.Program `ebpf:"floor_xdp"`
 	IronlbTcEgress *ebpf.Program `ebpf:"ironlb_tc_egress"`
 	IronlbXdp      *ebpf.Program `ebpf:"ironlb_xdp"`
 }
@@ -280,6 +283,7 @@ type BenchPrograms struct {
 func (p *BenchPrograms) Close() error {
 	return _BenchClose(
 		p.BenchXdp,
+		p.FloorXdp,
 		p.IronlbTcEgress,
 		p.IronlbXdp,
 	)
