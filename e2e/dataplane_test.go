@@ -5,14 +5,18 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -115,6 +119,41 @@ func TestDataplaneDistributionAndClientAddress(t *testing.T) {
 		}
 	}
 	t.Logf("connections per endpoint: %v", count)
+
+	// The lab runs --xdp-endpoint-redirect: each speaker lists the veths
+	// in front of its node's endpoints, and nothing else.
+	for _, n := range cfg.NodeList() {
+		want := map[uint32]bool{}
+		for _, p := range pods {
+			if p.Node.Name != n.Name {
+				continue
+			}
+			err := lab.InNamespace(n.NS, func() error {
+				l, err := netlink.LinkByName(p.HostLink)
+				if err == nil {
+					want[uint32(l.Attrs().Index)] = true
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(cfg.PinDir(n), "endpoint_links"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[uint32]bool{}
+		var k, v uint32
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			got[k] = true
+		}
+		_ = m.Close()
+		if it.Err() != nil || !maps.Equal(got, want) {
+			t.Errorf("%s: endpoint_links %v (%v), want its pods' veths %v", n.Name, got, it.Err(), want)
+		}
+	}
 }
 
 // TestDataplaneAffinity: with sessionAffinity ClientIP every connection of
