@@ -1,0 +1,475 @@
+// Package bgp runs the speaker's embedded BGP router (GoBGP v3, in
+// process): a session to every peer selected for the node, and the VIP
+// routes each peer should see, with their communities and local
+// preference. Routes carry this node as next hop; the peers spread flows
+// over the nodes that advertise a VIP (ECMP).
+//
+// All routes live in GoBGP's global table without attributes. What each
+// peer sees, and with which attributes, is one export policy rebuilt from
+// the desired routes: a statement per (peer, attribute set) that matches
+// the peer (neighbor set) and the prefixes (prefix set), adds the
+// communities and local preference, and accepts; everything else is
+// rejected. GoBGP sends LOCAL_PREF to iBGP peers only.
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Peer is one session this node keeps.
+type Peer struct {
+	// Name is the BGPPeer's name.
+	Name    string
+	Address netip.Addr
+	// Port is the peer's TCP port; 0 means 179.
+	Port uint16
+	// ASN is the peer's, MyASN this node's.
+	ASN, MyASN uint32
+	// Source is the local address to connect from; invalid means the
+	// kernel's choice.
+	Source netip.Addr
+	// HoldTime and KeepaliveTime; zero means 90 s and a third of the hold
+	// time.
+	HoldTime, KeepaliveTime time.Duration
+	// Password is the TCP MD5 (RFC 2385) key; empty means none.
+	Password string
+	// EBGPMultiHop lets an eBGP peer be more than one hop away.
+	EBGPMultiHop bool
+}
+
+// Route is a prefix advertised to some peers.
+type Route struct {
+	Prefix netip.Prefix
+	// Peers are names of Peers.
+	Peers []string
+	// Communities: "ASN:VALUE" or a well-known name (no-export, ...).
+	Communities []string
+	// LargeCommunities: "GLOBAL:LOCAL1:LOCAL2".
+	LargeCommunities []string
+	// LocalPref is sent to iBGP peers; 0 means none.
+	LocalPref uint32
+}
+
+// State is a session's state, as BGP names it (idle, connect, active,
+// opensent, openconfirm, established), with when it got there.
+type State struct {
+	State string
+	Since time.Time
+}
+
+// Established is the state of a session that exchanges routes.
+const Established = "established"
+
+// Server is the embedded router.
+type Server struct {
+	log      logr.Logger
+	routerID netip.Addr
+	onChange func()
+
+	mu      sync.Mutex
+	s       *server.BgpServer
+	started bool
+	asn     uint32
+	peers   map[string]Peer         // by name
+	paths   map[netip.Prefix][]byte // prefix -> uuid of its path
+	policy  string                  // fingerprint of the export policy in force
+	states  map[string]State        // by peer name
+	byAddr  map[string]string       // peer address -> name
+	counts  map[string]int          // peer name -> routes exported to it
+	stopped chan struct{}
+}
+
+// New returns a router with the given router ID (an IPv4 address); it
+// starts with the first peer. onChange is called when a session changes
+// state.
+func New(log logr.Logger, routerID netip.Addr, onChange func()) *Server {
+	return &Server{
+		log: log, routerID: routerID, onChange: onChange,
+		peers: map[string]Peer{}, paths: map[netip.Prefix][]byte{}, states: map[string]State{},
+		byAddr: map[string]string{}, counts: map[string]int{},
+	}
+}
+
+// start runs GoBGP with asn as its global AS (each peer still says its
+// own MyASN). It never listens: the speakers connect out, as MetalLB's do.
+func (b *Server) start(ctx context.Context, asn uint32) error {
+	s := server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: b.log.WithName("gobgp")}))
+	go s.Serve()
+	err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn:        asn,
+		RouterId:   b.routerID.String(),
+		ListenPort: -1,
+	}})
+	if err != nil {
+		s.Stop()
+		return fmt.Errorf("start BGP: %w", err)
+	}
+	watchCtx, cancel := context.WithCancel(context.Background())
+	b.stopped = make(chan struct{})
+	go func() { <-b.stopped; cancel() }()
+	err = s.WatchEvent(watchCtx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
+		p := r.GetPeer()
+		if p == nil || p.Type != api.WatchEventResponse_PeerEvent_STATE || p.Peer == nil || p.Peer.State == nil {
+			return
+		}
+		b.setState(p.Peer.State.NeighborAddress, p.Peer.State.SessionState)
+	})
+	if err != nil {
+		close(b.stopped)
+		s.Stop()
+		return fmt.Errorf("watch BGP sessions: %w", err)
+	}
+	b.s, b.started, b.asn = s, true, asn
+	return nil
+}
+
+func (b *Server) setState(addr string, st api.PeerState_SessionState) {
+	name := strings.ToLower(st.String())
+	b.mu.Lock()
+	peer, ok := b.byAddr[addr]
+	changed := false
+	if ok && b.states[peer].State != name {
+		b.states[peer] = State{State: name, Since: time.Now()}
+		changed = true
+	}
+	b.mu.Unlock()
+	if changed {
+		b.log.Info("session", "peer", peer, "address", addr, "state", name)
+		if b.onChange != nil {
+			b.onChange()
+		}
+	}
+}
+
+// States returns every peer's session state.
+func (b *Server) States() map[string]State {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]State, len(b.states))
+	for k, v := range b.states {
+		out[k] = v
+	}
+	return out
+}
+
+// Exported returns how many routes each peer is offered.
+func (b *Server) Exported() map[string]int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]int, len(b.counts))
+	for k, v := range b.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// Apply makes the sessions and routes the given ones: new peers are
+// added, changed ones replaced, gone ones closed; the export policy is
+// rebuilt; routes are added and withdrawn.
+func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.started {
+		if len(peers) == 0 {
+			return nil
+		}
+		if err := b.start(ctx, peers[0].MyASN); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	want := map[string]Peer{}
+	for _, p := range peers {
+		want[p.Name] = p
+	}
+	for name, old := range b.peers {
+		if p, ok := want[name]; !ok || !samePeer(p, old) {
+			if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: old.Address.String()}); err != nil {
+				errs = append(errs, fmt.Errorf("close session to %s: %w", name, err))
+			}
+			delete(b.peers, name)
+			delete(b.byAddr, old.Address.String())
+			delete(b.states, name)
+		}
+	}
+
+	// The policy before the routes: a route is never sent to a peer it
+	// is not meant for, not even for a moment.
+	sets, policy, fp := exportPolicy(peers, routes)
+	policyChanged := fp != b.policy
+	if policyChanged {
+		// SetPolicies replaces the definitions and keeps the
+		// assignments, which are set next.
+		err := b.s.SetPolicies(ctx, &api.SetPoliciesRequest{DefinedSets: sets, Policies: []*api.Policy{policy}})
+		if err == nil {
+			err = b.s.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+				Name:          "global",
+				Direction:     api.PolicyDirection_EXPORT,
+				Policies:      []*api.Policy{{Name: policy.Name}},
+				DefaultAction: api.RouteAction_REJECT,
+			}})
+		}
+		if err != nil {
+			return errors.Join(append(errs, fmt.Errorf("export policy: %w", err))...)
+		}
+		b.policy = fp
+	}
+
+	for _, p := range peers {
+		if _, ok := b.peers[p.Name]; ok {
+			continue
+		}
+		if err := b.s.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+			errs = append(errs, fmt.Errorf("open session to %s: %w", p.Name, err))
+			continue
+		}
+		b.peers[p.Name] = p
+		b.byAddr[p.Address.String()] = p.Name
+		if _, ok := b.states[p.Name]; !ok {
+			b.states[p.Name] = State{State: "idle", Since: time.Now()}
+		}
+	}
+
+	wantPaths := map[netip.Prefix]bool{}
+	counts := map[string]int{}
+	for _, r := range routes {
+		wantPaths[r.Prefix] = true
+		for _, p := range r.Peers {
+			counts[p]++
+		}
+	}
+	b.counts = counts
+	for pfx, id := range b.paths {
+		if !wantPaths[pfx] {
+			if err := b.s.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Uuid: id}); err != nil {
+				errs = append(errs, fmt.Errorf("withdraw %s: %w", pfx, err))
+				continue
+			}
+			delete(b.paths, pfx)
+		}
+	}
+	for pfx := range wantPaths {
+		if _, ok := b.paths[pfx]; ok {
+			continue
+		}
+		res, err := b.s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: apiPath(pfx)})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("advertise %s: %w", pfx, err))
+			continue
+		}
+		b.paths[pfx] = res.Uuid
+	}
+	// Routes already sent go through the new policy again.
+	if policyChanged && len(b.peers) > 0 {
+		for _, p := range b.peers {
+			if b.states[p.Name].State != Established {
+				continue
+			}
+			err := b.s.ResetPeer(ctx, &api.ResetPeerRequest{Address: p.Address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("resend to %s: %w", p.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stop withdraws every route and closes every session (a Cease
+// notification: the peers drop this node's routes at once), then stops.
+func (b *Server) Stop(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.started {
+		return nil
+	}
+	var errs []error
+	for pfx, id := range b.paths {
+		if err := b.s.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Uuid: id}); err != nil {
+			errs = append(errs, err)
+		}
+		delete(b.paths, pfx)
+	}
+	errs = append(errs, b.s.StopBgp(ctx, &api.StopBgpRequest{}))
+	b.s.Stop()
+	close(b.stopped)
+	b.started = false
+	b.peers, b.byAddr, b.states, b.policy = map[string]Peer{}, map[string]string{}, map[string]State{}, ""
+	return errors.Join(errs...)
+}
+
+// Counters returns, per peer name, the UPDATE messages sent.
+func (b *Server) Counters(ctx context.Context) map[string]uint64 {
+	b.mu.Lock()
+	s, started := b.s, b.started
+	byAddr := make(map[string]string, len(b.byAddr))
+	for k, v := range b.byAddr {
+		byAddr[k] = v
+	}
+	b.mu.Unlock()
+	out := map[string]uint64{}
+	if !started {
+		return out
+	}
+	_ = s.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		if p.State == nil || p.State.Messages == nil || p.State.Messages.Sent == nil {
+			return
+		}
+		if name, ok := byAddr[p.State.NeighborAddress]; ok {
+			out[name] = p.State.Messages.Sent.Update
+		}
+	})
+	return out
+}
+
+func samePeer(a, b Peer) bool { return a == b }
+
+func apiPeer(p Peer) *api.Peer {
+	hold := p.HoldTime
+	if hold == 0 {
+		hold = 90 * time.Second
+	}
+	keep := p.KeepaliveTime
+	if keep == 0 {
+		keep = hold / 3
+	}
+	family := &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	if p.Address.Is6() {
+		family = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+	}
+	out := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			LocalAsn:        p.MyASN,
+			AuthPassword:    p.Password,
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          uint64(hold / time.Second),
+			KeepaliveInterval: uint64(keep / time.Second),
+			ConnectRetry:      2,
+		}},
+		Transport: &api.Transport{RemotePort: uint32(p.Port)},
+		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family, Enabled: true}}},
+	}
+	if out.Transport.RemotePort == 0 {
+		out.Transport.RemotePort = 179
+	}
+	if p.Source.IsValid() {
+		out.Transport.LocalAddress = p.Source.String()
+	}
+	if p.EBGPMultiHop {
+		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
+	}
+	return out
+}
+
+func apiPath(pfx netip.Prefix) *api.Path {
+	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: pfx.Addr().String(), PrefixLen: uint32(pfx.Bits())})
+	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0}) // IGP
+	if pfx.Addr().Is4() {
+		nh, _ := anypb.New(&api.NextHopAttribute{NextHop: "0.0.0.0"})
+		return &api.Path{
+			Family: &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST},
+			Nlri:   nlri, Pattrs: []*anypb.Any{origin, nh},
+		}
+	}
+	family := &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+	mp, _ := anypb.New(&api.MpReachNLRIAttribute{Family: family, NextHops: []string{"::"}, Nlris: []*anypb.Any{nlri}})
+	return &api.Path{Family: family, Nlri: nlri, Pattrs: []*anypb.Any{origin, mp}}
+}
+
+// exportPolicy builds the defined sets and the policy that offer each
+// peer its routes with their attributes, and a fingerprint of both.
+func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy, string) {
+	addr := map[string]netip.Addr{}
+	for _, p := range peers {
+		addr[p.Name] = p.Address
+	}
+	type group struct {
+		peer             string
+		communities      []string
+		largeCommunities []string
+		localPref        uint32
+	}
+	key := func(g group) string {
+		return fmt.Sprintf("%s|%s|%s|%d", g.peer, strings.Join(g.communities, ","), strings.Join(g.largeCommunities, ","), g.localPref)
+	}
+	groups := map[string]group{}
+	prefixes := map[string][]netip.Prefix{}
+	for _, r := range routes {
+		cs := slices.Sorted(slices.Values(r.Communities))
+		ls := slices.Sorted(slices.Values(r.LargeCommunities))
+		for _, p := range r.Peers {
+			if _, ok := addr[p]; !ok {
+				continue
+			}
+			g := group{peer: p, communities: slices.Compact(cs), largeCommunities: slices.Compact(ls), localPref: r.LocalPref}
+			k := key(g)
+			groups[k] = g
+			prefixes[k] = append(prefixes[k], r.Prefix)
+		}
+	}
+	keys := slices.Sorted(func(yield func(string) bool) {
+		for k := range groups {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	policy := &api.Policy{Name: "ironlb-export"}
+	var sets []*api.DefinedSet
+	var fp strings.Builder
+	neighborSet := map[string]string{}
+	for i, k := range keys {
+		g := groups[k]
+		ns, ok := neighborSet[g.peer]
+		if !ok {
+			ns = fmt.Sprintf("ironlb-peer-%d", len(neighborSet))
+			neighborSet[g.peer] = ns
+			a := addr[g.peer]
+			sets = append(sets, &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: ns,
+				List: []string{netip.PrefixFrom(a, a.BitLen()).String()}})
+		}
+		ps := fmt.Sprintf("ironlb-prefixes-%d", i)
+		pfxs := prefixes[k]
+		slices.SortFunc(pfxs, func(a, b netip.Prefix) int { return strings.Compare(a.String(), b.String()) })
+		set := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: ps}
+		for _, p := range slices.Compact(pfxs) {
+			set.Prefixes = append(set.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Bits())})
+			fmt.Fprintf(&fp, "%s,", p)
+		}
+		sets = append(sets, set)
+		actions := &api.Actions{RouteAction: api.RouteAction_ACCEPT}
+		if len(g.communities) > 0 {
+			actions.Community = &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: g.communities}
+		}
+		if len(g.largeCommunities) > 0 {
+			actions.LargeCommunity = &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: g.largeCommunities}
+		}
+		if g.localPref != 0 {
+			actions.LocalPref = &api.LocalPrefAction{Value: g.localPref}
+		}
+		policy.Statements = append(policy.Statements, &api.Statement{
+			Name: fmt.Sprintf("ironlb-statement-%d", i),
+			Conditions: &api.Conditions{
+				NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: ns},
+				PrefixSet:   &api.MatchSet{Type: api.MatchSet_ANY, Name: ps},
+			},
+			Actions: actions,
+		})
+		fmt.Fprintf(&fp, "%s=%s;", k, addr[g.peer])
+	}
+	return sets, policy, fp.String()
+}
