@@ -25,6 +25,7 @@ import (
 	"github.com/go-logr/logr"
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -472,4 +473,38 @@ func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy,
 		fmt.Fprintf(&fp, "%s=%s;", k, addr[g.peer])
 	}
 	return sets, policy, fp.String()
+}
+
+var (
+	sessionDesc = prometheus.NewDesc("ironlb_bgp_session_up",
+		"1 when the session with the peer is Established, else 0.", []string{"peer"}, nil)
+	prefixesDesc = prometheus.NewDesc("ironlb_bgp_prefixes_advertised",
+		"Routes this node offers the peer.", []string{"peer"}, nil)
+	updatesDesc = prometheus.NewDesc("ironlb_bgp_updates_sent_total",
+		"BGP UPDATE messages sent to the peer since its session was configured.", []string{"peer"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (b *Server) Describe(ch chan<- *prometheus.Desc) {
+	ch <- sessionDesc
+	ch <- prefixesDesc
+	ch <- updatesDesc
+}
+
+// Collect implements prometheus.Collector: session state, routes offered
+// and updates sent, per peer.
+func (b *Server) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	updates := b.Counters(ctx)
+	exported := b.Exported()
+	for peer, st := range b.States() {
+		up := 0.0
+		if st.State == Established {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(sessionDesc, prometheus.GaugeValue, up, peer)
+		ch <- prometheus.MustNewConstMetric(prefixesDesc, prometheus.GaugeValue, float64(exported[peer]), peer)
+		ch <- prometheus.MustNewConstMetric(updatesDesc, prometheus.CounterValue, float64(updates[peer]), peer)
+	}
 }

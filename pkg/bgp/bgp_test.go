@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // The test binary runs in a network namespace of its own (it re-executes
@@ -191,6 +192,19 @@ func TestAdvertiseToBIRD(t *testing.T) {
 	}
 	if s := srv.States()["bird"]; s.State != Established {
 		t.Errorf("state %q, want established", s.State)
+	}
+	if err := testutil.CollectAndCompare(srv, strings.NewReader(`
+# HELP ironlb_bgp_prefixes_advertised Routes this node offers the peer.
+# TYPE ironlb_bgp_prefixes_advertised gauge
+ironlb_bgp_prefixes_advertised{peer="bird"} 1
+# HELP ironlb_bgp_session_up 1 when the session with the peer is Established, else 0.
+# TYPE ironlb_bgp_session_up gauge
+ironlb_bgp_session_up{peer="bird"} 1
+`), "ironlb_bgp_session_up", "ironlb_bgp_prefixes_advertised"); err != nil {
+		t.Error(err)
+	}
+	if n := srv.Counters(ctx)["bird"]; n < 1 {
+		t.Errorf("%d updates sent, want at least one", n)
 	}
 
 	// New attributes: the route is sent again with them.

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -26,7 +27,19 @@ type world struct {
 	slices   []discoveryv1.EndpointSlice
 	pools    []ironlbv1alpha1.IPPool
 	l2       []ironlbv1alpha1.L2Advertisement
+	bgpAdvs  []ironlbv1alpha1.BGPAdvertisement
+	bgpPeers []ironlbv1alpha1.BGPPeer
 	alive    map[string]bool
+}
+
+// bgpRoute is a route this node advertises for an IP, from one
+// BGPAdvertisement.
+type bgpRoute struct {
+	prefix      netip.Prefix
+	peers       []string
+	communities []string
+	large       []string
+	localPref   uint32
 }
 
 // decision is the layer-2 answer for one IP.
@@ -41,6 +54,12 @@ type decision struct {
 	// interfaces come from the advertisements selecting the pool and this
 	// node; nil means choose by route.
 	interfaces []string
+	// bgp are this node's routes for the IP (none when it is not
+	// eligible), bgpSelf why it does or does not advertise, and bgpOwner
+	// the first eligible node, which cleans up after dead ones.
+	bgp      []bgpRoute
+	bgpSelf  announce.Reason
+	bgpOwner string
 }
 
 // plan decides, for every LoadBalancer IP in a pool, which node answers
@@ -141,8 +160,10 @@ func plan(w world, self string) []decision {
 	out := make([]decision, 0, len(ips))
 	for ip, st := range ips {
 		nodes := make([]announce.Node, 0, len(w.nodes))
+		bgpNodes := make([]announce.Node, 0, len(w.nodes))
 		var ifaces []string
 		autoIfaces := false
+		var selfLabels map[string]string
 		for i := range w.nodes {
 			n := &w.nodes[i]
 			_, excluded := n.Labels[ExcludeLabel]
@@ -152,6 +173,7 @@ func plan(w world, self string) []decision {
 				Excluded:       excluded,
 				ReadyEndpoints: st.perNode[n.Name],
 			}
+			bn := an
 			for j := range w.l2 {
 				adv := &w.l2[j]
 				if !selectsPool(adv.Spec.PoolSelection, st.pool) || !selects(adv.Spec.NodeSelector, n.Labels) {
@@ -165,7 +187,17 @@ func plan(w world, self string) []decision {
 					ifaces = append(ifaces, adv.Spec.Interfaces...)
 				}
 			}
+			for j := range w.bgpAdvs {
+				adv := &w.bgpAdvs[j]
+				if selectsPool(adv.Spec.PoolSelection, st.pool) && selects(adv.Spec.NodeSelector, n.Labels) {
+					bn.Advertised = true
+				}
+			}
+			if n.Name == self {
+				selfLabels = n.Labels
+			}
 			nodes = append(nodes, an)
+			bgpNodes = append(bgpNodes, bn)
 		}
 		d := decision{ip: ip, pool: st.pool.Name, services: st.services, self: announce.L2(ip, st.svc, nodes, self)}
 		if e := announce.Eligible(ip, st.svc, nodes); len(e) > 0 {
@@ -174,6 +206,18 @@ func plan(w world, self string) []decision {
 		if !autoIfaces && len(ifaces) > 0 {
 			slices.Sort(ifaces)
 			d.interfaces = slices.Compact(ifaces)
+		}
+		if len(w.bgpAdvs) > 0 {
+			if e := announce.Eligible(ip, st.svc, bgpNodes); len(e) > 0 {
+				d.bgpOwner = e[0]
+			}
+			d.bgpSelf = announce.UnknownNode
+			if i := slices.IndexFunc(bgpNodes, func(n announce.Node) bool { return n.Name == self }); i >= 0 {
+				d.bgpSelf = announce.Check(st.svc, bgpNodes[i])
+			}
+			if d.bgpSelf == announce.Announcing {
+				d.bgp = bgpRoutes(ip, st.pool, selfLabels, w.bgpAdvs, w.bgpPeers)
+			}
 		}
 		slices.SortFunc(d.services, func(a, b types.NamespacedName) int { return cmp.Compare(a.String(), b.String()) })
 		out = append(out, d)
@@ -217,4 +261,79 @@ func selects(sel *metav1.LabelSelector, set map[string]string) bool {
 		return false
 	}
 	return s.Matches(labels.Set(set))
+}
+
+// bgpRoutes returns the routes a node with the given labels advertises for
+// ip: one per BGPAdvertisement that selects the pool and the node, to the
+// peers it names (all when none) that peer with the node, the prefix cut
+// to the advertisement's aggregation length.
+func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string]string,
+	advs []ironlbv1alpha1.BGPAdvertisement, peers []ironlbv1alpha1.BGPPeer) []bgpRoute {
+	sorted := slices.Clone(advs)
+	slices.SortFunc(sorted, func(a, b ironlbv1alpha1.BGPAdvertisement) int { return cmp.Compare(a.Name, b.Name) })
+	var out []bgpRoute
+	for i := range sorted {
+		adv := &sorted[i]
+		if !selectsPool(adv.Spec.PoolSelection, pool) || !selects(adv.Spec.NodeSelector, nodeLabels) {
+			continue
+		}
+		bits := ip.BitLen()
+		if ip.Is4() && adv.Spec.AggregationLength != nil {
+			bits = int(*adv.Spec.AggregationLength)
+		}
+		if ip.Is6() && adv.Spec.AggregationLengthV6 != nil {
+			bits = int(*adv.Spec.AggregationLengthV6)
+		}
+		pfx, err := ip.Prefix(bits)
+		if err != nil {
+			continue
+		}
+		r := bgpRoute{prefix: pfx}
+		for j := range peers {
+			p := &peers[j]
+			if len(adv.Spec.Peers) > 0 && !slices.Contains(adv.Spec.Peers, p.Name) {
+				continue
+			}
+			if !selects(p.Spec.NodeSelector, nodeLabels) {
+				continue
+			}
+			// A route goes over sessions of its own family.
+			if a, err := netip.ParseAddr(p.Spec.PeerAddress); err != nil || a.Is4() != ip.Is4() {
+				continue
+			}
+			r.peers = append(r.peers, p.Name)
+		}
+		if len(r.peers) == 0 {
+			continue
+		}
+		slices.Sort(r.peers)
+		for _, c := range adv.Spec.Communities {
+			if rest, ok := strings.CutPrefix(string(c), "large:"); ok {
+				r.large = append(r.large, rest)
+			} else if v, ok := wellKnown[string(c)]; ok {
+				r.communities = append(r.communities, v)
+			} else {
+				r.communities = append(r.communities, string(c))
+			}
+		}
+		if adv.Spec.LocalPref != nil && *adv.Spec.LocalPref > 0 {
+			r.localPref = uint32(*adv.Spec.LocalPref)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// wellKnown are the community names the API accepts, as ASN:VALUE
+// (RFC 1997, 3765, 7999, 8326, 7611, RFC 9494).
+var wellKnown = map[string]string{
+	"graceful-shutdown":   "65535:0",
+	"accept-own":          "65535:1",
+	"llgr-stale":          "65535:6",
+	"no-llgr":             "65535:7",
+	"blackhole":           "65535:666",
+	"no-export":           "65535:65281",
+	"no-advertise":        "65535:65282",
+	"no-export-subconfed": "65535:65283",
+	"no-peer":             "65535:65284",
 }

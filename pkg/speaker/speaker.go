@@ -8,6 +8,7 @@ package speaker
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bgp"
 	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/layer2"
 )
@@ -35,6 +37,8 @@ import (
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools;l2advertisements;bgppeers;bgpadvertisements,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=announcements,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=ironlb.dev,resources=bgppeers/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Options configure a speaker.
@@ -83,6 +87,8 @@ type Speaker struct {
 	owners map[netip.Addr]string
 	// dp is the XDP data plane; nil with --dataplane=kernel.
 	dp *dataplane.Dataplane
+	// bgp is the embedded BGP router; it starts with the first peer.
+	bgp *bgp.Server
 }
 
 // New builds a speaker on a manager of its own (no leader election: every
@@ -155,7 +161,8 @@ func (s *Speaker) run(ctx context.Context) error {
 		DeleteFunc: func(any) { s.poke() },
 	}
 	for _, obj := range []client.Object{&corev1.Service{}, &discoveryv1.EndpointSlice{}, &corev1.Node{},
-		&ironlbv1alpha1.IPPool{}, &ironlbv1alpha1.L2Advertisement{}} {
+		&ironlbv1alpha1.IPPool{}, &ironlbv1alpha1.L2Advertisement{},
+		&ironlbv1alpha1.BGPPeer{}, &ironlbv1alpha1.BGPAdvertisement{}} {
 		inf, err := c.GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("watch %T: %w", obj, err)
@@ -198,6 +205,11 @@ func (s *Speaker) run(ctx context.Context) error {
 		}
 		defer metrics.Registry.Unregister(dp)
 	}
+	s.bgp = bgp.New(s.log.WithName("bgp"), routerID(&self), s.poke)
+	if err := metrics.Registry.Register(s.bgp); err != nil {
+		return fmt.Errorf("BGP metrics: %w", err)
+	}
+	defer metrics.Registry.Unregister(s.bgp)
 	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, s.opts.Members, s.poke)
 	if err != nil {
 		return err
@@ -220,7 +232,14 @@ func (s *Speaker) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			// Hand over: stop answering, then tell the others.
+			// Hand over: withdraw the routes (the routers move the
+			// flows to the other nodes at once), stop answering, then
+			// tell the others.
+			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			if err := s.bgp.Stop(stopCtx); err != nil {
+				s.log.Error(err, "withdraw BGP routes")
+			}
+			cancel()
 			stopL2()
 			<-l2done
 			m.leave(500 * time.Millisecond)
@@ -273,6 +292,16 @@ func nodeAddress(n *corev1.Node) string {
 		}
 	}
 	return v6
+}
+
+// routerID is the node's IPv4 InternalIP, else four bytes of a hash of
+// its name: BGP wants an IPv4-shaped ID unique among the peers' sessions.
+func routerID(n *corev1.Node) netip.Addr {
+	if a, err := netip.ParseAddr(nodeAddress(n)); err == nil && a.Is4() {
+		return a
+	}
+	sum := sha256.Sum256([]byte(n.Name))
+	return netip.AddrFrom4([4]byte{sum[0], sum[1], sum[2], sum[3]})
 }
 
 func mapValues(m map[string]string) []string {

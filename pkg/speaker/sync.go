@@ -6,13 +6,16 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bgp"
 	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
@@ -26,6 +29,8 @@ func (s *Speaker) sync(ctx context.Context) error {
 		slcs   discoveryv1.EndpointSliceList
 		pools  ironlbv1alpha1.IPPoolList
 		l2advs ironlbv1alpha1.L2AdvertisementList
+		bpeers ironlbv1alpha1.BGPPeerList
+		badvs  ironlbv1alpha1.BGPAdvertisementList
 	)
 	if err := s.client.List(ctx, &nodes); err != nil {
 		return fmt.Errorf("list nodes: %w", err)
@@ -42,7 +47,14 @@ func (s *Speaker) sync(ctx context.Context) error {
 	if err := s.client.List(ctx, &l2advs); err != nil {
 		return fmt.Errorf("list l2advertisements: %w", err)
 	}
+	if err := s.client.List(ctx, &bpeers); err != nil {
+		return fmt.Errorf("list bgppeers: %w", err)
+	}
+	if err := s.client.List(ctx, &badvs); err != nil {
+		return fmt.Errorf("list bgpadvertisements: %w", err)
+	}
 	w.nodes, w.services, w.slices, w.pools, w.l2 = nodes.Items, svcs.Items, slcs.Items, pools.Items, l2advs.Items
+	w.bgpPeers, w.bgpAdvs = bpeers.Items, badvs.Items
 	w.alive = s.members.Alive()
 	w.alive[s.opts.NodeName] = true
 	s.metrics.members.Set(float64(len(w.alive)))
@@ -56,13 +68,29 @@ func (s *Speaker) sync(ctx context.Context) error {
 	want := map[string][]netip.Addr{}
 	var mine []announcement
 	var owned []ownedIP
+	var routes []bgp.Route
 	for _, d := range decisions {
+		if len(d.bgp) > 0 {
+			var peers []string
+			for _, r := range d.bgp {
+				routes = append(routes, bgp.Route{Prefix: r.prefix, Peers: r.peers,
+					Communities: r.communities, LargeCommunities: r.large, LocalPref: r.localPref})
+				peers = append(peers, r.peers...)
+			}
+			slices.Sort(peers)
+			for _, svc := range d.services {
+				mine = append(mine, announcement{service: svc, ip: d.ip, protocol: ironlbv1alpha1.ProtocolBGP, peers: slices.Compact(peers)})
+			}
+		}
+		if d.bgpOwner == s.opts.NodeName {
+			owned = append(owned, ownedIP{ip: d.ip, services: d.services, protocol: ironlbv1alpha1.ProtocolBGP})
+		}
 		if prev, ok := s.owners[d.ip]; ok && prev != d.owner {
 			s.metrics.ownerChanges.Inc()
 		}
 		s.owners[d.ip] = d.owner
 		if d.owner == s.opts.NodeName {
-			owned = append(owned, ownedIP{ip: d.ip, services: d.services})
+			owned = append(owned, ownedIP{ip: d.ip, services: d.services, protocol: ironlbv1alpha1.ProtocolL2})
 		}
 		if d.self != announce.Announcing {
 			continue
@@ -75,7 +103,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 			want[i] = append(want[i], d.ip)
 		}
 		for _, svc := range d.services {
-			mine = append(mine, announcement{service: svc, ip: d.ip, interfaces: ifaces})
+			mine = append(mine, announcement{service: svc, ip: d.ip, protocol: ironlbv1alpha1.ProtocolL2, interfaces: ifaces})
 		}
 	}
 	// Forget owners of IPs that went away.
@@ -84,6 +112,9 @@ func (s *Speaker) sync(ctx context.Context) error {
 			delete(s.owners, ip)
 		}
 	}
+	peers, problems := s.bgpPeers(ctx, w)
+	bgpErr := s.bgp.Apply(ctx, peers, routes)
+	s.metrics.announced.WithLabelValues("BGP").Set(float64(len(routes)))
 	err := s.l2.Set(want)
 	if s.members.joined.Swap(false) {
 		// A node came (back): if the network was split, clients may hold
@@ -96,10 +127,83 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	s.metrics.announced.WithLabelValues("L2").Set(float64(n))
 	s.writer.publish(mine, owned, w.alive)
+	s.writer.publishSessions(sessionsOf(peers, problems, s.bgp.States(), s.bgp.Exported()))
 	if err != nil {
 		return fmt.Errorf("layer 2: %w", err)
 	}
+	if bgpErr != nil {
+		return fmt.Errorf("bgp: %w", bgpErr)
+	}
 	return dpErr
+}
+
+// bgpPeers returns the sessions this node keeps: the BGPPeers that select
+// it, with their passwords read from their Secrets. A peer whose Secret
+// cannot be read gets no session, and a problem that its status shows.
+func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string]string) {
+	var self *corev1.Node
+	for i := range w.nodes {
+		if w.nodes[i].Name == s.opts.NodeName {
+			self = &w.nodes[i]
+		}
+	}
+	problems := map[string]string{}
+	if self == nil {
+		return nil, problems
+	}
+	var out []bgp.Peer
+	for i := range w.bgpPeers {
+		p := &w.bgpPeers[i]
+		if !selects(p.Spec.NodeSelector, self.Labels) {
+			continue
+		}
+		bp, err := s.bgpPeer(ctx, p)
+		if err != nil {
+			problems[p.Name] = err.Error()
+			continue
+		}
+		out = append(out, bp)
+	}
+	slices.SortFunc(out, func(a, b bgp.Peer) int { return strings.Compare(a.Name, b.Name) })
+	return out, problems
+}
+
+func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.Peer, error) {
+	addr, err := netip.ParseAddr(p.Spec.PeerAddress)
+	if err != nil {
+		return bgp.Peer{}, fmt.Errorf("peerAddress: %w", err)
+	}
+	out := bgp.Peer{
+		Name: p.Name, Address: addr.Unmap(), Port: uint16(p.Spec.PeerPort),
+		ASN: uint32(p.Spec.PeerASN), MyASN: uint32(p.Spec.MyASN), EBGPMultiHop: p.Spec.EBGPMultiHop,
+	}
+	if p.Spec.SourceAddress != "" {
+		if out.Source, err = netip.ParseAddr(p.Spec.SourceAddress); err != nil {
+			return bgp.Peer{}, fmt.Errorf("sourceAddress: %w", err)
+		}
+	}
+	if p.Spec.HoldTime != nil {
+		out.HoldTime = p.Spec.HoldTime.Duration
+	}
+	if p.Spec.KeepaliveTime != nil {
+		out.KeepaliveTime = p.Spec.KeepaliveTime.Duration
+	}
+	if ref := p.Spec.PasswordSecretRef; ref != nil {
+		key := ref.Key
+		if key == "" {
+			key = "password"
+		}
+		var sec corev1.Secret
+		if err := s.mgr.GetAPIReader().Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, &sec); err != nil {
+			return bgp.Peer{}, fmt.Errorf("password Secret %s/%s: %w", ref.Namespace, ref.Name, err)
+		}
+		pw, ok := sec.Data[key]
+		if !ok {
+			return bgp.Peer{}, fmt.Errorf("password Secret %s/%s has no key %q", ref.Namespace, ref.Name, key)
+		}
+		out.Password = string(pw)
+	}
+	return out, nil
 }
 
 // applyDataplane writes the world into the XDP maps.

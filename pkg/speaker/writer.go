@@ -29,17 +29,22 @@ const (
 	LabelProtocol = "ironlb.dev/protocol"
 )
 
-// announcement is one (Service, IP) this node announces.
+// announcement is one (Service, IP, protocol) this node announces.
 type announcement struct {
 	service    types.NamespacedName
 	ip         netip.Addr
-	interfaces []string
+	protocol   ironlbv1alpha1.Protocol
+	interfaces []string // L2
+	peers      []string // BGP
 }
 
-// ownedIP is an IP this node is the computed owner of, with its Services.
+// ownedIP is an IP this node is the computed owner of for a protocol (the
+// first eligible node), with its Services: it removes what dead nodes left
+// behind for it.
 type ownedIP struct {
 	ip       netip.Addr
 	services []types.NamespacedName
+	protocol ironlbv1alpha1.Protocol
 }
 
 // writer turns the latest decision into Announcement objects and Events.
@@ -51,16 +56,23 @@ type writer struct {
 	recorder recorder.EventRecorder
 	node     string
 
-	mu      sync.Mutex
-	mine    []announcement
-	owned   []ownedIP
-	alive   map[string]bool
-	kick    chan struct{}
-	evented map[string]bool // (service, ip) keys an Announcing event was sent for
+	mu       sync.Mutex
+	mine     []announcement
+	owned    []ownedIP
+	alive    map[string]bool
+	sessions []session
+	kick     chan struct{}
+	evented  map[string]bool // (service, ip, protocol) keys an Announcing event was sent for
+	// written is the last status written per peer, and warned the peers
+	// a SessionDown event was sent for since they were last Established.
+	written map[string]session
+	warned  map[string]bool
+	peerUp  map[string]bool // peers whose session was Established once
 }
 
 func newWriter(log logr.Logger, c client.Client, rec recorder.EventRecorder, node string) *writer {
-	return &writer{log: log, client: c, recorder: rec, node: node, kick: make(chan struct{}, 1), evented: map[string]bool{}}
+	return &writer{log: log, client: c, recorder: rec, node: node, kick: make(chan struct{}, 1), evented: map[string]bool{},
+		written: map[string]session{}, warned: map[string]bool{}, peerUp: map[string]bool{}}
 }
 
 // publish hands over a new decision.
@@ -86,6 +98,9 @@ func (w *writer) run(ctx context.Context) {
 		}
 		if err := w.write(ctx); err != nil && ctx.Err() == nil {
 			w.log.Error(err, "write announcements")
+		}
+		if err := w.writeSessions(ctx); err != nil && ctx.Err() == nil {
+			w.log.Error(err, "write BGP session status")
 		}
 	}
 }
@@ -129,9 +144,9 @@ func (w *writer) write(ctx context.Context) error {
 	wantEvent := map[string]bool{}
 	for _, m := range mine {
 		ip := m.ip.String()
-		key := types.NamespacedName{Namespace: m.service.Namespace, Name: AnnouncementName(m.service.Name, ip, w.node, ironlbv1alpha1.ProtocolL2)}
+		key := types.NamespacedName{Namespace: m.service.Namespace, Name: AnnouncementName(m.service.Name, ip, w.node, m.protocol)}
 		want[key] = true
-		evKey := m.service.String() + "/" + ip
+		evKey := m.service.String() + "/" + ip + "/" + string(m.protocol)
 		wantEvent[evKey] = true
 		var svc corev1.Service
 		if err := w.client.Get(ctx, m.service, &svc); err != nil {
@@ -141,15 +156,20 @@ func (w *writer) write(ctx context.Context) error {
 			continue
 		}
 		if !w.evented[evKey] {
-			w.recorder.Eventf(&svc, nil, corev1.EventTypeNormal, "Announcing", "Announce",
-				"%s announced by node %s on %s (%s)", ip, w.node, strings.Join(m.interfaces, ","), l2Kind(m.ip))
+			if m.protocol == ironlbv1alpha1.ProtocolBGP {
+				w.recorder.Eventf(&svc, nil, corev1.EventTypeNormal, "Announcing", "Announce",
+					"%s advertised by node %s over BGP to %s", ip, w.node, strings.Join(m.peers, ","))
+			} else {
+				w.recorder.Eventf(&svc, nil, corev1.EventTypeNormal, "Announcing", "Announce",
+					"%s announced by node %s on %s (%s)", ip, w.node, strings.Join(m.interfaces, ","), l2Kind(m.ip))
+			}
 			w.evented[evKey] = true
 		}
 		spec := ironlbv1alpha1.AnnouncementSpec{
-			Service: m.service.Name, IP: ip, Node: w.node, Protocol: ironlbv1alpha1.ProtocolL2, Interfaces: m.interfaces,
+			Service: m.service.Name, IP: ip, Node: w.node, Protocol: m.protocol, Interfaces: m.interfaces, Peers: m.peers,
 		}
 		if cur := existing[key]; cur != nil {
-			if cur.Spec.IP != spec.IP || !slices.Equal(cur.Spec.Interfaces, spec.Interfaces) {
+			if cur.Spec.IP != spec.IP || !slices.Equal(cur.Spec.Interfaces, spec.Interfaces) || !slices.Equal(cur.Spec.Peers, spec.Peers) {
 				cur.Spec = spec
 				if err := w.client.Update(ctx, cur); err != nil {
 					errs = append(errs, err)
@@ -164,7 +184,7 @@ func (w *writer) write(ctx context.Context) error {
 				Labels: map[string]string{
 					LabelNode:     labelValue(w.node),
 					LabelService:  labelValue(m.service.Name),
-					LabelProtocol: "L2",
+					LabelProtocol: string(m.protocol),
 				},
 				OwnerReferences: []metav1.OwnerReference{{
 					APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: svc.UID,
@@ -185,17 +205,14 @@ func (w *writer) write(ctx context.Context) error {
 	// what dead nodes left behind.
 	ownedIPs := map[string]bool{}
 	for _, o := range owned {
-		ownedIPs[o.ip.String()] = true
+		ownedIPs[string(o.protocol)+"/"+o.ip.String()] = true
 	}
 	for key, a := range existing {
-		if a.Spec.Protocol != ironlbv1alpha1.ProtocolL2 {
-			continue
-		}
 		stale := false
 		switch {
 		case a.Spec.Node == w.node:
 			stale = !want[key]
-		case ownedIPs[a.Spec.IP] && !alive[a.Spec.Node]:
+		case ownedIPs[string(a.Spec.Protocol)+"/"+a.Spec.IP] && !alive[a.Spec.Node]:
 			stale = true
 		}
 		if !stale {

@@ -65,19 +65,52 @@ type BGPPeerSpec struct {
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 }
 
+// BGPSessionStatus is one node's session with the peer, as its speaker
+// last saw it.
+type BGPSessionStatus struct {
+	// Node is the node whose speaker keeps the session.
+	Node string `json:"node"`
+	// State is the BGP state: Idle, Connect, Active, OpenSent,
+	// OpenConfirm or Established.
+	State string `json:"state"`
+	// Since is when the session entered State.
+	// +optional
+	Since metav1.Time `json:"since,omitempty"`
+	// Prefixes counts the routes the node offers the peer.
+	// +optional
+	Prefixes int32 `json:"prefixes,omitempty"`
+	// Message explains a session that is not Established.
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// BGPPeerStatus reports the sessions of the nodes that peer.
+type BGPPeerStatus struct {
+	// Nodes has an entry per node whose speaker keeps a session with the
+	// peer; each speaker writes its own.
+	// +listType=map
+	// +listMapKey=node
+	// +optional
+	Nodes []BGPSessionStatus `json:"nodes,omitempty"`
+}
+
 // BGPPeer is a router that the speakers open BGP sessions with.
 //
 // +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=bgpp
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.peerAddress`
 // +kubebuilder:printcolumn:name="ASN",type=integer,JSONPath=`.spec.peerASN`
 // +kubebuilder:printcolumn:name="My ASN",type=integer,JSONPath=`.spec.myASN`
+// +kubebuilder:printcolumn:name="Sessions",type=string,JSONPath=`.status.nodes[*].state`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type BGPPeer struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	Spec BGPPeerSpec `json:"spec"`
+	// +optional
+	Status BGPPeerStatus `json:"status,omitempty"`
 }
 
 // BGPPeerList is a list of BGPPeers.

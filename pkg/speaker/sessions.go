@@ -1,0 +1,157 @@
+package speaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bgp"
+)
+
+// session is this node's session with one BGPPeer, as its status shows it.
+type session struct {
+	peer     string
+	state    string
+	since    time.Time
+	prefixes int
+	message  string
+}
+
+// stateNames spell GoBGP's states as BGP does.
+var stateNames = map[string]string{
+	"unknown": "Idle", "idle": "Idle", "connect": "Connect", "active": "Active",
+	"opensent": "OpenSent", "openconfirm": "OpenConfirm", "established": "Established",
+}
+
+// notEstablishedAfter is how long a session may take to come up before its
+// status and an Event say what to check.
+const notEstablishedAfter = 10 * time.Second
+
+// sessionsOf joins the configured peers, the ones that could not be
+// configured and the router's view of each session.
+func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]bgp.State, exported map[string]int) []session {
+	var out []session
+	for _, p := range peers {
+		st := states[p.Name]
+		name := stateNames[st.State]
+		if name == "" {
+			name = "Idle"
+		}
+		s := session{peer: p.Name, state: name, since: st.Since, prefixes: exported[p.Name]}
+		if name != "Established" {
+			s.message = fmt.Sprintf("not established with %s (AS %d, ours AS %d)", p.Address, p.ASN, p.MyASN)
+			if !st.Since.IsZero() && time.Since(st.Since) > notEstablishedAfter {
+				if p.Password != "" {
+					s.message += ": the peer does not answer; check the TCP MD5 password (a peer drops segments signed with a wrong one without a word), that it expects this node, and that it is reachable"
+				} else {
+					s.message += ": the peer does not answer; check that it expects this node with these ASNs, whether it wants a TCP MD5 password, and that it is reachable"
+				}
+			}
+		}
+		out = append(out, s)
+	}
+	for name, msg := range problems {
+		out = append(out, session{peer: name, state: "Idle", message: msg})
+	}
+	return out
+}
+
+func (w *writer) publishSessions(s []session) {
+	w.mu.Lock()
+	w.sessions = s
+	w.mu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// writeSessions writes this node's entry in each BGPPeer's status (server-
+// side apply, one field manager per node, so the speakers never conflict)
+// and sends an Event when a session goes down or does not come up.
+func (w *writer) writeSessions(ctx context.Context) error {
+	w.mu.Lock()
+	sessions := w.sessions
+	w.mu.Unlock()
+	var errs []error
+	seen := map[string]bool{}
+	for _, s := range sessions {
+		seen[s.peer] = true
+		if old, ok := w.written[s.peer]; ok && old == s {
+			continue
+		}
+		entry := map[string]any{"node": w.node, "state": s.state, "prefixes": int64(s.prefixes)}
+		if !s.since.IsZero() {
+			entry["since"] = metav1.NewTime(s.since).UTC().Format(time.RFC3339)
+		}
+		if s.message != "" {
+			entry["message"] = s.message
+		}
+		if err := w.applyStatus(ctx, s.peer, []any{entry}); err != nil {
+			if !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("status of BGPPeer %s: %w", s.peer, err))
+			}
+			continue
+		}
+		w.written[s.peer] = s
+		w.event(ctx, s)
+	}
+	// Peers this node no longer keeps a session with: drop its entry.
+	for peer := range w.written {
+		if seen[peer] {
+			continue
+		}
+		if err := w.applyStatus(ctx, peer, []any{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("status of BGPPeer %s: %w", peer, err))
+			continue
+		}
+		delete(w.written, peer)
+		delete(w.warned, peer)
+	}
+	return errors.Join(errs...)
+}
+
+func (w *writer) applyStatus(ctx context.Context, peer string, nodes []any) error {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": ironlbv1alpha1.GroupVersion.String(),
+		"kind":       "BGPPeer",
+		"metadata":   map[string]any{"name": peer},
+		"status":     map[string]any{"nodes": nodes},
+	}}
+	return w.client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
+		client.FieldOwner("ironlb-speaker-"+w.node), client.ForceOwnership)
+}
+
+// event tells, on the BGPPeer, that a session came up, went down, or does
+// not come up (once, until it is up again).
+func (w *writer) event(ctx context.Context, s session) {
+	var p ironlbv1alpha1.BGPPeer
+	if err := w.client.Get(ctx, client.ObjectKey{Name: s.peer}, &p); err != nil {
+		return
+	}
+	switch {
+	case s.state == "Established":
+		if w.warned[s.peer] || !w.peerUp[s.peer] {
+			w.recorder.Eventf(&p, nil, corev1.EventTypeNormal, "SessionEstablished", "Peer",
+				"node %s: BGP session established, %d routes offered", w.node, s.prefixes)
+		}
+		w.peerUp[s.peer] = true
+		w.warned[s.peer] = false
+	case !w.warned[s.peer] && (w.peerUp[s.peer] || strings.Contains(s.message, ": ")):
+		reason := "SessionDown"
+		if !w.peerUp[s.peer] {
+			reason = "SessionNotEstablished"
+		}
+		w.recorder.Eventf(&p, nil, corev1.EventTypeWarning, reason, "Peer", "node %s: %s", w.node, s.message)
+		w.warned[s.peer] = true
+	}
+}
