@@ -35,7 +35,8 @@ import (
 const usage = `usage: ironlb-lab [--dir DIR] COMMAND
 
 commands:
-  up [--nodes N] [--dataplane xdp|kernel] build the lab (cleans an earlier one first)
+  up [--nodes N] [--dataplane xdp|kernel] [--bgp]
+                                        build the lab (cleans an earlier one first)
   down                                  remove every namespace, process and state file of the lab
   status                                show processes, the demo Service and who announces it
   exec NS -- CMD...                     run CMD in a lab namespace (client, router, fabric, a, node-a, demo-a-0)
@@ -99,6 +100,7 @@ func run() error {
 		fs := flag.NewFlagSet("up", flag.ContinueOnError)
 		fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of nodes (1-20)")
 		fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "xdp: ironlb forwards in XDP (no kube-proxy); kernel: kube-proxy forwards")
+		fs.BoolVar(&cfg.BGP, "bgp", false, "put the demo Service in the BGP pool: the client reaches it through lab-router (BIRD, ECMP over the nodes)")
 		pool := fs.String("pool", strings.Join(cfg.Pool, ","), "addresses of the sample IPPool")
 		if err := fs.Parse(rest); err != nil {
 			return err
@@ -290,7 +292,11 @@ func status(ctx context.Context, cfg lab.Config) error {
 		return err
 	}
 	for _, a := range anns.Items {
-		fmt.Printf("  %s/%s %s by %s (%s on %s)\n", a.Namespace, a.Spec.Service, a.Spec.IP, a.Spec.Node, a.Spec.Protocol, strings.Join(a.Spec.Interfaces, ","))
+		how := "on " + strings.Join(a.Spec.Interfaces, ",")
+		if a.Spec.Protocol == ironlbv1alpha1.ProtocolBGP {
+			how = "to " + strings.Join(a.Spec.Peers, ",")
+		}
+		fmt.Printf("  %s/%s %s by %s (%s %s)\n", a.Namespace, a.Spec.Service, a.Spec.IP, a.Spec.Node, a.Spec.Protocol, how)
 	}
 	return nil
 }

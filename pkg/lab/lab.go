@@ -58,6 +58,9 @@ type Config struct {
 	EtcdPort int `json:"etcdPort"`
 	// Pool is the sample IPPool's addresses.
 	Pool []string `json:"pool"`
+	// BGP puts the demo Service in the BGP pool: the client reaches it
+	// through the router, which learns it from every node over BGP.
+	BGP bool `json:"bgp"`
 }
 
 // DefaultConfig is a three-node lab with the kernel data plane.

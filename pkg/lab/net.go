@@ -107,9 +107,13 @@ func (c Config) buildNetwork(ctx context.Context) error {
 	}
 	// The client reaches the pool's VIPs on-link: it ARPs / solicits for
 	// them on the bridge, which is what layer-2 announcement answers.
+	// The BGP pool's VIPs it reaches through the router, which has
+	// routes to them from BIRD.
 	for _, r := range [][]string{
 		{"route", "add", PoolIPv4, "dev", "eth0"},
 		{"-6", "route", "add", PoolIPv6, "dev", "eth0"},
+		{"route", "add", BGPPoolIPv4, "via", RouterIPv4},
+		{"-6", "route", "add", BGPPoolIPv6, "via", RouterIPv6},
 	} {
 		if err := ipn(ctx, ClientNS, r...); err != nil {
 			return err

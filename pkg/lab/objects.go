@@ -20,6 +20,7 @@ import (
 
 	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/config"
 )
 
 // Names of the sample objects.
@@ -89,11 +90,21 @@ func (c Config) createObjects(ctx context.Context, crdDir string) error {
 	if err := cl.Create(ctx, pool); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create pool: %w", err)
 	}
-	adv := &ironlbv1alpha1.L2Advertisement{ObjectMeta: metav1.ObjectMeta{Name: "lab"}}
+	adv := &ironlbv1alpha1.L2Advertisement{
+		ObjectMeta: metav1.ObjectMeta{Name: "lab"},
+		Spec:       ironlbv1alpha1.L2AdvertisementSpec{PoolSelection: ironlbv1alpha1.PoolSelection{IPPools: []string{DemoPool}}},
+	}
 	if err := cl.Create(ctx, adv); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create L2Advertisement: %w", err)
 	}
-	return c.CreateDemoService(ctx, cl, DemoService, nil)
+	if err := c.createBGPObjects(ctx, cl); err != nil {
+		return err
+	}
+	return c.CreateDemoService(ctx, cl, DemoService, func(s *corev1.Service) {
+		if c.BGP {
+			s.Annotations = map[string]string{config.AnnotationPool: BGPPool}
+		}
+	})
 }
 
 func (c Config) createNode(ctx context.Context, cl client.Client, n Node) error {

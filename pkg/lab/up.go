@@ -63,6 +63,10 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 	if err := c.buildNetwork(ctx); err != nil {
 		return nil, err
 	}
+	step("starting BIRD in " + RouterNS + " (BGP with every node, ECMP)")
+	if err := c.startBird(ctx); err != nil {
+		return nil, err
+	}
 	step("starting the agent (API forwarders, backends)")
 	if err := c.Start("agent", "", filepath.Join(c.Bin, "ironlb-lab"), "agent", "--dir", c.Dir); err != nil {
 		return nil, err
