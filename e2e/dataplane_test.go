@@ -80,7 +80,7 @@ func clientHTTP() *http.Client {
 // address it saw.
 func get(t *testing.T, hc *http.Client, vip netip.Addr) (pod, client string) {
 	t.Helper()
-	resp, err := hc.Get("http://" + vip.String() + "/")
+	resp, err := hc.Get("http://" + netip.AddrPortFrom(vip, 80).String() + "/")
 	if err != nil {
 		t.Fatal(err)
 	}

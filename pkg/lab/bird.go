@@ -61,6 +61,10 @@ template bgp nodes {
 	local as %d;
 	passive on;
 	direct;
+	# A lab router takes a node back at once after a failure (BIRD's
+	# default holds off for a minute and more).
+	error wait time 1, 5;
+	error forget time 10;
 	hold time %d;
 	password "%s";
 }

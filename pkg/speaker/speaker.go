@@ -12,11 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -38,7 +41,7 @@ import (
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools;l2advertisements;bgppeers;bgpadvertisements,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=announcements,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=ironlb.dev,resources=bgppeers/status,verbs=get;patch;update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Options configure a speaker.
@@ -89,6 +92,10 @@ type Speaker struct {
 	dp *dataplane.Dataplane
 	// bgp is the embedded BGP router; it starts with the first peer.
 	bgp *bgp.Server
+	// secretRefs are the "namespace/name" of the Secrets the BGPPeers
+	// read their passwords from: a change to one of them is a change of
+	// configuration.
+	secretRefs atomic.Pointer[map[string]bool]
 }
 
 // New builds a speaker on a manager of its own (no leader election: every
@@ -170,6 +177,31 @@ func (s *Speaker) run(ctx context.Context) error {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("watch %T: %w", obj, err)
 		}
+	}
+	// Secrets: their metadata only (never their contents, which are read
+	// when needed), to notice a changed password.
+	secrets := &metav1.PartialObjectMetadata{}
+	secrets.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	secInf, err := c.GetInformer(ctx, secrets)
+	if err != nil {
+		return fmt.Errorf("watch secrets: %w", err)
+	}
+	onSecret := func(obj any) {
+		if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		o, err := meta.Accessor(obj)
+		if err != nil {
+			return
+		}
+		if refs := s.secretRefs.Load(); refs != nil && (*refs)[o.GetNamespace()+"/"+o.GetName()] {
+			s.poke()
+		}
+	}
+	if _, err := secInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: onSecret, UpdateFunc: func(_, o any) { onSecret(o) }, DeleteFunc: onSecret,
+	}); err != nil {
+		return fmt.Errorf("watch secrets: %w", err)
 	}
 	// Announcements are read by the status writer only: changes to them
 	// must not trigger decisions, or two speakers that disagree for a

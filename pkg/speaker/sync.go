@@ -152,10 +152,15 @@ func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string
 		return nil, problems
 	}
 	var out []bgp.Peer
+	refs := map[string]bool{}
+	defer s.secretRefs.Store(&refs)
 	for i := range w.bgpPeers {
 		p := &w.bgpPeers[i]
 		if !selects(p.Spec.NodeSelector, self.Labels) {
 			continue
+		}
+		if r := p.Spec.PasswordSecretRef; r != nil {
+			refs[r.Namespace+"/"+r.Name] = true
 		}
 		bp, err := s.bgpPeer(ctx, p)
 		if err != nil {

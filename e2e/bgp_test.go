@@ -1,0 +1,388 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/config"
+	"github.com/ironlb/ironlb/pkg/lab"
+)
+
+// BGP against BIRD 2 in lab-router: the lab always runs it, with the peers
+// router-v4 and router-v6 (iBGP, TCP MD5) and the advertisement lab-bgp of
+// the pool lab-bgp, which the client reaches through the router.
+
+// bgpService creates a dual-stack Service in the BGP pool and returns its
+// IPs (IPv4 first); it is deleted when the test ends.
+func bgpService(t *testing.T, name string, mutate func(*corev1.Service)) []netip.Addr {
+	t.Helper()
+	ctx := t.Context()
+	err := cfg.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
+		s.Annotations = map[string]string{config.AnnotationPool: lab.BGPPool}
+		if mutate != nil {
+			mutate(s)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cl.Delete(context.WithoutCancel(ctx), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
+	})
+	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 2, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ips[0].Is6() {
+		ips[0], ips[1] = ips[1], ips[0]
+	}
+	return ips
+}
+
+func hostPrefix(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }
+
+// birdNextHops returns the nodes BIRD has a route to prefix from, by their
+// addresses' last byte turned into node names (node-a is .11 / ::11).
+func birdNextHops(ctx context.Context, prefix string) (map[string]string, error) {
+	out := map[string]string{}
+	r := cfg.BirdRoute(ctx, prefix)
+	if r == "" {
+		return out, nil
+	}
+	// Routes are separated by lines starting with the prefix or with
+	// spaces then "unicast"; each has a "BGP.next_hop:" line.
+	var cur strings.Builder
+	flush := func() {
+		block := cur.String()
+		cur.Reset()
+		for _, line := range strings.Split(block, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "BGP.next_hop: "); ok {
+				a, err := netip.ParseAddr(strings.Fields(v)[0])
+				if err != nil {
+					continue
+				}
+				for _, n := range cfg.NodeList() {
+					if n.IPv4 == a || n.IPv6 == a {
+						out[n.Name] = block
+					}
+				}
+			}
+		}
+	}
+	for _, line := range strings.Split(r, "\n") {
+		if strings.Contains(line, "unicast [") {
+			flush()
+		}
+		cur.WriteString(line + "\n")
+	}
+	flush()
+	return out, nil
+}
+
+// waitBirdNodes waits until BIRD's routes to prefix come from exactly the
+// given nodes.
+func waitBirdNodes(t *testing.T, prefix string, limit time.Duration, want ...string) map[string]string {
+	t.Helper()
+	var got map[string]string
+	eventually(t, limit, func() error {
+		var err error
+		got, err = birdNextHops(t.Context(), prefix)
+		if err != nil {
+			return err
+		}
+		if len(got) != len(want) {
+			return fmt.Errorf("BIRD has %s from %v, want %v", prefix, keys(got), want)
+		}
+		for _, w := range want {
+			if _, ok := got[w]; !ok {
+				return fmt.Errorf("BIRD has %s from %v, want %v", prefix, keys(got), want)
+			}
+		}
+		return nil
+	})
+	return got
+}
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// waitSessions waits until BIRD has every node's IPv4 and IPv6 session
+// Established.
+func waitSessions(t *testing.T, limit time.Duration) {
+	t.Helper()
+	eventually(t, limit, func() error {
+		out, err := cfg.Birdc(t.Context(), "show", "protocols")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, "Established"); n != 2*cfg.Nodes {
+			return fmt.Errorf("%d sessions Established, want %d:\n%s", n, 2*cfg.Nodes, out)
+		}
+		return nil
+	})
+}
+
+// TestBGPAdvertise: every node advertises the Service's /32 and /128 with
+// the advertisement's communities and local preference; the router
+// installs them as ECMP routes and the client reaches the Service through
+// it; Announcements and the BGPPeers' status say so.
+func TestBGPAdvertise(t *testing.T) {
+	waitSessions(t, 30*time.Second)
+	ips := bgpService(t, "bgp-demo", nil)
+	for _, ip := range ips {
+		routes := waitBirdNodes(t, hostPrefix(ip), 20*time.Second, allNodes()...)
+		for node, r := range routes {
+			for _, want := range []string{"BGP.local_pref: 150", "(64512,100)", "(65535,65281)", "(64512, 1, 2)"} {
+				if !strings.Contains(r, want) {
+					t.Errorf("%s from %s: no %q in\n%s", ip, node, want, r)
+				}
+			}
+		}
+	}
+	raw, err := exec.CommandContext(t.Context(), "ip", "-n", lab.RouterNS, "route", "show", ips[0].String()).CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(raw)
+	if n := strings.Count(out, "nexthop via"); n != cfg.Nodes {
+		t.Errorf("the router's route to %s has %d next hops, want %d:\n%s", ips[0], n, cfg.Nodes, out)
+	}
+	for _, ip := range ips {
+		pod, client := get(t, clientHTTP(), ip)
+		if !strings.HasPrefix(pod, "demo-") || (client != lab.ClientIPv4 && client != lab.ClientIPv6) {
+			t.Errorf("%s through the router: %s saw %s", ip, pod, client)
+		}
+	}
+	// Who announces what: one BGP Announcement per node and IP.
+	eventually(t, 20*time.Second, func() error {
+		var list ironlbv1alpha1.AnnouncementList
+		if err := cl.List(t.Context(), &list, client.InNamespace("default")); err != nil {
+			return err
+		}
+		n := 0
+		for _, a := range list.Items {
+			if a.Spec.Service == "bgp-demo" && a.Spec.Protocol == ironlbv1alpha1.ProtocolBGP {
+				n++
+				want := lab.BGPPeerV4
+				if netip.MustParseAddr(a.Spec.IP).Is6() {
+					want = lab.BGPPeerV6
+				}
+				if len(a.Spec.Peers) != 1 || a.Spec.Peers[0] != want {
+					return fmt.Errorf("%s by %s to %v, want %s", a.Spec.IP, a.Spec.Node, a.Spec.Peers, want)
+				}
+			}
+		}
+		if n != 2*cfg.Nodes {
+			return fmt.Errorf("%d BGP Announcements, want %d", n, 2*cfg.Nodes)
+		}
+		return nil
+	})
+	eventually(t, 20*time.Second, func() error {
+		for _, name := range []string{lab.BGPPeerV4, lab.BGPPeerV6} {
+			var p ironlbv1alpha1.BGPPeer
+			if err := cl.Get(t.Context(), client.ObjectKey{Name: name}, &p); err != nil {
+				return err
+			}
+			up := 0
+			for _, s := range p.Status.Nodes {
+				if s.State == "Established" && s.Prefixes >= 1 {
+					up++
+				}
+			}
+			if up != cfg.Nodes {
+				return fmt.Errorf("%s status: %+v", name, p.Status.Nodes)
+			}
+		}
+		return nil
+	})
+}
+
+// TestBGPLocal: with externalTrafficPolicy Local only the nodes with a
+// ready endpoint advertise.
+func TestBGPLocal(t *testing.T) {
+	waitSessions(t, 30*time.Second)
+	const name = "bgp-local"
+	ips := bgpService(t, name, func(s *corev1.Service) {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	})
+	ready := map[string]bool{}
+	for _, p := range cfg.Pods() {
+		ready[p.Name] = p.Node.Name == "node-b"
+	}
+	if err := cfg.SetEndpointsReady(t.Context(), cl, name, ready); err != nil {
+		t.Fatal(err)
+	}
+	waitBirdNodes(t, hostPrefix(ips[0]), 20*time.Second, "node-b")
+	waitBirdNodes(t, hostPrefix(ips[1]), 20*time.Second, "node-b")
+	for _, p := range cfg.Pods() {
+		ready[p.Name] = p.Node.Name != "node-a"
+	}
+	if err := cfg.SetEndpointsReady(t.Context(), cl, name, ready); err != nil {
+		t.Fatal(err)
+	}
+	waitBirdNodes(t, hostPrefix(ips[0]), 20*time.Second, "node-b", "node-c")
+	if pod, _ := get(t, clientHTTP(), ips[0]); strings.HasPrefix(pod, "demo-a-") {
+		t.Errorf("%s answered a Local Service from a node without a ready endpoint", pod)
+	}
+}
+
+// TestBGPSpeakerDeath: SIGTERM withdraws a node's routes before the
+// speaker exits; kill -9 leaves them until the router's hold time (3 s)
+// expires. 50 connections through the router survive the node leaving the
+// ECMP set and joining it again.
+func TestBGPSpeakerDeath(t *testing.T) {
+	needXDP(t)
+	waitSessions(t, 30*time.Second)
+	ips := bgpService(t, "bgp-death", nil)
+	pfx := hostPrefix(ips[0])
+	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
+	const n = 50
+	conns := openEchoes(t, ips[0], n)
+
+	node := nodeNamed(t, "node-b")
+	start := time.Now()
+	if err := cfg.Stop(lab.SpeakerName(node), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The speaker has exited: its routes must already be gone (BIRD
+	// processes the withdrawal within milliseconds of receiving it).
+	waitBirdNodes(t, pfx, 2*time.Second, "node-a", "node-c")
+	t.Logf("SIGTERM of node-b's speaker: its route gone from BIRD %s after the signal", time.Since(start).Round(time.Millisecond))
+	checkEchoes(t, conns, "node-b left the ECMP set (SIGTERM)")
+
+	if err := cfg.StartSpeaker(node); err != nil {
+		t.Fatal(err)
+	}
+	waitBirdNodes(t, pfx, 30*time.Second, allNodes()...)
+	checkEchoes(t, conns, "node-b joined the ECMP set again")
+
+	// kill -9: the speaker withdraws nothing, but the kernel closes its
+	// sessions, and BIRD drops the routes at once.
+	victim := nodeNamed(t, "node-c")
+	start = time.Now()
+	if err := cfg.Kill(lab.SpeakerName(victim)); err != nil {
+		t.Fatal(err)
+	}
+	waitBirdNodes(t, pfx, lab.BGPHoldTime, "node-a", "node-b")
+	t.Logf("kill -9 of node-c's speaker: its route gone from BIRD after %s (the kernel closed the session)", time.Since(start).Round(time.Millisecond))
+	checkEchoes(t, conns, "node-c left the ECMP set (kill -9)")
+	if err := cfg.StartSpeaker(victim); err != nil {
+		t.Fatal(err)
+	}
+	waitBirdNodes(t, pfx, 30*time.Second, allNodes()...)
+	waitMembers(t)
+	checkEchoes(t, conns, "node-c joined the ECMP set again")
+}
+
+// TestBGPHoldTime: a node that vanishes without a word (its link cut: no
+// FIN, no notification) keeps its routes until the router's hold time
+// (3 s) expires, then loses them; back, it advertises again.
+func TestBGPHoldTime(t *testing.T) {
+	waitSessions(t, 30*time.Second)
+	ips := bgpService(t, "bgp-hold", nil)
+	pfx := hostPrefix(ips[0])
+	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
+	victim := nodeNamed(t, "node-a")
+	start := time.Now()
+	if err := cfg.CutLink(t.Context(), victim); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := cfg.RestoreLink(context.WithoutCancel(t.Context()), victim); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	waitBirdNodes(t, pfx, lab.BGPHoldTime+3*time.Second, "node-b", "node-c")
+	took := time.Since(start)
+	t.Logf("node-a cut off: its route gone from BIRD after %s (hold time %s)", took.Round(time.Millisecond), lab.BGPHoldTime)
+	if took < lab.BGPHoldTime-time.Second {
+		t.Errorf("the route went after %s, before the hold time could expire", took)
+	}
+	restore()
+	waitBirdNodes(t, pfx, 30*time.Second, allNodes()...)
+	waitMembers(t)
+}
+
+// TestBGPPassword: a wrong TCP MD5 password keeps the sessions down and
+// the BGPPeer's status says what to check; the right one brings them up.
+// (Last of the BGP tests: it takes every session down for a while.)
+func TestBGPPassword(t *testing.T) {
+	waitSessions(t, 30*time.Second)
+	ctx := context.WithoutCancel(t.Context())
+	setPassword := func(pw string) {
+		t.Helper()
+		var s corev1.Secret
+		if err := cl.Get(ctx, client.ObjectKey{Namespace: lab.SystemNS, Name: lab.BGPSecret}, &s); err != nil {
+			t.Error(err)
+			return
+		}
+		s.Data = map[string][]byte{"password": []byte(pw)}
+		if err := cl.Update(ctx, &s); err != nil {
+			t.Error(err)
+		}
+	}
+	setPassword("a wrong one")
+	t.Cleanup(func() { setPassword(lab.BGPPassword) })
+	eventually(t, 20*time.Second, func() error {
+		out, err := cfg.Birdc(t.Context(), "show", "protocols")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, "Established"); n != 0 {
+			return fmt.Errorf("%d sessions still Established", n)
+		}
+		return nil
+	})
+	eventually(t, 40*time.Second, func() error {
+		var p ironlbv1alpha1.BGPPeer
+		if err := cl.Get(t.Context(), client.ObjectKey{Name: lab.BGPPeerV4}, &p); err != nil {
+			return err
+		}
+		if len(p.Status.Nodes) != cfg.Nodes {
+			return fmt.Errorf("status %+v", p.Status.Nodes)
+		}
+		for _, s := range p.Status.Nodes {
+			if s.State == "Established" || !strings.Contains(s.Message, "MD5 password") {
+				return fmt.Errorf("%s: %s %q", s.Node, s.State, s.Message)
+			}
+		}
+		return nil
+	})
+	var events corev1.EventList
+	if err := cl.List(t.Context(), &events, client.InNamespace("default")); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range events.Items {
+		if e.InvolvedObject.Kind == "BGPPeer" && e.Type == corev1.EventTypeWarning &&
+			(e.Reason == "SessionDown" || e.Reason == "SessionNotEstablished") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no Warning Event on the BGPPeer for the session that went down")
+	}
+	setPassword(lab.BGPPassword)
+	waitSessions(t, 30*time.Second)
+}
