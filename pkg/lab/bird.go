@@ -21,23 +21,23 @@ import (
 // all their next hops (ECMP, hashed on ports too), and the client reaches
 // the BGP pool through the router.
 const (
-	BGPPool       = "lab-bgp"
-	BGPPoolIPv4   = "10.89.200.0/24"
-	BGPPoolIPv6   = "fd89:200::/120"
-	bgpRangeIPv6  = "fd89:200::1-fd89:200::ff"
-	BGPASN        = 64512
-	BGPPeerV4     = "router-v4"
-	BGPPeerV6     = "router-v6"
-	BGPAdvert     = "lab-bgp"
-	BGPSecret     = "router-md5"
-	BGPPassword   = "lab-router-secret"
-	BGPCommunity  = "64512:100"
-	BGPLarge      = "large:64512:1:2"
-	BGPLocalPref  = 150
-	BGPHoldTime   = 3 * time.Second
-	birdProcName  = "bird"
-	birdSocket    = "bird.ctl"
-	birdConfig    = "bird.conf"
+	BGPPool      = "lab-bgp"
+	BGPPoolIPv4  = "10.89.200.0/24"
+	BGPPoolIPv6  = "fd89:200::/120"
+	bgpRangeIPv6 = "fd89:200::1-fd89:200::ff"
+	BGPASN       = 64512
+	BGPPeerV4    = "router-v4"
+	BGPPeerV6    = "router-v6"
+	BGPAdvert    = "lab-bgp"
+	BGPSecret    = "router-md5"
+	BGPPassword  = "lab-router-secret"
+	BGPCommunity = "64512:100"
+	BGPLarge     = "large:64512:1:2"
+	BGPLocalPref = 150
+	BGPHoldTime  = 3 * time.Second
+	birdProcName = "bird"
+	birdSocket   = "bird.ctl"
+	birdConfig   = "bird.conf"
 )
 
 // BirdSocket is the control socket of the lab's BIRD.
