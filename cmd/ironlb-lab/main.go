@@ -43,6 +43,8 @@ commands:
   kubeconfig                            print the kubeconfig path
   bench failover [--runs N] [--kind kill|link|term|all]
                                         measure L2 failover from a client probing every 10 ms
+  bench bgp [--runs N]                  time from a new Service to its route in BIRD, and from
+                                        SIGTERM of a speaker to its route gone from BIRD
   bench pps [--frames N]                packets per second to the backends, xdp then kernel
                                         data plane, same generator (leaves the lab down)
 `
@@ -190,8 +192,30 @@ func run() error {
 			}
 			return benchPPS(ctx, abs, root, uint32(min(*frames, lab.MaxFrames)))
 		}
+		if len(rest) >= 1 && rest[0] == "bgp" {
+			fs := flag.NewFlagSet("bench bgp", flag.ContinueOnError)
+			runs := fs.Int("runs", 10, "repetitions (1-100)")
+			if err := fs.Parse(rest[1:]); err != nil {
+				return err
+			}
+			if *runs < 1 || *runs > 100 {
+				return fmt.Errorf("--runs %d: want 1 to 100", *runs)
+			}
+			cfg, err := lab.Load(abs)
+			if err != nil {
+				return err
+			}
+			res, err := cfg.BenchBGP(ctx, *runs, os.Stderr)
+			if err != nil {
+				return err
+			}
+			for _, r := range res {
+				fmt.Println(r)
+			}
+			return nil
+		}
 		if len(rest) < 1 || rest[0] != "failover" {
-			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all] | bench pps [--frames N]")
+			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all] | bench bgp [--runs N] | bench pps [--frames N]")
 		}
 		fs := flag.NewFlagSet("bench failover", flag.ContinueOnError)
 		runs := fs.Int("runs", 20, "repetitions of each kind of death (1-100)")

@@ -1,0 +1,149 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ironlb/ironlb/pkg/config"
+)
+
+// BGPResult summarises one kind of BGP measurement.
+type BGPResult struct {
+	What               string
+	Runs               int
+	Min, P50, P99, Max time.Duration
+}
+
+func (r BGPResult) String() string {
+	return fmt.Sprintf("bgp %s, %d runs, BIRD polled every 10ms: min %s  p50 %s  p99 %s  max %s",
+		r.What, r.Runs, r.Min.Round(time.Millisecond), r.P50.Round(time.Millisecond),
+		r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
+}
+
+func summarise(what string, took []time.Duration) BGPResult {
+	slices.Sort(took)
+	rank := func(q float64) time.Duration {
+		i := int(q*float64(len(took))+0.999999) - 1
+		return took[max(0, min(i, len(took)-1))]
+	}
+	return BGPResult{What: what, Runs: len(took), Min: took[0], P50: rank(0.5), P99: rank(0.99), Max: took[len(took)-1]}
+}
+
+// birdFrom tells whether BIRD has a route to prefix from each node, by
+// next hop.
+func (c Config) birdFrom(ctx context.Context, prefix string) map[string]bool {
+	out := map[string]bool{}
+	r := c.BirdRoute(ctx, prefix)
+	for _, n := range c.NodeList() {
+		if strings.Contains(r, "BGP.next_hop: "+n.IPv4.String()+"\n") || strings.Contains(r, "BGP.next_hop: "+n.IPv6.String()+" ") ||
+			strings.Contains(r, "BGP.next_hop: "+n.IPv6.String()+"\n") {
+			out[n.Name] = true
+		}
+	}
+	return out
+}
+
+// pollBird polls BIRD every 10 ms until cond holds for prefix's routes.
+func (c Config) pollBird(ctx context.Context, prefix string, limit time.Duration, cond func(map[string]bool) bool) (time.Time, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		if cond(c.birdFrom(ctx, prefix)) {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("BIRD's routes to %s did not change within %s", prefix, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchBGP measures, runs times each: from a new Service in the BGP pool
+// to its route in BIRD (from the first node), and from SIGTERM of a
+// speaker to its route gone from BIRD.
+func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPResult, error) {
+	cl, err := c.Client()
+	if err != nil {
+		return nil, err
+	}
+	// Every session up first.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := c.Birdc(ctx, "show", "protocols")
+		if err == nil && strings.Count(out, "Established") == 2*c.Nodes {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("BGP sessions not all Established:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var appear, gone []time.Duration
+	for i := range runs {
+		name := fmt.Sprintf("bgp-bench-%d", i)
+		t0 := time.Now()
+		err := c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
+			s.Annotations = map[string]string{config.AnnotationPool: BGPPool}
+			s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
+			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+		})
+		if err != nil {
+			return nil, err
+		}
+		ips, err := WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 1, 10*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		pfx := netip.PrefixFrom(ips[0], 32).String()
+		at, err := c.pollBird(ctx, pfx, 10*time.Second, func(m map[string]bool) bool { return len(m) > 0 })
+		if err != nil {
+			return nil, err
+		}
+		appear = append(appear, at.Sub(t0))
+		// Every node's route, then SIGTERM one speaker.
+		if _, err := c.pollBird(ctx, pfx, 20*time.Second, func(m map[string]bool) bool { return len(m) == c.Nodes }); err != nil {
+			return nil, err
+		}
+		node := c.NodeList()[i%c.Nodes]
+		t1 := time.Now()
+		if err := c.Stop(SpeakerName(node), 10*time.Second); err != nil {
+			return nil, err
+		}
+		at, err = c.pollBird(ctx, pfx, 10*time.Second, func(m map[string]bool) bool { return !m[node.Name] })
+		if err != nil {
+			return nil, err
+		}
+		gone = append(gone, at.Sub(t1))
+		_, _ = fmt.Fprintf(log, "run %2d: route of a new Service in BIRD after %s; SIGTERM of %s's speaker, its route gone after %s\n",
+			i+1, appear[i].Round(time.Millisecond), node.Name, gone[i].Round(time.Millisecond))
+		if err := c.StartSpeaker(node); err != nil {
+			return nil, err
+		}
+		if err := cl.Delete(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}}); err != nil {
+			return nil, err
+		}
+		if _, err := c.pollBird(ctx, pfx, 20*time.Second, func(m map[string]bool) bool { return len(m) == 0 }); err != nil {
+			return nil, err
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, err := c.Birdc(ctx, "show", "protocols")
+			if err == nil && strings.Count(out, "Established") == 2*c.Nodes {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("the restarted speaker's sessions did not come back:\n%s", out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return []BGPResult{summarise("new Service -> route in BIRD", appear), summarise("SIGTERM -> route gone from BIRD", gone)}, nil
+}
