@@ -30,7 +30,7 @@ const (
 	BGPPeerV6    = "router-v6"
 	BGPAdvert    = "lab-bgp"
 	BGPSecret    = "router-md5"
-	BGPPassword  = "lab-router-secret"
+	BGPPassword  = "lab-router-secret" //nolint:gosec // G101: the lab router's throwaway password, on its own bridge
 	BGPCommunity = "64512:100"
 	BGPLarge     = "large:64512:1:2"
 	BGPLocalPref = 150
