@@ -287,8 +287,12 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 	return errors.Join(errs...)
 }
 
-// Stop withdraws every route and closes every session (a Cease
-// notification: the peers drop this node's routes at once), then stops.
+// Stop withdraws every route and closes every session with a Cease
+// notification (the peers drop this node's routes at once). The GoBGP
+// server itself is left idle rather than stopped: its StopBgp rewrites
+// the global configuration while the closing sessions' goroutines may
+// still read it (a data race in GoBGP v3), and Stop is only called on the
+// way out of the process.
 func (b *Server) Stop(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -302,8 +306,11 @@ func (b *Server) Stop(ctx context.Context) error {
 		}
 		delete(b.paths, pfx)
 	}
-	errs = append(errs, b.s.StopBgp(ctx, &api.StopBgpRequest{}))
-	b.s.Stop()
+	for name, p := range b.peers {
+		if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+			errs = append(errs, fmt.Errorf("close session to %s: %w", name, err))
+		}
+	}
 	close(b.stopped)
 	b.started = false
 	b.peers, b.byAddr, b.states, b.policy = map[string]Peer{}, map[string]string{}, map[string]State{}, ""
