@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +97,12 @@ type Speaker struct {
 	// read their passwords from: a change to one of them is a change of
 	// configuration.
 	secretRefs atomic.Pointer[map[string]bool]
+	// passwords caches what was read from those Secrets ("namespace/name/
+	// key" -> password); stale marks the Secrets changed since. A sync
+	// never waits on the API server for a password it already has.
+	pwMu      sync.Mutex
+	passwords map[string]string
+	stale     map[string]bool
 }
 
 // New builds a speaker on a manager of its own (no leader election: every
@@ -137,6 +144,9 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 		metrics: newSpeakerMetrics(metrics.Registry),
 		trigger: make(chan struct{}, 1),
 		owners:  map[netip.Addr]string{},
+
+		passwords: map[string]string{},
+		stale:     map[string]bool{},
 	}
 	s.writer = newWriter(log.WithName("status"), mgr.GetClient(), mgr.GetEventRecorder("ironlb-speaker"), opts.NodeName)
 	if err := mgr.Add(manager.RunnableFunc(s.run)); err != nil {
@@ -195,6 +205,9 @@ func (s *Speaker) run(ctx context.Context) error {
 			return
 		}
 		if refs := s.secretRefs.Load(); refs != nil && (*refs)[o.GetNamespace()+"/"+o.GetName()] {
+			s.pwMu.Lock()
+			s.stale[o.GetNamespace()+"/"+o.GetName()] = true
+			s.pwMu.Unlock()
 			s.poke()
 		}
 	}

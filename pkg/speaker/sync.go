@@ -7,10 +7,12 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/pkg/announce"
@@ -194,19 +196,11 @@ func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.P
 		out.KeepaliveTime = p.Spec.KeepaliveTime.Duration
 	}
 	if ref := p.Spec.PasswordSecretRef; ref != nil {
-		key := ref.Key
-		if key == "" {
-			key = "password"
+		pw, err := s.password(ctx, ref)
+		if err != nil {
+			return bgp.Peer{}, err
 		}
-		var sec corev1.Secret
-		if err := s.mgr.GetAPIReader().Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, &sec); err != nil {
-			return bgp.Peer{}, fmt.Errorf("password Secret %s/%s: %w", ref.Namespace, ref.Name, err)
-		}
-		pw, ok := sec.Data[key]
-		if !ok {
-			return bgp.Peer{}, fmt.Errorf("password Secret %s/%s has no key %q", ref.Namespace, ref.Name, key)
-		}
-		out.Password = string(pw)
+		out.Password = pw
 	}
 	return out, nil
 }
@@ -258,4 +252,44 @@ func interfacesFor(ip netip.Addr) []string {
 		}
 	}
 	return out
+}
+
+// password returns the password a BGPPeer refers to: from the cache unless
+// the Secret changed since it was read. A Secret that cannot be read now
+// (the API server is away) keeps its last password.
+func (s *Speaker) password(ctx context.Context, ref *ironlbv1alpha1.SecretKeyRef) (string, error) {
+	key := ref.Key
+	if key == "" {
+		key = "password"
+	}
+	secret := ref.Namespace + "/" + ref.Name
+	s.pwMu.Lock()
+	pw, known := s.passwords[secret+"/"+key]
+	stale := s.stale[secret]
+	s.pwMu.Unlock()
+	if known && !stale {
+		return pw, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var sec corev1.Secret
+	err := s.mgr.GetAPIReader().Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, &sec)
+	if err == nil {
+		v, ok := sec.Data[key]
+		if !ok {
+			err = fmt.Errorf("password Secret %s has no key %q", secret, key)
+		} else {
+			s.pwMu.Lock()
+			s.passwords[secret+"/"+key] = string(v)
+			delete(s.stale, secret)
+			s.pwMu.Unlock()
+			return string(v), nil
+		}
+	} else {
+		err = fmt.Errorf("password Secret %s: %w", secret, err)
+	}
+	if known && !apierrors.IsNotFound(err) {
+		return pw, nil
+	}
+	return "", err
 }
