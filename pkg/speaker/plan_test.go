@@ -180,3 +180,75 @@ func TestAnnouncementName(t *testing.T) {
 		t.Errorf("name of %d characters", len(long))
 	}
 }
+
+// TestBGPRoutes: every eligible node advertises, to the peers of the IP's
+// family that the advertisement names and that peer with the node, with
+// the aggregation length, communities (well-known names as numbers, large
+// ones apart) and local preference; an excluded node and, for Local, a
+// node without a ready endpoint advertise nothing.
+func TestBGPRoutes(t *testing.T) {
+	pool := ironlbv1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"},
+		Spec: ironlbv1alpha1.IPPoolSpec{Addresses: []ironlbv1alpha1.AddressRange{"10.0.0.0/24"}}}
+	agg := int32(24)
+	lp := int64(120)
+	peer := func(name, addr string, sel map[string]string) ironlbv1alpha1.BGPPeer {
+		p := ironlbv1alpha1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: ironlbv1alpha1.BGPPeerSpec{PeerAddress: addr}}
+		if sel != nil {
+			p.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: sel}
+		}
+		return p
+	}
+	w := world{
+		nodes: []corev1.Node{
+			testNode("a", map[string]string{"rack": "1"}, corev1.ConditionTrue),
+			testNode("b", map[string]string{"rack": "2"}, corev1.ConditionTrue),
+			testNode("x", map[string]string{ExcludeLabel: ""}, corev1.ConditionTrue),
+		},
+		services: []corev1.Service{testService("web", "10.0.0.5", false), testService("loc", "10.0.0.6", true)},
+		slices:   []discoveryv1.EndpointSlice{testSlice("web", "a"), testSlice("loc", "b")},
+		pools:    []ironlbv1alpha1.IPPool{pool},
+		bgpPeers: []ironlbv1alpha1.BGPPeer{
+			peer("tor1", "192.0.2.1", nil), peer("tor2", "192.0.2.2", map[string]string{"rack": "2"}),
+			peer("v6", "2001:db8::1", nil), peer("other", "192.0.2.3", nil),
+		},
+		bgpAdvs: []ironlbv1alpha1.BGPAdvertisement{
+			{ObjectMeta: metav1.ObjectMeta{Name: "host"}, Spec: ironlbv1alpha1.BGPAdvertisementSpec{
+				Peers:       []string{"tor1", "tor2", "v6"},
+				Communities: []ironlbv1alpha1.Community{"64512:100", "no-export", "large:64512:1:2"}, LocalPref: &lp,
+			}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "summary"}, Spec: ironlbv1alpha1.BGPAdvertisementSpec{
+				Peers: []string{"other"}, AggregationLength: &agg,
+			}},
+		},
+		alive: map[string]bool{"a": true, "b": true, "x": true},
+	}
+	routes := func(self, ip string) []bgpRoute {
+		for _, d := range plan(w, self) {
+			if d.ip.String() == ip {
+				return d.bgp
+			}
+		}
+		t.Fatalf("no decision for %s", ip)
+		return nil
+	}
+	want := []bgpRoute{
+		{prefix: netip.MustParsePrefix("10.0.0.5/32"), peers: []string{"tor1"}, communities: []string{"64512:100", "65535:65281"}, large: []string{"64512:1:2"}, localPref: 120},
+		{prefix: netip.MustParsePrefix("10.0.0.0/24"), peers: []string{"other"}},
+	}
+	if diff := cmp.Diff(want, routes("a", "10.0.0.5"), cmp.AllowUnexported(bgpRoute{}), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("node a, 10.0.0.5 (-want +got):\n%s", diff)
+	}
+	// Node b also peers with tor2 (rack 2).
+	if got := routes("b", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "tor1,tor2" {
+		t.Errorf("node b, 10.0.0.5: %+v", got)
+	}
+	if got := routes("x", "10.0.0.5"); got != nil {
+		t.Errorf("the excluded node advertises %+v", got)
+	}
+	if got := routes("a", "10.0.0.6"); got != nil {
+		t.Errorf("node a advertises the Local Service without a local endpoint: %+v", got)
+	}
+	if got := routes("b", "10.0.0.6"); len(got) != 2 {
+		t.Errorf("node b, with the Local Service's endpoint: %+v", got)
+	}
+}
