@@ -408,10 +408,11 @@ func TestAnnouncingEvent(t *testing.T) {
 }
 
 // TestAPIServerOutage stops kube-apiserver: the speakers keep answering
-// from what they last knew, and a speaker death is still covered, since
-// failure detection does not need the API server.
+// (and advertising over BGP) from what they last knew, and a speaker death
+// is still covered, since failure detection does not need the API server.
 func TestAPIServerOutage(t *testing.T) {
 	ctx := t.Context()
+	bgpCheck := bgpOutage(t)
 	owner := oneAnnouncer(t, lab.DemoService, vip4, nil)
 	if err := cfg.Stop("kube-apiserver", 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -427,6 +428,8 @@ func TestAPIServerOutage(t *testing.T) {
 	if err := cfg.WaitAPIServer(ctx, 2*time.Second); err == nil {
 		t.Fatal("the API server still answers after being stopped")
 	}
+	// BGP: every node keeps advertising what it last knew.
+	bgpCheck()
 	if macs := arpingMACs(t, vip4); len(macs) != 1 || macs[0] != macOf(t, owner) {
 		t.Errorf("during the outage arping %s saw %v, want only %s", vip4, macs, macOf(t, owner))
 	}
