@@ -32,6 +32,7 @@ func run() error {
 	fs := flag.NewFlagSet("ironlb-speaker", flag.ExitOnError)
 	kubeconfig := fs.String("kubeconfig", "", "path to a kubeconfig; empty means in-cluster")
 	fs.StringVar(&opts.NodeName, "node-name", os.Getenv("NODE_NAME"), "the node this speaker runs on (required; env NODE_NAME)")
+	fs.StringVar(&opts.Namespace, "namespace", envOr("POD_NAMESPACE", opts.Namespace), "the speaker's namespace, the only one it reads BGP password Secrets from (env POD_NAMESPACE)")
 	fs.StringVar(&opts.Dataplane, "dataplane", opts.Dataplane, "xdp forwards VIP traffic in XDP; kernel only announces and leaves forwarding to kube-proxy or the CNI")
 	fs.StringVar(&opts.MetricsAddr, "metrics-addr", opts.MetricsAddr, "address of the Prometheus metrics endpoint; 0 disables it")
 	fs.StringVar(&opts.HealthAddr, "health-addr", opts.HealthAddr, "address of the /healthz and /readyz probes; 0 disables them")
@@ -86,4 +87,11 @@ func run() error {
 		return err
 	}
 	return s.Start(ctrl.SetupSignalHandler())
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

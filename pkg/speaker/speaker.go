@@ -42,13 +42,16 @@ import (
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools;l2advertisements;bgppeers;bgpadvertisements,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=announcements,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=ironlb.dev,resources=bgppeers/status,verbs=get;patch;update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",namespace=ironlb-system,resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Options configure a speaker.
 type Options struct {
 	// NodeName is the Node this speaker runs on.
 	NodeName string
+	// Namespace is the speaker's own: the only one it reads Secrets
+	// (BGP passwords) from.
+	Namespace string
 	// Dataplane is "kernel" (announce only) or "xdp".
 	Dataplane   string
 	MetricsAddr string
@@ -64,6 +67,7 @@ type Options struct {
 // DefaultOptions returns the defaults of the flags.
 func DefaultOptions() Options {
 	return Options{
+		Namespace:   "ironlb-system",
 		Dataplane:   "xdp",
 		MetricsAddr: ":7473",
 		HealthAddr:  ":7475",
@@ -126,6 +130,9 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 		HealthProbeBindAddress:  opts.HealthAddr,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: map[client.Object]cache.ByObject{
+				secretMeta(): {Namespaces: map[string]cache.Config{opts.Namespace: {}}},
+			},
 		},
 	})
 	if err != nil {
@@ -190,9 +197,7 @@ func (s *Speaker) run(ctx context.Context) error {
 	}
 	// Secrets: their metadata only (never their contents, which are read
 	// when needed), to notice a changed password.
-	secrets := &metav1.PartialObjectMetadata{}
-	secrets.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-	secInf, err := c.GetInformer(ctx, secrets)
+	secInf, err := c.GetInformer(ctx, secretMeta())
 	if err != nil {
 		return fmt.Errorf("watch secrets: %w", err)
 	}
@@ -337,6 +342,13 @@ func nodeAddress(n *corev1.Node) string {
 		}
 	}
 	return v6
+}
+
+// secretMeta is the metadata-only form of a Secret the speaker watches.
+func secretMeta() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	return m
 }
 
 // routerID is the node's IPv4 InternalIP, else four bytes of a hash of

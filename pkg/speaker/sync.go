@@ -263,6 +263,9 @@ func (s *Speaker) password(ctx context.Context, ref *ironlbv1alpha1.SecretKeyRef
 		key = "password"
 	}
 	secret := ref.Namespace + "/" + ref.Name
+	if ref.Namespace != s.opts.Namespace {
+		return "", fmt.Errorf("password Secret %s: the speaker reads Secrets in its own namespace (%s) only", secret, s.opts.Namespace)
+	}
 	s.pwMu.Lock()
 	pw, known := s.passwords[secret+"/"+key]
 	stale := s.stale[secret]
