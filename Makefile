@@ -20,6 +20,7 @@ help: ## List the targets.
 .PHONY: build
 build: ## Build the binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+	ln -sf ironlbctl $(BIN)/kubectl-ironlb
 
 $(CONTROLLER_GEN): hack/tools/dev/go.mod
 	cd hack/tools/dev && $(GO) build -o $(TOOLS)/ sigs.k8s.io/controller-tools/cmd/controller-gen
@@ -101,6 +102,10 @@ bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Mag
 	$(BIN)/ironlb-lab up >/dev/null
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20} && $(BIN)/ironlb-lab bench bgp --runs $${BGP_RUNS:-10}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
 	$(BIN)/ironlb-lab bench pps --frames $${PPS_FRAMES:-2000000}
+
+.PHONY: images
+images: ## Build the controller and speaker images (docker, podman or buildah; says so when none works).
+	hack/images.sh
 
 .PHONY: lab
 lab: deps build kube-binaries ## Build everything and bring up the one-machine lab (root).

@@ -42,6 +42,8 @@ type Dataplane struct {
 	resolved map[netip.Addr]bool
 	sets     map[uint32]uint64 // id -> hash of the backends last written
 	nextID   uint32
+	// last is what the last Apply was given, for Dump.
+	last []Entry
 }
 
 const bpfFSMagic = 0xcafe4a11
@@ -284,6 +286,7 @@ func (d *Dataplane) Apply(self Self, entries []Entry) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.self = self
+	d.last = entries
 	cfg := bpf.LbSettings{RingSize: d.opts.RingSize, Mtu: d.opts.MTU}
 	if self.V4.IsValid() {
 		cfg.Self4 = bpf.Addr(self.V4)[0]
@@ -501,4 +504,22 @@ func ignoreNotExist(err error) error {
 		return nil
 	}
 	return err
+}
+
+// Dump reports what the data plane holds.
+func (d *Dataplane) Dump() Dump {
+	d.mu.Lock()
+	out := Dump{Self: d.self, RingSize: d.opts.RingSize, Ports: dumpPorts(d.last, d.ids)}
+	d.mu.Unlock()
+	out.Conntrack, out.Capacity = map[string]int{}, map[string]int{}
+	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat} {
+		out.Conntrack[table] = countKeys(m)
+		out.Capacity[table] = int(m.MaxEntries())
+	}
+	var k, v uint32
+	it := d.objs.EndpointLinks.Iterate()
+	for it.Next(&k, &v) {
+		out.EndpointLinks++
+	}
+	return out
 }

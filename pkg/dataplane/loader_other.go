@@ -16,4 +16,5 @@ var errLinux = errors.New("the xdp data plane needs Linux")
 func Open(logr.Logger, Options) (*Dataplane, error) { return nil, errLinux }
 func (*Dataplane) Apply(Self, []Entry) error        { return errLinux }
 func (*Dataplane) Close() error                     { return nil }
+func (*Dataplane) Dump() Dump                       { return Dump{} }
 func Cleanup(string) error                          { return errLinux }

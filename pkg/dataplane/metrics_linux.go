@@ -79,10 +79,3 @@ func countKeys(m *ebpf.Map) int {
 	}
 	return n
 }
-
-func protoName(p uint8) string {
-	if p == UDP {
-		return "UDP"
-	}
-	return "TCP"
-}

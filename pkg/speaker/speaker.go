@@ -9,8 +9,10 @@ package speaker
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -44,6 +46,10 @@ import (
 // +kubebuilder:rbac:groups=ironlb.dev,resources=bgppeers/status,verbs=get;patch;update
 // +kubebuilder:rbac:groups="",namespace=ironlb-system,resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// DataplanePath is where the metrics endpoint also serves the data plane's
+// dump.
+const DataplanePath = "/debug/dataplane"
 
 // Options configure a speaker.
 type Options struct {
@@ -95,6 +101,8 @@ type Speaker struct {
 	owners map[netip.Addr]string
 	// dp is the XDP data plane; nil with --dataplane=kernel.
 	dp *dataplane.Dataplane
+	// dump is dp once it is open, for the debug endpoint.
+	dump atomic.Pointer[dataplane.Dataplane]
 	// bgp is the embedded BGP router; it starts with the first peer.
 	bgp *bgp.Server
 	// secretRefs are the "namespace/name" of the Secrets the BGPPeers
@@ -123,11 +131,27 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 		return nil, err
 	}
 	shutdown := 2 * time.Second
+	var s *Speaker
+	// /debug/dataplane, beside /metrics: what this node's data plane
+	// holds, as JSON (ironlbctl dataplane dump reads it).
+	debug := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		var dp *dataplane.Dataplane
+		if s != nil {
+			dp = s.dump.Load()
+		}
+		if dp == nil {
+			http.Error(w, "this speaker runs no xdp data plane", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(dp.Dump())
+	})
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		GracefulShutdownTimeout: &shutdown,
-		Metrics:                 metricsserver.Options{BindAddress: opts.MetricsAddr},
-		HealthProbeBindAddress:  opts.HealthAddr,
+		Metrics: metricsserver.Options{BindAddress: opts.MetricsAddr,
+			ExtraHandlers: map[string]http.Handler{DataplanePath: debug}},
+		HealthProbeBindAddress: opts.HealthAddr,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{
@@ -142,7 +166,7 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 		return nil, err
 	}
 	log := ctrl.Log.WithName("speaker").WithValues("node", opts.NodeName)
-	s := &Speaker{
+	s = &Speaker{
 		opts:    opts,
 		log:     log,
 		mgr:     mgr,
@@ -250,6 +274,8 @@ func (s *Speaker) run(ctx context.Context) error {
 		// node forwards on until the next speaker takes over.
 		defer func() { _ = dp.Close() }()
 		s.dp = dp
+		s.dump.Store(dp)
+		defer s.dump.Store(nil)
 		if err := metrics.Registry.Register(dp); err != nil {
 			return fmt.Errorf("data plane metrics: %w", err)
 		}

@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+func ironlbctl(t *testing.T, ns string, args ...string) (string, string, int) {
+	t.Helper()
+	argv := append([]string{filepath.Join(cfg.Bin, "ironlbctl"), "--kubeconfig", cfg.Kubeconfig()}, args...)
+	if ns != "" {
+		argv = append([]string{"ip", "netns", "exec", ns}, argv...)
+	}
+	cmd := exec.CommandContext(t.Context(), argv[0], argv[1:]...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errOut.String(), code
+}
+
+// TestIronlbctl: status shows the lab's pool, the demo Service with who
+// announces it, and the BGP sessions; dataplane dump shows a node's VIPs,
+// ring shares and conntrack; kubectl-ironlb is the same program.
+func TestIronlbctl(t *testing.T) {
+	waitSessions(t, 30*time.Second)
+	eventually(t, 20*time.Second, func() error {
+		out, errOut, code := ironlbctl(t, "", "status")
+		if code != 0 && code != 3 {
+			return fmt.Errorf("status exited %d: %s", code, errOut)
+		}
+		for _, want := range []string{"lab ", "default/demo", vip4.String(), "L2 by node-", "on eth0", "router-v4", "Established"} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("status lacks %q:\n%s", want, out)
+			}
+		}
+		return nil
+	})
+	if cfg.Dataplane == "xdp" {
+		// From a node's namespace: it reaches the API server through the
+		// lab's forwarder and the other nodes' speakers over the fabric.
+		out, errOut, code := ironlbctl(t, "lab-node-a", "dataplane", "dump", "--node", "node-b")
+		if code != 0 {
+			t.Fatalf("dataplane dump exited %d: %s", code, errOut)
+		}
+		for _, want := range []string{"node node-b (10.89.0.12", "conntrack tier1", vip4.String() + ":80/TCP", "10.89.0.11=", "10.244."} {
+			if !strings.Contains(out, want) {
+				t.Errorf("dump lacks %q:\n%s", want, out)
+			}
+		}
+	}
+	plugin := exec.CommandContext(t.Context(), filepath.Join(cfg.Bin, "kubectl-ironlb"), "--kubeconfig", cfg.Kubeconfig(), "status")
+	if out, err := plugin.Output(); !strings.Contains(string(out), "default/demo") {
+		t.Errorf("kubectl-ironlb status: %v\n%s", err, out)
+	}
+}
+
+// TestConvertMetalLB: what ironlbctl makes of MetalLB's configuration is
+// accepted by the API server (server-side apply, dry run).
+func TestConvertMetalLB(t *testing.T) {
+	out, errOut, code := ironlbctl(t, "", "convert", "metallb", filepath.Join("..", "pkg", "convert", "testdata", "metallb.yaml"))
+	if code != 0 {
+		t.Fatalf("convert exited %d: %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "note: BGPPeer peer-a: bfdProfile is not supported") {
+		t.Errorf("the report lacks the BFD profile:\n%s", errOut)
+	}
+	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
+	n := 0
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			break
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		n++
+		err := cl.Apply(t.Context(), client.ApplyConfigurationFromUnstructured(u),
+			client.FieldOwner("ironlb-e2e-convert"), client.ForceOwnership, client.DryRunAll)
+		if err != nil {
+			t.Errorf("%s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+	if n != 8 {
+		t.Errorf("%d objects converted, want 8:\n%s", n, out)
+	}
+}
