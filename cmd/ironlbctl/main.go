@@ -125,7 +125,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 				in = append(in, os.Stdin)
 				continue
 			}
-			fh, err := os.Open(f)
+			fh, err := os.Open(f) //nolint:gosec // G304: the user names the files to convert
 			if err != nil {
 				return 1, err
 			}

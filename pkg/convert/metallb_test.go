@@ -53,7 +53,7 @@ func TestMetalLB(t *testing.T) {
 	}
 	a := byName["BGPPeer/peer-a"].(*ironlbv1alpha1.BGPPeer)
 	if a.Spec.PeerASN != 64501 || a.Spec.MyASN != 64500 || a.Spec.PeerPort != 180 || !a.Spec.EBGPMultiHop ||
-		a.Spec.HoldTime.Duration.Seconds() != 90 || a.Spec.KeepaliveTime.Duration.Seconds() != 30 ||
+		a.Spec.HoldTime.Seconds() != 90 || a.Spec.KeepaliveTime.Seconds() != 30 ||
 		a.Spec.PasswordSecretRef.Name != "peer-a-bgp-password" || a.Spec.NodeSelector.MatchLabels["rack"] != "frontend" {
 		t.Errorf("peer-a: %+v", a.Spec)
 	}
