@@ -30,6 +30,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Times another node claimed an IP this node owns and this node re-announced it.",
 		}, []string{"protocol"}),
 	}
+	// Both protocols start at zero, so an alert on a rate sees zero
+	// rather than no series.
+	for _, c := range []*prometheus.CounterVec{m.requests, m.replies, m.gratuitous, m.conflicts} {
+		for _, p := range []string{"arp", "ndp"} {
+			c.WithLabelValues(p)
+		}
+	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.replies, m.gratuitous, m.conflicts)
 	}
