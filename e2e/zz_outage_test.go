@@ -1,0 +1,64 @@
+package e2e
+
+// The API server outage runs last of all (this file sorts last): the
+// controller loses its Lease while the API server is away and must then
+// wait for the Lease to expire before it allocates again.
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ironlb/ironlb/pkg/lab"
+)
+
+// TestAPIServerOutage stops kube-apiserver: the speakers keep answering
+// (and advertising over BGP) from what they last knew, and a speaker death
+// is still covered, since failure detection does not need the API server.
+func TestAPIServerOutage(t *testing.T) {
+	ctx := t.Context()
+	bgpCheck := bgpOutage(t)
+	owner := oneAnnouncer(t, lab.DemoService, vip4, nil)
+	if err := cfg.Stop("kube-apiserver", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := cfg.StartAPIServer(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.WaitAPIServer(context.WithoutCancel(ctx), 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// The controller exits when it loses its Lease, as it should;
+		// start it again, as its Deployment would.
+		if !cfg.Running("controller") {
+			if err := cfg.StartController(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}()
+	if err := cfg.WaitAPIServer(ctx, 2*time.Second); err == nil {
+		t.Fatal("the API server still answers after being stopped")
+	}
+	// BGP: every node keeps advertising what it last knew.
+	bgpCheck()
+	if macs := arpingMACs(t, vip4); len(macs) != 1 || macs[0] != macOf(t, owner) {
+		t.Errorf("during the outage arping %s saw %v, want only %s", vip4, macs, macOf(t, owner))
+	}
+	if _, err := cfg.Get(ctx, vip4); err != nil {
+		t.Errorf("during the outage http://%s/: %v", vip4, err)
+	}
+	p, err := cfg.StartProbe(ctx, vip4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	r, err := cfg.Failover(ctx, p, lab.KillSpeaker)
+	if err != nil {
+		t.Fatalf("failover without an API server: %v", err)
+	}
+	if r.To.Name == r.From.Name {
+		t.Errorf("failover without an API server stayed on %s", r.From.Name)
+	}
+	t.Logf("without an API server, %s of %s: answers through %s after %s", r.Death, r.From.Name, r.To.Name, r.Took.Round(time.Millisecond))
+}
