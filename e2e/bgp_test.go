@@ -126,16 +126,9 @@ func keys(m map[string]string) []string {
 // Established.
 func waitSessions(t *testing.T, limit time.Duration) {
 	t.Helper()
-	eventually(t, limit, func() error {
-		out, err := cfg.Birdc(t.Context(), "show", "protocols")
-		if err != nil {
-			return err
-		}
-		if n := strings.Count(out, "Established"); n != 2*cfg.Nodes {
-			return fmt.Errorf("%d sessions Established, want %d:\n%s", n, 2*cfg.Nodes, out)
-		}
-		return nil
-	})
+	if err := cfg.WaitBirdSessions(t.Context(), limit); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestBGPAdvertise: every node advertises the Service's /32 and /128 with

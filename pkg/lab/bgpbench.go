@@ -30,12 +30,35 @@ func (r BGPResult) String() string {
 }
 
 func summarise(what string, took []time.Duration) BGPResult {
+	lo, p50, p99, hi := percentiles(took)
+	return BGPResult{What: what, Runs: len(took), Min: lo, P50: p50, P99: p99, Max: hi}
+}
+
+// percentiles sorts took and returns its least, median, 99th percentile
+// (nearest rank) and greatest values.
+func percentiles(took []time.Duration) (lo, p50, p99, hi time.Duration) {
 	slices.Sort(took)
 	rank := func(q float64) time.Duration {
 		i := int(q*float64(len(took))+0.999999) - 1
 		return took[max(0, min(i, len(took)-1))]
 	}
-	return BGPResult{What: what, Runs: len(took), Min: took[0], P50: rank(0.5), P99: rank(0.99), Max: took[len(took)-1]}
+	return took[0], rank(0.5), rank(0.99), took[len(took)-1]
+}
+
+// WaitBirdSessions waits until BIRD has every node's IPv4 and IPv6 session
+// Established.
+func (c Config) WaitBirdSessions(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		out, err := c.Birdc(ctx, "show", "protocols")
+		if err == nil && strings.Count(out, "Established") == 2*c.Nodes {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("BGP sessions not all Established after %s:\n%s", limit, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // birdFrom tells whether BIRD has a route to prefix from each node, by
@@ -74,17 +97,8 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 	if err != nil {
 		return nil, err
 	}
-	// Every session up first.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, err := c.Birdc(ctx, "show", "protocols")
-		if err == nil && strings.Count(out, "Established") == 2*c.Nodes {
-			break
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("BGP sessions not all Established:\n%s", out)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := c.WaitBirdSessions(ctx, 30*time.Second); err != nil {
+		return nil, err
 	}
 	var appear, gone []time.Duration
 	for i := range runs {
@@ -133,16 +147,8 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 		if _, err := c.pollBird(ctx, pfx, 20*time.Second, func(m map[string]bool) bool { return len(m) == 0 }); err != nil {
 			return nil, err
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			out, err := c.Birdc(ctx, "show", "protocols")
-			if err == nil && strings.Count(out, "Established") == 2*c.Nodes {
-				break
-			}
-			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("the restarted speaker's sessions did not come back:\n%s", out)
-			}
-			time.Sleep(50 * time.Millisecond)
+		if err := c.WaitBirdSessions(ctx, 30*time.Second); err != nil {
+			return nil, fmt.Errorf("after the restart of %s's speaker: %w", node.Name, err)
 		}
 	}
 	return []BGPResult{summarise("new Service -> route in BIRD", appear), summarise("SIGTERM -> route gone from BIRD", gone)}, nil

@@ -428,10 +428,6 @@ func (c Config) BenchFailover(ctx context.Context, death Death, runs int, log io
 		_, _ = fmt.Fprintf(log, "run %2d: %s of %s -> %s in %s\n", i+1, death, r.From.Name, r.To.Name, r.Took.Round(time.Millisecond))
 		took = append(took, r.Took)
 	}
-	slices.Sort(took)
-	rank := func(q float64) time.Duration {
-		i := int(q*float64(len(took))+0.999999) - 1
-		return took[max(0, min(i, len(took)-1))]
-	}
-	return BenchResult{Death: death, Runs: runs, Min: took[0], P50: rank(0.5), P99: rank(0.99), Max: took[len(took)-1]}, nil
+	lo, p50, p99, hi := percentiles(took)
+	return BenchResult{Death: death, Runs: runs, Min: lo, P50: p50, P99: p99, Max: hi}, nil
 }
