@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,6 +66,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	// The daemons run as their service accounts: a permission the
+	// manifests' RBAC lacks shows as "forbidden" in their logs, even
+	// where nothing else noticed.
+	if bad := forbidden(cfg.Dir); len(bad) > 0 {
+		fmt.Printf("e2e: FAIL: the daemons were refused by RBAC:\n%s\n", strings.Join(bad, "\n"))
+		code = 1
+	}
 	if code != 0 {
 		fmt.Printf("e2e: failed; logs are in %s/logs\n", cfg.Dir)
 	}
@@ -138,4 +146,27 @@ func oneAnnouncer(t *testing.T, svc string, ip netip.Addr, want func(string) err
 		return nil
 	})
 	return node
+}
+
+// forbidden returns the lines of the daemons' logs where the API server
+// refused them.
+func forbidden(dir string) []string {
+	logs, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+	var out []string
+	for _, f := range logs {
+		base := filepath.Base(f)
+		if !strings.HasPrefix(base, "controller") && !strings.HasPrefix(base, "speaker-") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "is forbidden") {
+				out = append(out, base+": "+line)
+			}
+		}
+	}
+	return out
 }

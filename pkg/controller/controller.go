@@ -36,6 +36,7 @@ import (
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=ironlb-system,resources=leases,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",namespace=ironlb-system,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools/finalizers,verbs=update

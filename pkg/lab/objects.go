@@ -75,6 +75,9 @@ func (c Config) createObjects(ctx context.Context, crdDir string) error {
 	if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: SystemNS}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
+	if err := c.installRBAC(ctx, cl, filepath.Dir(crdDir)); err != nil {
+		return fmt.Errorf("RBAC: %w", err)
+	}
 	for _, n := range c.NodeList() {
 		if err := c.createNode(ctx, cl, n); err != nil {
 			return err

@@ -136,7 +136,7 @@ func (c Config) StartKubeProxy(n Node) error {
 // loopback only.
 func (c Config) StartController() error {
 	return c.Start("controller", "", filepath.Join(c.Bin, "ironlb-controller"),
-		"--kubeconfig", c.Kubeconfig(),
+		"--kubeconfig", c.DaemonKubeconfig("ironlb-controller"),
 		"--leader-elect-namespace", SystemNS,
 		"--metrics-addr", "127.0.0.1:17472",
 		"--health-addr", "127.0.0.1:17473",
@@ -149,7 +149,7 @@ func SpeakerName(n Node) string { return "speaker-" + n.Name }
 // StartSpeaker runs the speaker in a node's namespace.
 func (c Config) StartSpeaker(n Node) error {
 	return c.Start(SpeakerName(n), n.NS, filepath.Join(c.Bin, "ironlb-speaker"),
-		"--kubeconfig", c.Kubeconfig(),
+		"--kubeconfig", c.DaemonKubeconfig("ironlb-speaker"),
 		"--node-name", n.Name,
 		"--dataplane", c.Dataplane,
 		"--bpffs", c.path("bpffs", n.Name),

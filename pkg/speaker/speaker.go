@@ -39,7 +39,7 @@ import (
 	"github.com/ironlb/ironlb/pkg/layer2"
 )
 
-// +kubebuilder:rbac:groups="",resources=services;nodes;namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=services;nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools;l2advertisements;bgppeers;bgpadvertisements,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=announcements,verbs=get;list;watch;create;update;patch;delete
