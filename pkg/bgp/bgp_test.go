@@ -78,8 +78,11 @@ type bird struct {
 
 func startBird(t *testing.T, asn uint32, password string) *bird {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces); CI runs as root")
+	}
 	if _, err := exec.LookPath("bird"); err != nil {
-		t.Skip("bird (Debian's bird2) is not installed; make deps installs it")
+		t.Fatal("bird (Debian's bird2) is not installed: make deps installs it")
 	}
 	b := &bird{t: t, dir: t.TempDir()}
 	b.sock = filepath.Join(b.dir, "bird.ctl")
