@@ -6,11 +6,22 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ironlb/ironlb/pkg/lab"
 )
+
+// TestNoRBACRefusals: the daemons run as their service accounts, so a
+// permission the manifests' RBAC lacks shows as "is forbidden" in their
+// logs, even where no test noticed. Checked before the outage: a
+// restarted API server refuses everyone until its RBAC caches fill.
+func TestNoRBACRefusals(t *testing.T) {
+	if bad := forbidden(cfg.Dir); len(bad) > 0 {
+		t.Errorf("the daemons were refused by RBAC:\n%s", strings.Join(bad, "\n"))
+	}
+}
 
 // TestAPIServerOutage stops kube-apiserver: the speakers keep answering
 // (and advertising over BGP) from what they last knew, and a speaker death
