@@ -10,8 +10,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -27,23 +25,12 @@ import (
 // IPs (IPv4 first); it is deleted when the test ends.
 func bgpService(t *testing.T, name string, mutate func(*corev1.Service)) []netip.Addr {
 	t.Helper()
-	ctx := t.Context()
-	err := cfg.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
+	ips := demoService(t, name, 2, func(s *corev1.Service) {
 		s.Annotations = map[string]string{config.AnnotationPool: lab.BGPPool}
 		if mutate != nil {
 			mutate(s)
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cl.Delete(context.WithoutCancel(ctx), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
-	})
-	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 2, 20*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if ips[0].Is6() {
 		ips[0], ips[1] = ips[1], ips[0]
 	}

@@ -33,28 +33,36 @@ func needXDP(t *testing.T) {
 	}
 }
 
+// demoService creates a copy of the demo Service (adjusted by mutate),
+// deletes it when the test ends, and returns its n IPs once assigned.
+func demoService(t *testing.T, name string, n int, mutate func(*corev1.Service)) []netip.Addr {
+	t.Helper()
+	ctx := t.Context()
+	if err := cfg.CreateDemoService(ctx, cl, name, mutate); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cl.Delete(context.WithoutCancel(ctx), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
+	})
+	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, n, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ips
+}
+
 // labService creates a single-stack IPv4 copy of the demo Service and
 // returns its VIP; it is deleted when the test ends.
 func labService(t *testing.T, name string, mutate func(*corev1.Service)) netip.Addr {
 	t.Helper()
-	ctx := t.Context()
-	err := cfg.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
+	ips := demoService(t, name, 1, func(s *corev1.Service) {
 		s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 		if mutate != nil {
 			mutate(s)
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cl.Delete(context.WithoutCancel(ctx), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
-	})
-	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 1, 20*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := t.Context()
 	oneAnnouncer(t, name, ips[0], nil)
 	if _, err := cfg.WaitHTTP(ctx, ips[0], 20*time.Second); err != nil {
 		t.Fatal(err)
