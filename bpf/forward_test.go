@@ -110,6 +110,9 @@ func world(t testing.TB, objs *LbObjects) {
 	}
 	must(t, objs.Nodes.Put(uint32(11), LbNodeInfo{Addr: Addr(self6), Family: 6}))
 	must(t, objs.Nodes.Put(uint32(12), LbNodeInfo{Addr: Addr(nodeB6), Family: 6}))
+	for _, n := range []netip.Addr{self4, nodeB4, nodeC4, self6, nodeB6} {
+		must(t, objs.TunnelPeers.Put(PeerKeyFor(n), uint32(0)))
+	}
 	for id, v := range map[uint32]struct {
 		k     LbVipKey
 		flags uint32
@@ -151,6 +154,7 @@ func setBackends(t testing.TB, objs *LbObjects, id uint32, port uint16, addrs ..
 	t.Helper()
 	var set LbBackendSet
 	set.Count = uint32(len(addrs))
+	set.Ready = set.Count
 	for i, a := range addrs {
 		set.Be[i] = LbBackend{Addr: Addr(a), Port: Port(port), Family: FamilyOf(a)}
 	}

@@ -82,4 +82,33 @@ const (
 )
 
 // DropReasons names the drops map's indexes, as consts.h numbers them.
-var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed", "too_big"}
+// stale_speaker counts VIP packets passed to the kernel untouched because
+// the speaker stopped refreshing the data plane, not drops.
+var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed", "too_big",
+	"source_range", "untrusted_tunnel", "stale_speaker"}
+
+// Indexes of DropReasons the loader and tests name.
+const (
+	DropSourceRange     = 9
+	DropUntrustedTunnel = 10
+	PassStale           = 11
+)
+
+// MapsLayout is MAPS_LAYOUT in consts.h: the version of the pinned maps'
+// layout and meaning, which the loader stamps in the config map.
+const MapsLayout = 2
+
+// AffinityTier2 marks a tier-2 (endpoint) affinity entry.
+const AffinityTier2 = 2
+
+// PeerKeyFor returns the tunnel_peers key of a node address.
+func PeerKeyFor(a netip.Addr) LbPeerKey {
+	return LbPeerKey{Addr: Addr(a), Family: FamilyOf(a)}
+}
+
+// RangeKeyFor returns the source_ranges key of a prefix of an access list.
+func RangeKeyFor(acl uint32, p netip.Prefix) LbRangeKey {
+	k := LbRangeKey{Prefixlen: 32 + uint32(p.Bits()), Acl: acl}
+	copy(k.Addr[:], p.Masked().Addr().AsSlice())
+	return k
+}

@@ -62,6 +62,69 @@ static __always_inline int is_self(const struct settings *cfg, const __u32 *addr
 	       addr_eq(addr, cfg->self6);
 }
 
+/* admitted reports whether the client of f may reach the VIP: a VIP whose
+ * Service lists loadBalancerSourceRanges admits only clients inside one of
+ * them, on every packet, so an edit applies to established flows too. */
+static __always_inline int admitted(const struct vip_info *vip, const struct flow *f)
+{
+	if (vip->acl == 0)
+		return 1;
+	struct range_key k = {
+		.prefixlen = 32 + (f->family == FAMILY_V4 ? 32 : 128),
+		.acl = vip->acl,
+	};
+	__builtin_memcpy(k.addr, f->src, sizeof(k.addr));
+	return bpf_map_lookup_elem(&source_ranges, &k) != NULL;
+}
+
+/* stale reports whether the speaker has not refreshed the data plane for
+ * longer than it allowed: its rings and endpoints may be wrong, and VIP
+ * traffic goes to the kernel (kube-proxy, if it runs) untouched. */
+static __always_inline int stale(const struct settings *cfg)
+{
+	return cfg->stale_after != 0 && bpf_ktime_get_coarse_ns() > cfg->heartbeat + cfg->stale_after;
+}
+
+static __always_inline int pass_stale(void)
+{
+	count_drop(PASS_STALE);
+	return XDP_PASS;
+}
+
+static __always_inline int backend_eq(const struct backend *a, const struct backend *b)
+{
+	return a->port == b->port && a->family == b->family && addr_eq(a->addr, b->addr);
+}
+
+/* in_set reports whether be is one of the first n endpoints of set. */
+static __always_inline int in_set(const struct backend_set *set, __u32 n, const struct backend *be)
+{
+	if (n > MAX_LOCAL_BACKENDS)
+		n = MAX_LOCAL_BACKENDS;
+	for (__u32 i = 0; i < MAX_LOCAL_BACKENDS; i++) {
+		if (i >= n)
+			break;
+		if (backend_eq(&set->be[i], be))
+			return 1;
+	}
+	return 0;
+}
+
+/* affine returns the affinity entry of the flow's client for the VIP on
+ * a tier, when it is younger than the Service's timeout. */
+static __always_inline struct affinity_entry *affine(const struct vip_info *vip, const struct flow *f,
+						     __u8 tier, struct affinity_key *k, __u64 now)
+{
+	__builtin_memcpy(k->addr, f->src, sizeof(k->addr));
+	k->service_id = vip->service_id;
+	k->family = f->family;
+	k->tier = tier;
+	struct affinity_entry *e = bpf_map_lookup_elem(&affinity, k);
+	if (!e || now - e->seen > (__u64)vip->affinity_timeout * 1000000000ULL)
+		return NULL;
+	return e;
+}
+
 /* dnat rewrites the destination of the packet to the endpoint, with its
  * checksums. */
 static __always_inline int dnat(const struct flow *f, struct hdrs *h, void *data,
@@ -201,46 +264,100 @@ static __always_inline int deliver(struct xdp_md *ctx, const struct settings *cf
 	return bpf_redirect_map(&endpoint_links, ifindex, XDP_PASS);
 }
 
-/* tier2 sends a VIP packet to one of this node's endpoints. */
+/* put_revnat records how the flow's replies get the VIP back as their
+ * source: the reply as it leaves the endpoint -> the VIP. */
+static __always_inline void put_revnat(const struct flow *f, const struct backend *be, int check)
+{
+	struct flow rk = {
+		.sport = be->port,
+		.dport = f->sport,
+		.proto = f->proto,
+		.family = f->family,
+	};
+	__builtin_memcpy(rk.src, be->addr, 16);
+	__builtin_memcpy(rk.dst, f->src, 16);
+	struct vip_key vk = {
+		.port = f->dport,
+		.proto = f->proto,
+		.family = f->family,
+	};
+	__builtin_memcpy(vk.addr, f->dst, 16);
+	if (check) {
+		struct vip_key *have = bpf_map_lookup_elem(&revnat, &rk);
+		if (have && have->port == vk.port && have->proto == vk.proto &&
+		    addr_eq(have->addr, vk.addr))
+			return;
+	}
+	bpf_map_update_elem(&revnat, &rk, &vk, BPF_ANY);
+}
+
+/* pick_backend chooses a ready endpoint for a new flow: with affinity the
+ * client's endpoint while it is ready and the affinity young, else a hash
+ * over the ready endpoints (of the client alone, with affinity). */
+static __always_inline int pick_backend(const struct vip_info *vip, const struct flow *f,
+					const struct backend_set *set, struct backend *out, __u64 now)
+{
+	__u32 n = set->ready;
+	if (n > MAX_LOCAL_BACKENDS)
+		n = MAX_LOCAL_BACKENDS;
+	if (n == 0)
+		return -1;
+	int aff = vip->flags & VIP_AFFINITY;
+	struct affinity_key ak = {};
+	if (aff) {
+		struct affinity_entry *e = affine(vip, f, AFFINITY_TIER2, &ak, now);
+		if (e && in_set(set, n, &e->be)) {
+			e->seen = now;
+			*out = e->be;
+			return 0;
+		}
+	}
+	__u32 i = hash_flow(f, aff) % n;
+	/* The compiler knows i < n; the verifier must be told. */
+	asm volatile("" : "+r"(i));
+	if (i >= MAX_LOCAL_BACKENDS)
+		return -1;
+	*out = set->be[i];
+	if (aff) {
+		struct affinity_entry e = {.be = *out, .seen = now};
+		bpf_map_update_elem(&affinity, &ak, &e, BPF_ANY);
+	}
+	return 0;
+}
+
+/* tier2 sends a VIP packet to one of this node's endpoints: the flow's
+ * own while it still serves, else a new one. */
 static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 				 struct flow *f, struct hdrs *h, void *data,
 				 void *data_end, const struct vip_info *vip)
 {
+	__u32 id = vip->service_id;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct backend_set *set = NULL;
 	struct ct2_entry *ce = bpf_map_lookup_elem(&ct2, f);
 
+	if (ce && ce->gen != vip->gen) {
+		/* The endpoints changed since the flow last looked: it keeps
+		 * its endpoint while that one serves (ready or terminating),
+		 * else it is placed again like a new flow. */
+		set = bpf_map_lookup_elem(&backends, &id);
+		if (set && in_set(set, set->count, &ce->be)) {
+			ce->gen = vip->gen;
+			ce->revnat_at = 0;
+		} else {
+			ce = NULL;
+		}
+	}
 	if (!ce) {
-		__u32 id = vip->service_id;
-		struct backend_set *set = bpf_map_lookup_elem(&backends, &id);
-		if (!set || set->count == 0)
+		if (!set)
+			set = bpf_map_lookup_elem(&backends, &id);
+		if (!set)
 			return drop(DROP_NO_BACKEND);
-		__u32 n = set->count;
-		if (n > MAX_LOCAL_BACKENDS)
-			n = MAX_LOCAL_BACKENDS;
-		__u32 i = hash_flow(f, vip->flags & VIP_AFFINITY) % n;
-		/* The compiler knows i < n; the verifier must be told. */
-		asm volatile("" : "+r"(i));
-		if (i >= MAX_LOCAL_BACKENDS)
+		struct ct2_entry fresh = {.gen = vip->gen, .revnat_at = now};
+		if (pick_backend(vip, f, set, &fresh.be, now) < 0)
 			return drop(DROP_NO_BACKEND);
-		struct ct2_entry fresh = {.be = set->be[i]};
 		bpf_map_update_elem(&ct2, f, &fresh, BPF_ANY);
-
-		/* The reply, as it leaves the endpoint, and the VIP to put
-		 * back in its source. */
-		struct flow rk = {
-			.sport = fresh.be.port,
-			.dport = f->sport,
-			.proto = f->proto,
-			.family = f->family,
-		};
-		__builtin_memcpy(rk.src, fresh.be.addr, 16);
-		__builtin_memcpy(rk.dst, f->src, 16);
-		struct vip_key vk = {
-			.port = f->dport,
-			.proto = f->proto,
-			.family = f->family,
-		};
-		__builtin_memcpy(vk.addr, f->dst, 16);
-		bpf_map_update_elem(&revnat, &rk, &vk, BPF_ANY);
+		put_revnat(f, &fresh.be, 0);
 		ce = bpf_map_lookup_elem(&ct2, f);
 		if (!ce) {
 			/* Evicted at once (a full LRU under attack): this
@@ -249,6 +366,11 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 				return drop(DROP_MALFORMED);
 			return XDP_PASS;
 		}
+	} else if (now - ce->revnat_at > REVNAT_CHECK_NS) {
+		/* Replies need the reverse-NAT entry as long as the flow
+		 * lives: put it back if the LRU dropped it. */
+		put_revnat(f, &ce->be, 1);
+		ce->revnat_at = now;
 	}
 	struct backend chosen = ce->be;
 	if (dnat(f, h, data, data_end, &chosen) < 0)
@@ -449,6 +571,16 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 	struct vip_info *vip = lookup_vip(&cf);
 	if (!vip)
 		return XDP_PASS;
+	/* Only nodes encapsulate for us: anyone else could hand a pod a
+	 * packet with any source it likes. */
+	struct peer_key pk = {.family = outer->family};
+	__builtin_memcpy(pk.addr, outer->src, sizeof(pk.addr));
+	if (!bpf_map_lookup_elem(&tunnel_peers, &pk))
+		return drop(DROP_UNTRUSTED_TUNNEL);
+	if (stale(cfg))
+		return pass_stale();
+	if (!admitted(vip, &cf))
+		return drop(DROP_SOURCE_RANGE);
 
 	void *data = (void *)(long)ctx->data;
 	struct ethhdr *eth = data;
@@ -475,23 +607,64 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 	return tier2(ctx, cfg, &f, &h, data, data_end, vip);
 }
 
-/* choose_node finds the tier-1 node of a flow: its conntrack entry, else
- * its ring slot, which st (when given) records as a new flow. It returns
- * -1, or the reason to drop the packet. */
+/* still_member reports whether the node of a conntrack or affinity entry
+ * still holds serving endpoints of the VIP, at the same address. */
+static __always_inline int still_member(const struct vip_info *vip, const __u32 *node, __u32 idx)
+{
+	struct member_key mk = {.service_id = vip->service_id, .node = idx};
+	if (!bpf_map_lookup_elem(&ring_members, &mk))
+		return 0;
+	struct node_info *ni = bpf_map_lookup_elem(&nodes, &idx);
+	return ni && addr_eq(ni->addr, node);
+}
+
+/* choose_node finds the tier-1 node of a flow: its conntrack entry while
+ * that node still serves the VIP, else (with affinity) the client's node,
+ * else its ring slot. st (when given: a real packet of the flow, not an
+ * ICMP error) records it as a new flow. It returns -1, or the reason to
+ * drop the packet. */
 static __always_inline int choose_node(const struct settings *cfg, const struct vip_info *vip,
 				       struct flow *f, struct ct1_entry *node,
 				       struct service_stats *st)
 {
 	struct ct1_entry *ce = bpf_map_lookup_elem(&ct1, f);
 	if (ce) {
-		*node = *ce;
-		return -1;
+		if (ce->gen == vip->gen) {
+			*node = *ce;
+			return -1;
+		}
+		/* The nodes changed since the flow last looked: it stays
+		 * while its node serves the VIP, else it is placed again. */
+		if (still_member(vip, ce->node, ce->idx)) {
+			if (st)
+				ce->gen = vip->gen;
+			*node = *ce;
+			return -1;
+		}
+	}
+	__u64 now = 0;
+	struct affinity_key ak = {};
+	int aff = vip->flags & VIP_AFFINITY;
+	if (aff) {
+		now = bpf_ktime_get_coarse_ns();
+		struct affinity_entry *e = affine(vip, f, 1, &ak, now);
+		if (e && still_member(vip, e->node, e->idx)) {
+			__builtin_memcpy(node->node, e->node, 16);
+			node->idx = e->idx;
+			node->gen = vip->gen;
+			if (st) {
+				e->seen = now;
+				bpf_map_update_elem(&ct1, f, node, BPF_ANY);
+				st->new_flows++;
+			}
+			return -1;
+		}
 	}
 	__u32 id = vip->service_id;
 	void *ring = bpf_map_lookup_elem(&rings, &id);
 	if (!ring)
 		return DROP_NO_RING;
-	__u32 slot = hash_flow(f, vip->flags & VIP_AFFINITY) % cfg->ring_size;
+	__u32 slot = hash_flow(f, aff) % cfg->ring_size;
 	__u32 *idx = bpf_map_lookup_elem(ring, &slot);
 	if (!idx)
 		return DROP_NO_RING;
@@ -500,10 +673,16 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 		return DROP_NO_NODE;
 	__builtin_memcpy(node->node, ni->addr, 16);
 	node->idx = *idx;
+	node->gen = vip->gen;
 	if (st) {
 		/* Only real packets of the flow pin it, never ICMP errors. */
 		bpf_map_update_elem(&ct1, f, node, BPF_ANY);
 		st->new_flows++;
+		if (aff) {
+			struct affinity_entry e = {.idx = *idx, .seen = now};
+			__builtin_memcpy(e.node, ni->addr, 16);
+			bpf_map_update_elem(&affinity, &ak, &e, BPF_ANY);
+		}
 	}
 	return -1;
 }
@@ -523,6 +702,10 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
 	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || cfg->ring_size == 0)
 		return XDP_PASS;
+	if (!admitted(vip, &cf))
+		return drop(DROP_SOURCE_RANGE);
+	if (stale(cfg))
+		return pass_stale();
 	if (vip->flags & VIP_LOCAL)
 		return tier2_icmp(&cf, data, data_end);
 	struct ct1_entry node;
@@ -568,8 +751,15 @@ int ironlb_xdp(struct xdp_md *ctx)
 		st->packets++;
 		st->bytes += data_end - data;
 	}
+	if (!admitted(vip, &f)) {
+		if (st)
+			st->denied++;
+		return drop(DROP_SOURCE_RANGE);
+	}
 	if (cfg->ring_size == 0)
 		return drop(DROP_NO_CONFIG);
+	if (stale(cfg))
+		return pass_stale();
 	if (vip->flags & VIP_LOCAL)
 		return tier2(ctx, cfg, &f, &h, data, data_end, vip);
 

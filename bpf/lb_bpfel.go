@@ -13,6 +13,25 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type LbAffinityEntry struct {
+	_    structs.HostLayout
+	Be   LbBackend
+	Node [4]uint32
+	Idx  uint32
+	Pad  uint32
+	_    [4]byte
+	Seen uint64
+}
+
+type LbAffinityKey struct {
+	_         structs.HostLayout
+	Addr      [4]uint32
+	ServiceId uint32
+	Family    uint8
+	Tier      uint8
+	Pad       uint16
+}
+
 type LbBackend struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -24,7 +43,7 @@ type LbBackend struct {
 type LbBackendSet struct {
 	_     structs.HostLayout
 	Count uint32
-	Pad   uint32
+	Ready uint32
 	Be    [64]LbBackend
 }
 
@@ -32,17 +51,21 @@ type LbCt1Entry struct {
 	_    structs.HostLayout
 	Node [4]uint32
 	Idx  uint32
+	Gen  uint32
 }
 
 type LbCt2Entry struct {
-	_       structs.HostLayout
-	Be      LbBackend
-	Ifindex uint32
-	MaxLen  uint16
-	Dmac    [6]uint8
-	Smac    [6]uint8
-	Pad     uint16
-	Expires uint64
+	_        structs.HostLayout
+	Be       LbBackend
+	Ifindex  uint32
+	MaxLen   uint16
+	Dmac     [6]uint8
+	Smac     [6]uint8
+	Pad      uint16
+	Expires  uint64
+	Gen      uint32
+	Pad2     uint32
+	RevnatAt uint64
 }
 
 type LbFlow struct {
@@ -54,6 +77,12 @@ type LbFlow struct {
 	Proto  uint8
 	Family uint8
 	Pad    uint16
+}
+
+type LbMemberKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Node      uint32
 }
 
 type LbNexthop struct {
@@ -74,26 +103,49 @@ type LbNodeInfo struct {
 	Pad    [3]uint8
 }
 
+type LbPeerKey struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Family uint8
+	Pad    [3]uint8
+}
+
+type LbRangeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Acl       uint32
+	Addr      [16]uint8
+}
+
 type LbServiceStats struct {
 	_        structs.HostLayout
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
+	Denied   uint64
 }
 
 type LbSettings struct {
-	_        structs.HostLayout
-	Self4    uint32
-	Self6    [4]uint32
-	RingSize uint32
-	Mtu      uint32
-	Flags    uint32
+	_          structs.HostLayout
+	Self4      uint32
+	Self6      [4]uint32
+	RingSize   uint32
+	Mtu        uint32
+	Flags      uint32
+	Layout     uint32
+	Pad        uint32
+	Heartbeat  uint64
+	StaleAfter uint64
 }
 
 type LbVipInfo struct {
-	_         structs.HostLayout
-	ServiceId uint32
-	Flags     uint32
+	_               structs.HostLayout
+	ServiceId       uint32
+	Flags           uint32
+	Acl             uint32
+	Gen             uint32
+	AffinityTimeout uint32
+	Pad             uint32
 }
 
 type LbVipKey struct {
@@ -108,6 +160,7 @@ type LbVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	LbMapAffinity        = "affinity"
 	LbMapBackends        = "backends"
 	LbMapConfig          = "config"
 	LbMapCt1             = "ct1"
@@ -117,8 +170,11 @@ const (
 	LbMapNexthops        = "nexthops"
 	LbMapNodes           = "nodes"
 	LbMapRevnat          = "revnat"
+	LbMapRingMembers     = "ring_members"
 	LbMapRings           = "rings"
+	LbMapSourceRanges    = "source_ranges"
 	LbMapStats           = "stats"
+	LbMapTunnelPeers     = "tunnel_peers"
 	LbMapVips            = "vips"
 	LbProgIronlbTcEgress = "ironlb_tc_egress"
 	LbProgIronlbXdp      = "ironlb_xdp"
@@ -174,6 +230,7 @@ type LbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbMapSpecs struct {
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
 	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
@@ -183,8 +240,11 @@ type LbMapSpecs struct {
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
+	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
+	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
@@ -214,6 +274,7 @@ func (o *LbObjects) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbMaps struct {
+	Affinity      *ebpf.Map `ebpf:"affinity"`
 	Backends      *ebpf.Map `ebpf:"backends"`
 	Config        *ebpf.Map `ebpf:"config"`
 	Ct1           *ebpf.Map `ebpf:"ct1"`
@@ -223,13 +284,17 @@ type LbMaps struct {
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
+	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
+	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
 	Stats         *ebpf.Map `ebpf:"stats"`
+	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
 	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *LbMaps) Close() error {
 	return _LbClose(
+		m.Affinity,
 		m.Backends,
 		m.Config,
 		m.Ct1,
@@ -239,8 +304,11 @@ func (m *LbMaps) Close() error {
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,
+		m.RingMembers,
 		m.Rings,
+		m.SourceRanges,
 		m.Stats,
+		m.TunnelPeers,
 		m.Vips,
 	)
 }

@@ -13,10 +13,35 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type BenchAffinityEntry struct {
+	_  structs.HostLayout
+	Be struct {
+		_      structs.HostLayout
+		Addr   [4]uint32
+		Port   uint16
+		Family uint8
+		Pad    uint8
+	}
+	Node [4]uint32
+	Idx  uint32
+	Pad  uint32
+	_    [4]byte
+	Seen uint64
+}
+
+type BenchAffinityKey struct {
+	_         structs.HostLayout
+	Addr      [4]uint32
+	ServiceId uint32
+	Family    uint8
+	Tier      uint8
+	Pad       uint16
+}
+
 type BenchBackendSet struct {
 	_     structs.HostLayout
 	Count uint32
-	Pad   uint32
+	Ready uint32
 	Be    [64]struct {
 		_      structs.HostLayout
 		Addr   [4]uint32
@@ -37,6 +62,7 @@ type BenchCt1Entry struct {
 	_    structs.HostLayout
 	Node [4]uint32
 	Idx  uint32
+	Gen  uint32
 }
 
 type BenchCt2Entry struct {
@@ -48,12 +74,15 @@ type BenchCt2Entry struct {
 		Family uint8
 		Pad    uint8
 	}
-	Ifindex uint32
-	MaxLen  uint16
-	Dmac    [6]uint8
-	Smac    [6]uint8
-	Pad     uint16
-	Expires uint64
+	Ifindex  uint32
+	MaxLen   uint16
+	Dmac     [6]uint8
+	Smac     [6]uint8
+	Pad      uint16
+	Expires  uint64
+	Gen      uint32
+	Pad2     uint32
+	RevnatAt uint64
 }
 
 type BenchFlow struct {
@@ -65,6 +94,12 @@ type BenchFlow struct {
 	Proto  uint8
 	Family uint8
 	Pad    uint16
+}
+
+type BenchMemberKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Node      uint32
 }
 
 type BenchNexthop struct {
@@ -85,26 +120,49 @@ type BenchNodeInfo struct {
 	Pad    [3]uint8
 }
 
+type BenchPeerKey struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Family uint8
+	Pad    [3]uint8
+}
+
+type BenchRangeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Acl       uint32
+	Addr      [16]uint8
+}
+
 type BenchServiceStats struct {
 	_        structs.HostLayout
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
+	Denied   uint64
 }
 
 type BenchSettings struct {
-	_        structs.HostLayout
-	Self4    uint32
-	Self6    [4]uint32
-	RingSize uint32
-	Mtu      uint32
-	Flags    uint32
+	_          structs.HostLayout
+	Self4      uint32
+	Self6      [4]uint32
+	RingSize   uint32
+	Mtu        uint32
+	Flags      uint32
+	Layout     uint32
+	Pad        uint32
+	Heartbeat  uint64
+	StaleAfter uint64
 }
 
 type BenchVipInfo struct {
-	_         structs.HostLayout
-	ServiceId uint32
-	Flags     uint32
+	_               structs.HostLayout
+	ServiceId       uint32
+	Flags           uint32
+	Acl             uint32
+	Gen             uint32
+	AffinityTimeout uint32
+	Pad             uint32
 }
 
 type BenchVipKey struct {
@@ -119,6 +177,7 @@ type BenchVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	BenchMapAffinity        = "affinity"
 	BenchMapBackends        = "backends"
 	BenchMapBench           = "bench"
 	BenchMapConfig          = "config"
@@ -129,8 +188,11 @@ const (
 	BenchMapNexthops        = "nexthops"
 	BenchMapNodes           = "nodes"
 	BenchMapRevnat          = "revnat"
+	BenchMapRingMembers     = "ring_members"
 	BenchMapRings           = "rings"
+	BenchMapSourceRanges    = "source_ranges"
 	BenchMapStats           = "stats"
+	BenchMapTunnelPeers     = "tunnel_peers"
 	BenchMapVips            = "vips"
 	BenchProgBenchXdp       = "bench_xdp"
 	BenchProgFloorXdp       = "floor_xdp"
@@ -190,6 +252,7 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
+	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
 	Bench         *ebpf.MapSpec `ebpf:"bench"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
@@ -200,8 +263,11 @@ type BenchMapSpecs struct {
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
+	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
+	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
@@ -231,6 +297,7 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
+	Affinity      *ebpf.Map `ebpf:"affinity"`
 	Backends      *ebpf.Map `ebpf:"backends"`
 	Bench         *ebpf.Map `ebpf:"bench"`
 	Config        *ebpf.Map `ebpf:"config"`
@@ -241,13 +308,17 @@ type BenchMaps struct {
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
+	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
+	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
 	Stats         *ebpf.Map `ebpf:"stats"`
+	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
 	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *BenchMaps) Close() error {
 	return _BenchClose(
+		m.Affinity,
 		m.Backends,
 		m.Bench,
 		m.Config,
@@ -258,8 +329,11 @@ func (m *BenchMaps) Close() error {
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,
+		m.RingMembers,
 		m.Rings,
+		m.SourceRanges,
 		m.Stats,
+		m.TunnelPeers,
 		m.Vips,
 	)
 }

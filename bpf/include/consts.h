@@ -35,6 +35,39 @@
 #define MAX_FLOWS 131072
 #endif
 
+/* Most source-range prefixes (loadBalancerSourceRanges) over all
+ * Services; the LPM trie allocates on use. */
+#ifndef MAX_SOURCE_RANGES
+#define MAX_SOURCE_RANGES 65536
+#endif
+
+/* Most (Service port, node) pairs that may keep flows: the nodes holding
+ * serving endpoints of each port. Allocated on use. */
+#ifndef MAX_RING_MEMBERS
+#define MAX_RING_MEMBERS 1048576
+#endif
+
+/* Most node addresses allowed to send encapsulated packets here. */
+#ifndef MAX_TUNNEL_PEERS
+#define MAX_TUNNEL_PEERS 8192
+#endif
+
+/* Clients remembered for sessionAffinity ClientIP (LRU). */
+#ifndef MAX_AFFINITY
+#define MAX_AFFINITY 131072
+#endif
+
+/* How often a tier-2 flow re-checks that its reverse-NAT entry is there. */
+#ifndef REVNAT_CHECK_NS
+#define REVNAT_CHECK_NS 1000000000ULL
+#endif
+
+/* The layout and meaning of the pinned maps. The loader compares it with
+ * what the pinned config map holds and replaces maps of another version,
+ * even when their sizes happen to agree. Bump it with any change to a map
+ * key or value, or to what a field means. */
+#define MAPS_LAYOUT 2
+
 /* Slots of a Maglev ring; the loader sets the real size (a prime). */
 #ifndef RING_SIZE
 #define RING_SIZE 16381
@@ -60,6 +93,9 @@
 /* settings.flags */
 #define SETTINGS_REDIRECT 1 /* redirect to endpoint_links links in XDP */
 
+/* The key of a tier-2 affinity entry, as opposed to a tier-1 one. */
+#define AFFINITY_TIER2 2
+
 /* Headers the encapsulation adds. */
 #define IPIP4_OVERHEAD 20
 #define IPIP6_OVERHEAD 40
@@ -79,7 +115,10 @@ enum drop_reason {
 	DROP_DECAP = 6,       /* an encapsulated packet we could not open */
 	DROP_MALFORMED = 7,   /* a VIP packet with a bad header */
 	DROP_TOO_BIG = 8,     /* too big once encapsulated (ICMP sent if DF) */
-	DROP_REASONS = 9,
+	DROP_SOURCE_RANGE = 9, /* client outside loadBalancerSourceRanges */
+	DROP_UNTRUSTED_TUNNEL = 10, /* encapsulated by a host that is no node */
+	PASS_STALE = 11,      /* passed to the kernel: no speaker for too long */
+	DROP_REASONS = 12,
 };
 
 #endif

@@ -111,6 +111,44 @@ struct {
 	__type(value, __u32);
 } endpoint_links SEC(".maps");
 
+/* loadBalancerSourceRanges: (acl, client prefix) -> allowed. A VIP with
+ * a non-zero acl admits only clients that match one of its prefixes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_SOURCE_RANGES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct range_key);
+	__type(value, __u32);
+} source_ranges SEC(".maps");
+
+/* The nodes' addresses: the only outer sources whose encapsulated
+ * packets are opened. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TUNNEL_PEERS);
+	__type(key, struct peer_key);
+	__type(value, __u32);
+} tunnel_peers SEC(".maps");
+
+/* (Service port, node index) -> present when the node holds serving
+ * endpoints of the port: where tier-1 flows may stay pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_RING_MEMBERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct member_key);
+	__type(value, __u32);
+} ring_members SEC(".maps");
+
+/* sessionAffinity ClientIP: client -> its node (tier 1) or endpoint
+ * (tier 2), kept for the Service's timeout after its last new flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_AFFINITY);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_entry);
+} affinity SEC(".maps");
+
 /* Drops by reason, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -16,10 +16,39 @@ struct vip_key {
 	__u8 family;
 };
 
-/* What a VIP maps to: the id of its ring, local endpoints and counters. */
+/* What a VIP maps to: the id of its ring, local endpoints and counters;
+ * the id of its source ranges (0: open to all); the generation of its
+ * ring and endpoints, which the loader bumps when either changes so that
+ * conntrack entries check once that what they point to is still there;
+ * and the sessionAffinity timeout. */
 struct vip_info {
 	__u32 service_id;
 	__u32 flags;
+	__u32 acl;
+	__u32 gen;
+	__u32 affinity_timeout; /* seconds */
+	__u32 pad;
+};
+
+/* A source-range prefix of a VIP's access list: the LPM trie's key.
+ * prefixlen counts the acl's 32 bits before the address's. */
+struct range_key {
+	__u32 prefixlen;
+	__u32 acl;
+	__u8 addr[16];
+};
+
+/* A node address, for the tunnel peers allowed to send to us. */
+struct peer_key {
+	__u32 addr[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* A (Service port, node index) pair of ring_members. */
+struct member_key {
+	__u32 service_id;
+	__u32 node;
 };
 
 /* Per-Service-port counters, per CPU. */
@@ -27,6 +56,7 @@ struct service_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
+	__u64 denied; /* dropped by loadBalancerSourceRanges */
 };
 
 /* A flow's addresses, ports and protocol: the key of both conntrack tables
@@ -41,13 +71,20 @@ struct flow {
 	__u16 pad;
 };
 
-/* This node, as the speaker configured it. */
+/* This node, as the speaker configured it. The speaker refreshes
+ * heartbeat (bpf_ktime_get_coarse_ns' clock) on every sync; once it is
+ * older than stale_after, VIP traffic goes to the kernel untouched rather
+ * than by rings and endpoints nobody keeps up to date. */
 struct settings {
 	__u32 self4;
 	__u32 self6[4];
 	__u32 ring_size; /* slots of every ring */
 	__u32 mtu;       /* of the node links: TCP MSS is clamped to fit IPIP */
 	__u32 flags;
+	__u32 layout;    /* MAPS_LAYOUT of the program that wrote it */
+	__u32 pad;
+	__u64 heartbeat;
+	__u64 stale_after; /* 0: never stale */
 };
 
 /* A node a ring slot points to. */
@@ -62,6 +99,7 @@ struct node_info {
 struct ct1_entry {
 	__u32 node[4];
 	__u32 idx;
+	__u32 gen; /* vip_info.gen when the node was last known a member */
 };
 
 /* An endpoint: address and target port. */
@@ -84,6 +122,9 @@ struct ct2_entry {
 	__u8 smac[6];
 	__u16 pad;
 	__u64 expires;
+	__u32 gen;  /* vip_info.gen when the endpoint was last known serving */
+	__u32 pad2;
+	__u64 revnat_at; /* when its reverse-NAT entry was last checked */
 };
 
 /* The next hop towards a node, as a FIB lookup found it. */
@@ -96,11 +137,31 @@ struct nexthop {
 	__u64 expires;    /* bpf_ktime_get_coarse_ns() deadline */
 };
 
-/* A Service port's ready endpoints on this node. */
+/* A Service port's serving endpoints on this node: the first ready ones
+ * take new flows; the rest (serving but terminating) only keep the flows
+ * they have. */
 struct backend_set {
 	__u32 count;
-	__u32 pad;
+	__u32 ready;
 	struct backend be[MAX_LOCAL_BACKENDS];
+};
+
+/* sessionAffinity ClientIP: a client of a Service port, on one tier. */
+struct affinity_key {
+	__u32 addr[4];
+	__u32 service_id;
+	__u8 family;
+	__u8 tier; /* 1: the node was chosen; AFFINITY_TIER2: the endpoint */
+	__u16 pad;
+};
+
+/* Where an affine client's flows go, and when it last opened one. */
+struct affinity_entry {
+	struct backend be; /* tier 2 */
+	__u32 node[4];     /* tier 1 */
+	__u32 idx;
+	__u32 pad;
+	__u64 seen;
 };
 
 #endif

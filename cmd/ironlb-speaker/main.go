@@ -50,6 +50,7 @@ func run() error {
 	ringSize := fs.Uint("maglev-table-size", uint(opts.XDP.RingSize), "slots of each Maglev ring, a prime from 251 to 131071")
 	flows := fs.Uint("conntrack-size", uint(opts.XDP.Flows), "flows each conntrack table keeps")
 	fs.BoolVar(&opts.XDP.EndpointRedirect, "xdp-endpoint-redirect", false, "send packets for this node's endpoints to the pods' veths in XDP rather than through the kernel's forwarding; needs NAPI on the pods' ends of the veths (GRO on, or an XDP program), which the CNI sets")
+	fs.DurationVar(&opts.XDP.StaleAfter, "dataplane-stale-after", opts.XDP.StaleAfter, "how long the data plane forwards without its speaker; after that VIP traffic goes to the kernel untouched (0: forever)")
 	cleanup := fs.Bool("cleanup", false, "detach the data plane, remove its pinned maps and exit (run when uninstalling)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -74,6 +75,14 @@ func run() error {
 	opts.XDP.RingSize, opts.XDP.Flows = uint32(*ringSize), uint32(*flows)
 	if *cleanup {
 		return dataplane.Cleanup(opts.XDP.PinDir)
+	}
+	if opts.Dataplane == "kernel" {
+		// A program an earlier xdp run left attached would go on
+		// forwarding with frozen rings: kube-proxy or the CNI
+		// forwards now.
+		if err := dataplane.Cleanup(opts.XDP.PinDir); err != nil {
+			return fmt.Errorf("--dataplane=kernel: detach the data plane an earlier run left: %w", err)
+		}
 	}
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	netutils "k8s.io/utils/net"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/ipam"
@@ -164,6 +165,46 @@ func Ingress(addrs []ipam.Address) []corev1.LoadBalancerIngress {
 	vip := corev1.LoadBalancerIPModeVIP
 	for i, a := range addrs {
 		out[i] = corev1.LoadBalancerIngress{IP: a.IP.String(), IPMode: &vip}
+	}
+	return out
+}
+
+// SourceRanges parses a Service's loadBalancerSourceRanges as kube-proxy
+// does: spaces trimmed, IPv4 octets with leading zeros read as decimal,
+// host bits cleared. An entry that is no CIDR is ignored, as kube-proxy
+// ignores it, and returned in bad so that it can be reported.
+func SourceRanges(in []string) (ranges []netip.Prefix, bad []string) {
+	for _, raw := range in {
+		s := strings.TrimSpace(raw)
+		if s == "" {
+			continue
+		}
+		_, n, err := netutils.ParseCIDRSloppy(s)
+		if err != nil {
+			bad = append(bad, raw)
+			continue
+		}
+		ip, _ := netip.AddrFromSlice(n.IP)
+		bits, _ := n.Mask.Size()
+		ranges = append(ranges, netip.PrefixFrom(ip.Unmap(), bits).Masked())
+	}
+	return ranges, bad
+}
+
+// RangesOfFamily keeps the source ranges of one family, as kube-proxy does.
+// A zero-length prefix (0.0.0.0/0, ::/0) means open, returned as no
+// ranges; and, as for kube-proxy, a family without ranges is open, even
+// when the list names the other family.
+func RangesOfFamily(ranges []netip.Prefix, v4 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range ranges {
+		if r.Addr().Is4() != v4 {
+			continue
+		}
+		if r.Bits() == 0 {
+			return nil
+		}
+		out = append(out, r)
 	}
 	return out
 }

@@ -156,6 +156,9 @@ type state struct {
 	// pending holds Services that got no address; they are retried when
 	// an address is freed or the pools change.
 	pending map[types.NamespacedName]struct{}
+	// badRanges are the invalid loadBalancerSourceRanges last reported
+	// per Service, so each list is reported once.
+	badRanges map[types.UID]string
 
 	// retry and refresh carry requeues to the Service and pool
 	// controllers.
@@ -170,13 +173,14 @@ type poolVersion struct {
 
 func newState(c client.Client, live client.Reader) *state {
 	return &state{
-		client:  c,
-		live:    live,
-		alloc:   ipam.New(),
-		pools:   map[string]poolVersion{},
-		pending: map[types.NamespacedName]struct{}{},
-		retry:   make(chan event.GenericEvent, 1024),
-		refresh: make(chan event.GenericEvent, 1024),
+		client:    c,
+		live:      live,
+		alloc:     ipam.New(),
+		pools:     map[string]poolVersion{},
+		pending:   map[types.NamespacedName]struct{}{},
+		badRanges: map[types.UID]string{},
+		retry:     make(chan event.GenericEvent, 1024),
+		refresh:   make(chan event.GenericEvent, 1024),
 	}
 }
 

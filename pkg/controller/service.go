@@ -132,7 +132,28 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		ctrl.LoggerFrom(ctx).V(1).Info("assigned", "addresses", describe(addrs))
 		r.recorder.Eventf(svc, nil, corev1.EventTypeNormal, "IPAllocated", "Allocate", "Assigned %s", describe(addrs))
 	}
+	r.reportSourceRanges(svc)
 	return ctrl.Result{}, nil
+}
+
+// reportSourceRanges warns, once per list, about loadBalancerSourceRanges
+// entries that are no CIDR: the data plane ignores them, as kube-proxy
+// does, so they admit nobody and restrict nobody.
+func (r *ServiceReconciler) reportSourceRanges(svc *corev1.Service) {
+	_, bad := config.SourceRanges(svc.Spec.LoadBalancerSourceRanges)
+	key := strings.Join(bad, ",")
+	r.state.mu.Lock()
+	last, seen := r.state.badRanges[svc.UID]
+	if len(bad) == 0 {
+		delete(r.state.badRanges, svc.UID)
+	} else {
+		r.state.badRanges[svc.UID] = key
+	}
+	r.state.mu.Unlock()
+	if len(bad) > 0 && (!seen || last != key) {
+		r.recorder.Eventf(svc, nil, corev1.EventTypeWarning, "InvalidSourceRanges", "Validate",
+			"loadBalancerSourceRanges entries that are no CIDR are ignored: %s", strings.Join(bad, ", "))
+	}
 }
 
 // failed reports an allocation failure on the Service and clears any

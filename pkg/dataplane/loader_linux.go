@@ -34,14 +34,25 @@ type Dataplane struct {
 	mu   sync.Mutex
 	self Self
 	// ids numbers the ports (vip_info.service_id), nodes the ring nodes;
-	// both are read back from the pinned maps on start.
+	// both are read back from the pinned maps on start, and both are
+	// reused once free.
 	ids   map[Key]uint32
 	nodes map[netip.Addr]uint32
 	rings map[uint32]uint64 // id -> hash of the ring last written
 	// resolved are the ring nodes with a managed neighbour entry.
 	resolved map[netip.Addr]bool
 	sets     map[uint32]uint64 // id -> hash of the backends last written
-	nextID   uint32
+	// members are the node indexes written in ring_members, per id.
+	members map[uint32]map[uint32]bool
+	// gens are the ports' vip_info.gen: bumped when their ring, local
+	// endpoints or members change, so conntrack checks its entries.
+	gens map[uint32]uint32
+	// acls are the source-range lists written in source_ranges, by
+	// their canonical text, with their ids.
+	acls    map[string]uint32
+	aclNets map[uint32][]netip.Prefix
+	// peers are the node addresses written in tunnel_peers.
+	peers map[netip.Addr]bool
 	// last is what the last Apply was given, for Dump.
 	last []Entry
 }
@@ -66,7 +77,9 @@ func Open(log logr.Logger, opts Options) (*Dataplane, error) {
 		return nil, fmt.Errorf("%s is not on a bpffs mount: mount one (mount -t bpf bpf /sys/fs/bpf) or choose --bpf-pin-dir", opts.PinDir)
 	}
 	d := &Dataplane{opts: opts, log: log, ids: map[Key]uint32{}, nodes: map[netip.Addr]uint32{},
-		rings: map[uint32]uint64{}, sets: map[uint32]uint64{}, resolved: map[netip.Addr]bool{}, nextID: 1}
+		rings: map[uint32]uint64{}, sets: map[uint32]uint64{}, resolved: map[netip.Addr]bool{},
+		members: map[uint32]map[uint32]bool{}, gens: map[uint32]uint32{},
+		acls: map[string]uint32{}, aclNets: map[uint32][]netip.Prefix{}, peers: map[netip.Addr]bool{}}
 	if err := d.load(); err != nil {
 		return nil, err
 	}
@@ -104,13 +117,21 @@ func (d *Dataplane) load() error {
 		d.ring = spec.Maps["rings"].InnerMap.Copy()
 		err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.opts.PinDir}})
 		if err == nil {
-			// A ring size change leaves the outer map compatible but
-			// its inner maps are not: start over.
+			// Maps of another version may have the same sizes and mean
+			// something else; a ring size change leaves the outer map
+			// compatible but its inner maps are not: start over.
 			var cfg bpf.LbSettings
-			if e := d.objs.Config.Lookup(uint32(0), &cfg); e == nil && cfg.RingSize != 0 && cfg.RingSize != d.opts.RingSize && attempt == 0 {
+			e := d.objs.Config.Lookup(uint32(0), &cfg)
+			switch {
+			case e != nil || cfg.RingSize == 0 || attempt > 0:
+				return nil
+			case cfg.Layout != bpf.MapsLayout:
+				_ = d.objs.Close()
+				err = fmt.Errorf("pinned maps of layout %d, this version uses %d: %w", cfg.Layout, bpf.MapsLayout, ebpf.ErrMapIncompatible)
+			case cfg.RingSize != d.opts.RingSize:
 				_ = d.objs.Close()
 				err = fmt.Errorf("ring size %d, pinned maps have %d: %w", d.opts.RingSize, cfg.RingSize, ebpf.ErrMapIncompatible)
-			} else {
+			default:
 				return nil
 			}
 		}
@@ -151,12 +172,37 @@ func (d *Dataplane) recover() error {
 	for it.Next(&k, &v) {
 		key := Key{VIP: bpf.AddrFrom(k.Addr, k.Family), Port: bpf.PortFrom(k.Port), Proto: k.Proto}
 		d.ids[key] = v.ServiceId
-		d.nextID = max(d.nextID, v.ServiceId+1)
 		// Unknown contents: the first Apply rewrites or removes them.
 		d.rings[v.ServiceId], d.sets[v.ServiceId] = 0, 0
+		d.gens[v.ServiceId] = v.Gen
+		if v.Acl != 0 {
+			// An unknown list: the first Apply writes a new one and
+			// then removes this.
+			d.acls[fmt.Sprintf("recovered %d", v.Acl)] = v.Acl
+		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips: %w", err)
+	}
+	var mk bpf.LbMemberKey
+	var one uint32
+	it = d.objs.RingMembers.Iterate()
+	for it.Next(&mk, &one) {
+		if d.members[mk.ServiceId] == nil {
+			d.members[mk.ServiceId] = map[uint32]bool{}
+		}
+		d.members[mk.ServiceId][mk.Node] = true
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read ring members: %w", err)
+	}
+	var pk bpf.LbPeerKey
+	it = d.objs.TunnelPeers.Iterate()
+	for it.Next(&pk, &one) {
+		d.peers[bpf.AddrFrom(pk.Addr, pk.Family)] = true
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read tunnel peers: %w", err)
 	}
 	var idx uint32
 	var n bpf.LbNodeInfo
@@ -270,8 +316,9 @@ func ringHash(e Entry) uint64 {
 	return h.Sum64()
 }
 
-func setHash(bs []Backend) uint64 {
+func setHash(bs []Backend, ready int) uint64 {
 	h := fnv.New64a()
+	_, _ = h.Write([]byte{byte(ready)})
 	for _, b := range bs {
 		_, _ = h.Write(b.Addr.AsSlice())
 		_, _ = h.Write([]byte{byte(b.Port >> 8), byte(b.Port)})
@@ -279,15 +326,18 @@ func setHash(bs []Backend) uint64 {
 	return h.Sum64()
 }
 
-// Apply makes the maps hold entries and nothing else. A ring or a set of
-// endpoints is written only when it changed; a ring is filled in a new map
-// and swapped in whole.
-func (d *Dataplane) Apply(self Self, entries []Entry) error {
+// Apply makes the maps hold entries and nothing else, opens encapsulated
+// packets from peers (every node's addresses) only, and refreshes the
+// heartbeat. A ring or a set of endpoints is written only when it
+// changed; a ring is filled in a new map and swapped in whole; a port's
+// generation is bumped after its ring, endpoints and members are written.
+func (d *Dataplane) Apply(self Self, peers []netip.Addr, entries []Entry) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.self = self
 	d.last = entries
-	cfg := bpf.LbSettings{RingSize: d.opts.RingSize, Mtu: d.opts.MTU}
+	cfg := bpf.LbSettings{RingSize: d.opts.RingSize, Mtu: d.opts.MTU, Layout: bpf.MapsLayout,
+		Heartbeat: monotonicCoarse(), StaleAfter: uint64(d.opts.StaleAfter)}
 	if self.V4.IsValid() {
 		cfg.Self4 = bpf.Addr(self.V4)[0]
 	}
@@ -306,11 +356,17 @@ func (d *Dataplane) Apply(self Self, entries []Entry) error {
 	if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	errs = append(errs, d.putPeers(peers))
 	want := map[Key]bool{}
+	acls := map[uint32]bool{}
 	for _, e := range entries {
 		want[e.Key] = true
-		if err := d.put(e); err != nil {
+		acl, err := d.put(e)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", e.Key, err))
+		}
+		if acl != 0 {
+			acls[acl] = true
 		}
 	}
 	for k, id := range d.ids {
@@ -318,26 +374,167 @@ func (d *Dataplane) Apply(self Self, entries []Entry) error {
 			errs = append(errs, d.remove(k, id))
 		}
 	}
+	errs = append(errs, d.dropACLs(acls), d.dropNodes(entries))
 	return errors.Join(errs...)
 }
 
-func (d *Dataplane) put(e Entry) error {
+// Beat refreshes the heartbeat alone, so a speaker with nothing to change
+// keeps its data plane from going stale.
+func (d *Dataplane) Beat() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var cfg bpf.LbSettings
+	if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if cfg.RingSize == 0 {
+		return nil // never applied
+	}
+	cfg.Heartbeat = monotonicCoarse()
+	return d.objs.Config.Put(uint32(0), cfg)
+}
+
+// monotonicCoarse reads the clock of bpf_ktime_get_coarse_ns.
+func monotonicCoarse() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano())
+}
+
+// putPeers makes tunnel_peers hold exactly the given addresses.
+func (d *Dataplane) putPeers(peers []netip.Addr) error {
+	want := map[netip.Addr]bool{}
+	var errs []error
+	for _, a := range peers {
+		a = a.Unmap()
+		want[a] = true
+		if !d.peers[a] {
+			if err := d.objs.TunnelPeers.Put(bpf.PeerKeyFor(a), uint32(0)); err != nil {
+				errs = append(errs, fmt.Errorf("tunnel peer %s: %w", a, err))
+				continue
+			}
+			d.peers[a] = true
+		}
+	}
+	for a := range d.peers {
+		if !want[a] {
+			errs = append(errs, ignoreNotExist(d.objs.TunnelPeers.Delete(bpf.PeerKeyFor(a))))
+			delete(d.peers, a)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// aclKey is the canonical text of a list of source ranges.
+func aclKey(ps []netip.Prefix) string {
+	ss := make([]string, len(ps))
+	for i, p := range ps {
+		ss[i] = p.Masked().String()
+	}
+	slices.Sort(ss)
+	return strings.Join(slices.Compact(ss), ",")
+}
+
+// acl returns the id of a list of source ranges, writing the list first
+// when it is new (VIPs with the same list share it); 0 for no ranges.
+func (d *Dataplane) acl(ps []netip.Prefix) (uint32, error) {
+	if len(ps) == 0 {
+		return 0, nil
+	}
+	k := aclKey(ps)
+	if id, ok := d.acls[k]; ok {
+		return id, nil
+	}
+	used := map[uint32]bool{}
+	for _, id := range d.acls {
+		used[id] = true
+	}
+	id := uint32(1)
+	for used[id] {
+		id++
+	}
+	for _, p := range ps {
+		if err := d.objs.SourceRanges.Put(bpf.RangeKeyFor(id, p), uint32(1)); err != nil {
+			for _, q := range ps {
+				_ = d.objs.SourceRanges.Delete(bpf.RangeKeyFor(id, q))
+			}
+			return 0, fmt.Errorf("source range %s: %w", p, err)
+		}
+	}
+	d.acls[k], d.aclNets[id] = id, ps
+	return id, nil
+}
+
+// dropACLs removes the lists of source ranges no VIP uses any more.
+func (d *Dataplane) dropACLs(inUse map[uint32]bool) error {
+	var errs []error
+	for k, id := range d.acls {
+		if inUse[id] {
+			continue
+		}
+		if nets, ok := d.aclNets[id]; ok {
+			for _, p := range nets {
+				errs = append(errs, ignoreNotExist(d.objs.SourceRanges.Delete(bpf.RangeKeyFor(id, p))))
+			}
+		} else {
+			errs = append(errs, d.dropRecoveredACL(id))
+		}
+		delete(d.acls, k)
+		delete(d.aclNets, id)
+	}
+	return errors.Join(errs...)
+}
+
+// dropRecoveredACL removes a list a previous speaker wrote, whose prefixes
+// are found in the trie.
+func (d *Dataplane) dropRecoveredACL(id uint32) error {
+	var k bpf.LbRangeKey
+	var v uint32
+	var doomed []bpf.LbRangeKey
+	it := d.objs.SourceRanges.Iterate()
+	for it.Next(&k, &v) {
+		if k.Acl == id {
+			doomed = append(doomed, k)
+		}
+	}
+	errs := []error{it.Err()}
+	for _, k := range doomed {
+		errs = append(errs, ignoreNotExist(d.objs.SourceRanges.Delete(k)))
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Dataplane) put(e Entry) (uint32, error) {
 	id, ok := d.ids[e.Key]
 	if !ok {
-		id = d.nextID
-		if id >= uint32(d.objs.Stats.MaxEntries()) {
-			return errors.New("too many Service ports")
+		id = d.freeID()
+		if id >= d.objs.Stats.MaxEntries() {
+			return 0, errors.New("too many Service ports")
 		}
-		d.nextID++
 		d.ids[e.Key] = id
 		// A reused id must not carry another port's counters.
 		_ = d.clearStats(id)
 	}
-	if err := d.putRing(id, e); err != nil {
-		return err
+	acl, err := d.acl(e.SourceRanges)
+	if err != nil {
+		return 0, err
 	}
-	if err := d.putBackends(id, e.Backends); err != nil {
-		return err
+	ringChanged, err := d.putRing(id, e)
+	if err != nil {
+		return acl, err
+	}
+	setChanged, err := d.putBackends(id, e.Backends, e.Ready)
+	if err != nil {
+		return acl, err
+	}
+	membersChanged, err := d.putMembers(id, e.Members)
+	if err != nil {
+		return acl, err
+	}
+	if ringChanged || setChanged || membersChanged || !ok {
+		d.gens[id]++
 	}
 	var flags uint32
 	if e.Affinity {
@@ -346,8 +543,80 @@ func (d *Dataplane) put(e Entry) error {
 	if e.Local {
 		flags |= bpf.VIPLocal
 	}
-	proto := e.Key.Proto
-	return d.objs.Vips.Put(bpf.VipKeyFor(e.Key.VIP, e.Key.Port, proto), bpf.LbVipInfo{ServiceId: id, Flags: flags})
+	info := bpf.LbVipInfo{ServiceId: id, Flags: flags, Acl: acl, Gen: d.gens[id], AffinityTimeout: e.AffinityTimeout}
+	return acl, d.objs.Vips.Put(bpf.VipKeyFor(e.Key.VIP, e.Key.Port, e.Key.Proto), info)
+}
+
+// freeID returns the lowest port id no port uses.
+func (d *Dataplane) freeID() uint32 {
+	used := make(map[uint32]bool, len(d.ids))
+	for _, id := range d.ids {
+		used[id] = true
+	}
+	id := uint32(1)
+	for used[id] {
+		id++
+	}
+	return id
+}
+
+// putMembers makes ring_members list exactly the given nodes for the
+// port, and reports whether that changed anything.
+func (d *Dataplane) putMembers(id uint32, addrs []netip.Addr) (bool, error) {
+	want := map[uint32]bool{}
+	for _, a := range addrs {
+		n, err := d.nodeIndex(a)
+		if err != nil {
+			return false, err
+		}
+		want[n] = true
+	}
+	have := d.members[id]
+	changed := false
+	for n := range want {
+		if !have[n] {
+			if err := d.objs.RingMembers.Put(bpf.LbMemberKey{ServiceId: id, Node: n}, uint32(1)); err != nil {
+				return changed, fmt.Errorf("ring member: %w", err)
+			}
+			changed = true
+		}
+	}
+	for n := range have {
+		if !want[n] {
+			if err := ignoreNotExist(d.objs.RingMembers.Delete(bpf.LbMemberKey{ServiceId: id, Node: n})); err != nil {
+				return changed, fmt.Errorf("ring member: %w", err)
+			}
+			changed = true
+		}
+	}
+	if len(want) == 0 {
+		delete(d.members, id)
+	} else {
+		d.members[id] = want
+	}
+	return changed, nil
+}
+
+// dropNodes frees the node indexes no ring and no member list uses.
+func (d *Dataplane) dropNodes(entries []Entry) error {
+	used := map[netip.Addr]bool{}
+	for _, e := range entries {
+		for _, a := range e.RingNodes {
+			used[a] = true
+		}
+		for _, a := range e.Members {
+			used[a] = true
+		}
+	}
+	var errs []error
+	for a, i := range d.nodes {
+		if !used[a] {
+			errs = append(errs, ignoreNotExist(d.objs.Nodes.Put(i, bpf.LbNodeInfo{})))
+			delete(d.nodes, a)
+			delete(d.resolved, a)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (d *Dataplane) clearStats(id uint32) error {
@@ -375,17 +644,17 @@ func (d *Dataplane) nodeIndex(a netip.Addr) (uint32, error) {
 	return 0, errors.New("too many nodes")
 }
 
-func (d *Dataplane) putRing(id uint32, e Entry) error {
+func (d *Dataplane) putRing(id uint32, e Entry) (bool, error) {
 	if e.Ring == nil {
 		if _, ok := d.rings[id]; ok {
 			delete(d.rings, id)
-			return ignoreNotExist(d.objs.Rings.Delete(id))
+			return true, ignoreNotExist(d.objs.Rings.Delete(id))
 		}
-		return nil
+		return false, nil
 	}
 	h := ringHash(e)
 	if old, ok := d.rings[id]; ok && old == h {
-		return nil
+		return false, nil
 	}
 	idx := make([]uint32, len(e.RingNodes))
 	for i, a := range e.RingNodes {
@@ -398,13 +667,13 @@ func (d *Dataplane) putRing(id uint32, e Entry) error {
 		}
 		n, err := d.nodeIndex(a)
 		if err != nil {
-			return err
+			return false, err
 		}
 		idx[i] = n
 	}
 	ring, err := ebpf.NewMap(d.ring)
 	if err != nil {
-		return fmt.Errorf("ring: %w", err)
+		return false, fmt.Errorf("ring: %w", err)
 	}
 	defer func() { _ = ring.Close() }()
 	keys := make([]uint32, len(e.Ring))
@@ -413,26 +682,26 @@ func (d *Dataplane) putRing(id uint32, e Entry) error {
 		keys[slot], vals[slot] = uint32(slot), idx[b]
 	}
 	if _, err := ring.BatchUpdate(keys, vals, nil); err != nil {
-		return fmt.Errorf("fill ring: %w", err)
+		return false, fmt.Errorf("fill ring: %w", err)
 	}
 	if err := d.objs.Rings.Put(id, ring); err != nil {
-		return fmt.Errorf("swap ring: %w", err)
+		return false, fmt.Errorf("swap ring: %w", err)
 	}
 	d.rings[id] = h
-	return nil
+	return true, nil
 }
 
-func (d *Dataplane) putBackends(id uint32, bs []Backend) error {
+func (d *Dataplane) putBackends(id uint32, bs []Backend, ready int) (bool, error) {
 	if len(bs) == 0 {
 		if _, ok := d.sets[id]; ok {
 			delete(d.sets, id)
-			return ignoreNotExist(d.objs.Backends.Delete(id))
+			return true, ignoreNotExist(d.objs.Backends.Delete(id))
 		}
-		return nil
+		return false, nil
 	}
-	h := setHash(bs)
+	h := setHash(bs, ready)
 	if old, ok := d.sets[id]; ok && old == h {
-		return nil
+		return false, nil
 	}
 	var set bpf.LbBackendSet
 	for i, b := range bs {
@@ -442,11 +711,12 @@ func (d *Dataplane) putBackends(id uint32, bs []Backend) error {
 		set.Be[i] = bpf.LbBackend{Addr: bpf.Addr(b.Addr), Port: bpf.Port(b.Port), Family: bpf.FamilyOf(b.Addr)}
 		set.Count++
 	}
+	set.Ready = uint32(min(ready, int(set.Count)))
 	if err := d.objs.Backends.Put(id, set); err != nil {
-		return fmt.Errorf("backends: %w", err)
+		return false, fmt.Errorf("backends: %w", err)
 	}
 	d.sets[id] = h
-	return nil
+	return true, nil
 }
 
 // putEndpointLinks makes endpoint_links list the veths in front of the
@@ -493,10 +763,12 @@ func (d *Dataplane) putEndpointLinks(entries []Entry) error {
 func (d *Dataplane) remove(k Key, id uint32) error {
 	err := ignoreNotExist(d.objs.Vips.Delete(bpf.VipKeyFor(k.VIP, k.Port, k.Proto)))
 	err = errors.Join(err, ignoreNotExist(d.objs.Rings.Delete(id)), ignoreNotExist(d.objs.Backends.Delete(id)))
+	_, merr := d.putMembers(id, nil)
 	delete(d.ids, k)
 	delete(d.rings, id)
 	delete(d.sets, id)
-	return err
+	delete(d.gens, id)
+	return errors.Join(err, merr)
 }
 
 func ignoreNotExist(err error) error {
@@ -512,7 +784,7 @@ func (d *Dataplane) Dump() Dump {
 	out := Dump{Self: d.self, RingSize: d.opts.RingSize, Ports: dumpPorts(d.last, d.ids)}
 	d.mu.Unlock()
 	out.Conntrack, out.Capacity = map[string]int{}, map[string]int{}
-	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat} {
+	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity} {
 		out.Conntrack[table] = countKeys(m)
 		out.Capacity[table] = int(m.MaxEntries())
 	}

@@ -84,7 +84,7 @@ func TestLoaderRestartAndCleanup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Apply(self, entries); err != nil {
+	if err := d.Apply(self, nil, entries); err != nil {
 		t.Fatal(err)
 	}
 	var info bpf.LbVipInfo
@@ -97,8 +97,9 @@ func TestLoaderRestartAndCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := testutil.CollectAndCompare(d, strings.NewReader(`
-# HELP ironlb_dataplane_conntrack_entries Entries in a conntrack table (tier1, tier2, revnat).
+# HELP ironlb_dataplane_conntrack_entries Entries in a conntrack table (tier1, tier2, revnat, affinity).
 # TYPE ironlb_dataplane_conntrack_entries gauge
+ironlb_dataplane_conntrack_entries{table="affinity"} 0
 ironlb_dataplane_conntrack_entries{table="revnat"} 0
 ironlb_dataplane_conntrack_entries{table="tier1"} 1
 ironlb_dataplane_conntrack_entries{table="tier2"} 0
@@ -135,7 +136,7 @@ ironlb_dataplane_conntrack_entries{table="tier2"} 0
 	if err := d2.objs.Ct1.Lookup(flow, &ce); err != nil {
 		t.Errorf("conntrack lost across the restart: %v", err)
 	}
-	if err := d2.Apply(self, entries); err != nil {
+	if err := d2.Apply(self, nil, entries); err != nil {
 		t.Fatal(err)
 	}
 	l, _ = netlink.LinkByName("t0")
@@ -143,7 +144,7 @@ ironlb_dataplane_conntrack_entries{table="tier2"} 0
 		t.Errorf("the restarted speaker did not swap its program in (id %d)", oldProg)
 	}
 	// A port that goes away leaves no entry.
-	if err := d2.Apply(self, nil); err != nil {
+	if err := d2.Apply(self, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := d2.objs.Vips.Lookup(bpf.VipKeyFor(vip, 80, TCP), &info); err == nil {
@@ -231,7 +232,7 @@ func TestEndpointLinks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := d.Apply(self, entries); err != nil {
+		if err := d.Apply(self, nil, entries); err != nil {
 			t.Fatal(err)
 		}
 		links, redirect := listed(d)

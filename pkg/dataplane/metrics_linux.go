@@ -15,14 +15,15 @@ var (
 	descPackets  = prometheus.NewDesc("ironlb_dataplane_packets_total", "Packets the XDP program received for a VIP:port.", []string{"vip", "port", "protocol"}, nil)
 	descBytes    = prometheus.NewDesc("ironlb_dataplane_bytes_total", "Bytes the XDP program received for a VIP:port.", []string{"vip", "port", "protocol"}, nil)
 	descNewFlows = prometheus.NewDesc("ironlb_dataplane_new_flows_total", "Flows this node directed for the first time (tier-1 conntrack misses).", []string{"vip", "port", "protocol"}, nil)
+	descDenied   = prometheus.NewDesc("ironlb_dataplane_source_range_drops_total", "Packets dropped because their client is outside the Service's loadBalancerSourceRanges.", []string{"service", "vip", "port", "protocol"}, nil)
 	descDrops    = prometheus.NewDesc("ironlb_dataplane_drops_total", "VIP packets the XDP program dropped, by reason.", []string{"reason"}, nil)
-	descEntries  = prometheus.NewDesc("ironlb_dataplane_conntrack_entries", "Entries in a conntrack table (tier1, tier2, revnat).", []string{"table"}, nil)
+	descEntries  = prometheus.NewDesc("ironlb_dataplane_conntrack_entries", "Entries in a conntrack table (tier1, tier2, revnat, affinity).", []string{"table"}, nil)
 	descCapacity = prometheus.NewDesc("ironlb_dataplane_conntrack_capacity", "Size of a conntrack table; the oldest flows are evicted beyond it.", []string{"table"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (d *Dataplane) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDrops, descEntries, descCapacity} {
+	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDenied, descDrops, descEntries, descCapacity} {
 		ch <- desc
 	}
 }
@@ -35,6 +36,10 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 	for k, id := range d.ids {
 		ids[id] = k
 	}
+	services := make(map[Key]string, len(d.last))
+	for _, e := range d.last {
+		services[e.Key] = e.Service
+	}
 	d.mu.Unlock()
 	for id, k := range ids {
 		var per []bpf.LbServiceStats
@@ -46,11 +51,13 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 			s.Packets += p.Packets
 			s.Bytes += p.Bytes
 			s.NewFlows += p.NewFlows
+			s.Denied += p.Denied
 		}
 		labels := []string{k.VIP.String(), strconv.Itoa(int(k.Port)), protoName(k.Proto)}
 		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.Packets), labels...)
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.Bytes), labels...)
 		ch <- prometheus.MustNewConstMetric(descNewFlows, prometheus.CounterValue, float64(s.NewFlows), labels...)
+		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.Denied), append([]string{services[k]}, labels...)...)
 	}
 	for i, reason := range bpf.DropReasons {
 		var per []uint64
@@ -63,14 +70,14 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason)
 	}
-	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat} {
+	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity} {
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(countKeys(m)), table)
 		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(m.MaxEntries()), table)
 	}
 }
 
 func countKeys(m *ebpf.Map) int {
-	var k bpf.LbFlow
+	k := make([]byte, m.KeySize())
 	v := make([]byte, m.ValueSize())
 	n := 0
 	it := m.Iterate()

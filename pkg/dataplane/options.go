@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/ironlb/ironlb/pkg/maglev"
 )
@@ -28,11 +29,21 @@ type Options struct {
 	// end of the veth must run NAPI (GRO on, or an XDP program), or the
 	// kernel drops what is redirected to it.
 	EndpointRedirect bool
+	// StaleAfter is how long the data plane forwards without a
+	// heartbeat from its speaker; after that it hands VIP traffic to
+	// the kernel untouched. 0 never goes stale.
+	StaleAfter time.Duration
 }
+
+// DefaultStaleAfter outlasts a rolling restart of the speaker (image
+// pull, start, cache sync) with room to spare, and bounds how long a
+// node forwards by rings and endpoints that nobody keeps up to date.
+const DefaultStaleAfter = 5 * time.Minute
 
 // DefaultOptions are the speaker's defaults.
 func DefaultOptions() Options {
-	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, MTU: 1500}
+	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, MTU: 1500,
+		StaleAfter: DefaultStaleAfter}
 }
 
 // Self is this node's addresses.

@@ -8,9 +8,9 @@ import (
 
 var (
 	nodes = []Node{
-		{"node-a", []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("fd00::11")}},
-		{"node-b", []netip.Addr{netip.MustParseAddr("10.0.0.12")}},
-		{"node-c", []netip.Addr{netip.MustParseAddr("10.0.0.13"), netip.MustParseAddr("fd00::13")}},
+		{"node-a", []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("fd00::11")}, false},
+		{"node-b", []netip.Addr{netip.MustParseAddr("10.0.0.12")}, false},
+		{"node-c", []netip.Addr{netip.MustParseAddr("10.0.0.13"), netip.MustParseAddr("fd00::13")}, false},
 	}
 	vip = netip.MustParseAddr("10.9.0.1")
 )

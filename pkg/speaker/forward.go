@@ -10,14 +10,25 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/ipam"
 )
 
+// forwardingPlan is the world in the data plane's terms.
+type forwardingPlan struct {
+	nodes []dataplane.Node
+	ports []dataplane.Port
+	// peers are every node's InternalIPs: the only outer sources whose
+	// encapsulated packets the data plane opens.
+	peers []netip.Addr
+}
+
 // forwarding translates the world into the data plane's terms: every
 // VIP:port of a LoadBalancer Service whose IP is in a pool, with its
-// endpoints, and every node's InternalIPs.
-func forwarding(w world) ([]dataplane.Node, []dataplane.Port) {
+// endpoints, source ranges and affinity, and every node's InternalIPs,
+// with the nodes that are dead (memberlist) or not Ready marked so.
+func forwarding(w world) forwardingPlan {
 	var ranges []ipam.Range
 	for _, p := range w.pools {
 		for _, a := range p.Spec.Addresses {
@@ -34,9 +45,12 @@ func forwarding(w world) ([]dataplane.Node, []dataplane.Port) {
 		}
 		return false
 	}
-	nodes := make([]dataplane.Node, 0, len(w.nodes))
+	out := forwardingPlan{nodes: make([]dataplane.Node, 0, len(w.nodes))}
 	for i := range w.nodes {
-		nodes = append(nodes, dataplane.Node{Name: w.nodes[i].Name, Addrs: internalIPs(&w.nodes[i])})
+		n := &w.nodes[i]
+		addrs := internalIPs(n)
+		out.peers = append(out.peers, addrs...)
+		out.nodes = append(out.nodes, dataplane.Node{Name: n.Name, Addrs: addrs, Dead: w.dead[n.Name] || !nodeReady(n)})
 	}
 	byService := map[string][]*discoveryv1.EndpointSlice{}
 	for i := range w.slices {
@@ -45,11 +59,17 @@ func forwarding(w world) ([]dataplane.Node, []dataplane.Port) {
 			byService[s.Namespace+"/"+name] = append(byService[s.Namespace+"/"+name], s)
 		}
 	}
-	var ports []dataplane.Port
 	for i := range w.services {
 		svc := &w.services[i]
 		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
 			continue
+		}
+		// Entries that are no CIDR are ignored here and reported by
+		// the controller.
+		srcRanges, _ := config.SourceRanges(svc.Spec.LoadBalancerSourceRanges)
+		var timeout uint32
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			timeout = uint32(max(*c.ClientIP.TimeoutSeconds, 0))
 		}
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
 			vip, err := netip.ParseAddr(ing.IP)
@@ -65,18 +85,23 @@ func forwarding(w world) ([]dataplane.Node, []dataplane.Port) {
 					continue
 				}
 				p := dataplane.Port{
-					VIP: vip, Port: uint16(sp.Port), Proto: proto,
-					Affinity: svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP,
-					Local:    svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+					Service: svc.Namespace + "/" + svc.Name,
+					VIP:     vip, Port: uint16(sp.Port), Proto: proto,
+					Affinity:     svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP,
+					Local:        svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+					SourceRanges: config.RangesOfFamily(srcRanges, vip.Is4()),
+				}
+				if p.Affinity {
+					p.AffinityTimeout = timeout
 				}
 				for _, s := range byService[svc.Namespace+"/"+svc.Name] {
 					p.Endpoints = append(p.Endpoints, sliceEndpoints(s, sp, vip.Is4())...)
 				}
-				ports = append(ports, p)
+				out.ports = append(out.ports, p)
 			}
 		}
 	}
-	return nodes, ports
+	return out
 }
 
 // sliceEndpoints returns the endpoints of one slice for one Service port.
@@ -102,7 +127,8 @@ func sliceEndpoints(s *discoveryv1.EndpointSlice, sp corev1.ServicePort, v4 bool
 		return nil
 	}
 	var out []dataplane.Endpoint
-	for _, e := range s.Endpoints {
+	for j := range s.Endpoints {
+		e := &s.Endpoints[j]
 		if len(e.Addresses) == 0 {
 			continue
 		}
@@ -110,16 +136,12 @@ func sliceEndpoints(s *discoveryv1.EndpointSlice, sp corev1.ServicePort, v4 bool
 		if err != nil {
 			continue
 		}
-		// Ready unset means ready; a terminating endpoint is not ready.
-		ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-		if e.Conditions.Terminating != nil && *e.Conditions.Terminating {
-			ready = false
-		}
+		ready, serving := endpointState(e)
 		node := ""
 		if e.NodeName != nil {
 			node = *e.NodeName
 		}
-		out = append(out, dataplane.Endpoint{Addr: addr, Port: target, Node: node, Ready: ready})
+		out = append(out, dataplane.Endpoint{Addr: addr, Port: target, Node: node, Ready: ready, Serving: serving})
 	}
 	return out
 }

@@ -40,20 +40,21 @@ func TestForwarding(t *testing.T) {
 		slices:   []discoveryv1.EndpointSlice{es},
 		pools:    []ironlbv1alpha1.IPPool{testPool("lan", nil, "192.0.2.0/24")},
 	}
-	nodes, ports := forwarding(w)
+	fp := forwarding(w)
+	nodes, ports := fp.nodes, fp.ports
 	if want := []dataplane.Node{{Name: "a", Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.11")}}}; !cmp.Equal(nodes, want, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
 		t.Errorf("nodes %v, want %v (InternalIPs only)", nodes, want)
 	}
 	vip := netip.MustParseAddr("192.0.2.10")
 	eps := func(port uint16) []dataplane.Endpoint {
 		return []dataplane.Endpoint{
-			{Addr: netip.MustParseAddr("10.0.0.1"), Port: port, Node: "a", Ready: true},
-			{Addr: netip.MustParseAddr("10.0.0.2"), Port: port, Node: "b", Ready: false},
+			{Addr: netip.MustParseAddr("10.0.0.1"), Port: port, Node: "a", Ready: true, Serving: true},
+			{Addr: netip.MustParseAddr("10.0.0.2"), Port: port, Node: "b", Ready: false, Serving: true},
 		}
 	}
 	want := []dataplane.Port{
-		{VIP: vip, Port: 80, Proto: dataplane.TCP, Affinity: true, Local: true, Endpoints: eps(8080)},
-		{VIP: vip, Port: 53, Proto: dataplane.UDP, Affinity: true, Local: true, Endpoints: eps(5353)},
+		{Service: "ns/web", VIP: vip, Port: 80, Proto: dataplane.TCP, Affinity: true, Local: true, Endpoints: eps(8080)},
+		{Service: "ns/web", VIP: vip, Port: 53, Proto: dataplane.UDP, Affinity: true, Local: true, Endpoints: eps(5353)},
 	}
 	if d := cmp.Diff(want, ports, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
 		t.Errorf("ports (-want +got):\n%s", d)

@@ -60,11 +60,14 @@ type members struct {
 
 	mu    sync.Mutex
 	alive map[string]bool
+	// dead are the nodes that were alive and then declared dead or
+	// left, until they are alive again.
+	dead map[string]bool
 }
 
 // startMembers joins nothing yet; call join with the peers' addresses.
 func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, changed func()) (*members, error) {
-	m := &members{log: log, changed: changed, alive: map[string]bool{name: true}}
+	m := &members{log: log, changed: changed, alive: map[string]bool{name: true}, dead: map[string]bool{}}
 	m.addrs.Store(map[string]net.Addr{})
 	cfg := memberlist.DefaultLANConfig()
 	cfg.Name = name
@@ -124,6 +127,17 @@ func (m *members) Alive() map[string]bool {
 	defer m.mu.Unlock()
 	out := make(map[string]bool, len(m.alive))
 	for k := range m.alive {
+		out[k] = true
+	}
+	return out
+}
+
+// Dead returns the nodes that were members and are dead or gone now.
+func (m *members) Dead() map[string]bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]bool, len(m.dead))
+	for k := range m.dead {
 		out[k] = true
 	}
 	return out
@@ -244,8 +258,10 @@ func (m *members) set(name string, alive bool) {
 	changed := m.alive[name] != alive
 	if alive {
 		m.alive[name] = true
+		delete(m.dead, name)
 	} else {
 		delete(m.alive, name)
+		m.dead[name] = true
 	}
 	m.mu.Unlock()
 	if changed && alive {

@@ -30,6 +30,9 @@ type world struct {
 	bgpAdvs  []ironlbv1alpha1.BGPAdvertisement
 	bgpPeers []ironlbv1alpha1.BGPPeer
 	alive    map[string]bool
+	// dead are the nodes memberlist declared dead since they were last
+	// alive (a node never seen is not dead: its speaker may be starting).
+	dead map[string]bool
 }
 
 // bgpRoute is a route this node advertises for an IP, from one
@@ -97,26 +100,44 @@ func plan(w world, self string) []decision {
 		svc types.NamespacedName
 		v6  bool
 	}
-	ready := map[famKey]map[string]int{}
+	// Endpoints that take new flows per Service, family and node, by the
+	// rule the data plane forwards by (takesNewFlows).
+	type count struct{ ready, serving map[string]int }
+	counts := map[famKey]*count{}
 	for i := range w.slices {
 		es := &w.slices[i]
 		name := es.Labels[discoveryv1.LabelServiceName]
-		if name == "" || es.AddressType == discoveryv1.AddressTypeFQDN {
+		if name == "" || (es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6) {
 			continue
 		}
 		k := famKey{types.NamespacedName{Namespace: es.Namespace, Name: name}, es.AddressType == discoveryv1.AddressTypeIPv6}
-		for _, ep := range es.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+		for j := range es.Endpoints {
+			ep := &es.Endpoints[j]
+			if len(ep.Addresses) == 0 {
 				continue
 			}
-			if ready[k] == nil {
-				ready[k] = map[string]int{}
+			isReady, serving := endpointState(ep)
+			if counts[k] == nil {
+				counts[k] = &count{map[string]int{}, map[string]int{}}
 			}
 			node := ""
 			if ep.NodeName != nil {
 				node = *ep.NodeName
 			}
-			ready[k][node] += len(ep.Addresses)
+			if isReady {
+				counts[k].ready[node]++
+			}
+			if serving {
+				counts[k].serving[node]++
+			}
+		}
+	}
+	ready := map[famKey]map[string]int{}
+	for k, c := range counts {
+		if len(c.ready) > 0 {
+			ready[k] = c.ready
+		} else if len(c.serving) > 0 {
+			ready[k] = c.serving // no endpoint is ready: the serving ones take flows
 		}
 	}
 

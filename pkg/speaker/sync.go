@@ -59,6 +59,8 @@ func (s *Speaker) sync(ctx context.Context) error {
 	w.bgpPeers, w.bgpAdvs = bpeers.Items, badvs.Items
 	w.alive = s.members.Alive()
 	w.alive[s.opts.NodeName] = true
+	w.dead = s.members.Dead()
+	delete(w.dead, s.opts.NodeName)
 	s.metrics.members.Set(float64(len(w.alive)))
 
 	// Forwarding first: a node must forward an IP before it announces it.
@@ -216,12 +218,18 @@ func (s *Speaker) applyDataplane(w world) error {
 	if self == nil {
 		return fmt.Errorf("data plane: node %s not found", s.opts.NodeName)
 	}
-	nodes, ports := forwarding(w)
-	entries, err := dataplane.Plan(s.opts.NodeName, nodes, ports, s.opts.XDP.RingSize)
+	fp := forwarding(w)
+	entries, err := dataplane.Plan(s.opts.NodeName, fp.nodes, fp.ports, s.opts.XDP.RingSize)
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
-	if err := s.dp.Apply(selfOf(self), entries); err != nil {
+	for _, e := range entries {
+		if e.Truncated > 0 {
+			s.log.Info("a port has more ready endpoints on this node than the data plane serves; the extra ones get no traffic",
+				"port", e.Key.String(), "served", dataplane.MaxLocalBackends, "unserved", e.Truncated)
+		}
+	}
+	if err := s.dp.Apply(selfOf(self), fp.peers, entries); err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
 	return nil
