@@ -357,21 +357,24 @@ func (d *Dataplane) Apply(self Self, peers []netip.Addr, entries []Entry) error 
 		return fmt.Errorf("config: %w", err)
 	}
 	errs = append(errs, d.putPeers(peers))
+	// Ports that left first, so new ones can take their ids.
 	want := map[Key]bool{}
-	acls := map[uint32]bool{}
 	for _, e := range entries {
 		want[e.Key] = true
+	}
+	for k, id := range d.ids {
+		if !want[k] {
+			errs = append(errs, d.remove(k, id))
+		}
+	}
+	acls := map[uint32]bool{}
+	for _, e := range entries {
 		acl, err := d.put(e)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", e.Key, err))
 		}
 		if acl != 0 {
 			acls[acl] = true
-		}
-	}
-	for k, id := range d.ids {
-		if !want[k] {
-			errs = append(errs, d.remove(k, id))
 		}
 	}
 	errs = append(errs, d.dropACLs(acls), d.dropNodes(entries))

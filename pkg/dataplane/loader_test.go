@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -249,5 +250,144 @@ func TestEndpointLinks(t *testing.T) {
 	}
 	if err := Cleanup(dir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLoaderSafety: source-range lists are shared, replaced whole and
+// freed; tunnel peers follow the nodes; a change of members bumps the
+// port's generation; a freed port id is reused; and pinned maps stamped
+// with another layout are replaced on start even though their sizes fit.
+func TestLoaderSafety(t *testing.T) {
+	dir := sandbox(t)
+	opts := DefaultOptions()
+	opts.PinDir, opts.Interfaces, opts.RingSize = dir, []string{"t0"}, 251
+	self := Self{V4: netip.MustParseAddr("10.0.0.11")}
+	d, err := Open(logr.Discard(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = Cleanup(dir) }()
+	ranges := func(ps ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, p := range ps {
+			out = append(out, netip.MustParsePrefix(p))
+		}
+		return out
+	}
+	trie := func() map[string]uint32 {
+		out := map[string]uint32{}
+		var k bpf.LbRangeKey
+		var v uint32
+		it := d.objs.SourceRanges.Iterate()
+		for it.Next(&k, &v) {
+			a, _ := netip.AddrFromSlice(k.Addr[:4])
+			out[netip.PrefixFrom(a, int(k.Prefixlen)-32).String()] = k.Acl
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	info := func(port uint16) bpf.LbVipInfo {
+		var v bpf.LbVipInfo
+		if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, port, TCP), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	apply := func(ports ...Port) {
+		t.Helper()
+		entries, err := Plan("node-a", nodes, ports, 251)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Apply(self, []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.12")}, entries); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eps := []Endpoint{ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true)}
+	p80 := Port{VIP: vip, Port: 80, Proto: TCP, Endpoints: eps, SourceRanges: ranges("198.51.100.0/24", "203.0.113.0/25")}
+	p81 := Port{VIP: vip, Port: 81, Proto: TCP, Endpoints: eps, SourceRanges: ranges("203.0.113.0/25", "198.51.100.0/24")}
+	apply(p80, p81)
+	if a, b := info(80).Acl, info(81).Acl; a == 0 || a != b {
+		t.Errorf("two ports with one list of ranges: acl %d and %d, want one shared id", a, b)
+	}
+	if got := trie(); len(got) != 2 {
+		t.Errorf("trie %v, want the two prefixes once", got)
+	}
+	var pk bpf.LbPeerKey
+	n := 0
+	var one uint32
+	it := d.objs.TunnelPeers.Iterate()
+	for it.Next(&pk, &one) {
+		n++
+	}
+	if n != 2 {
+		t.Errorf("%d tunnel peers, want 2", n)
+	}
+
+	// One port narrows its list, the other opens: the old list goes.
+	gen := info(80).Gen
+	p80.SourceRanges = ranges("198.51.100.7/32")
+	p81.SourceRanges = nil
+	apply(p80, p81)
+	if got := trie(); len(got) != 1 || got["198.51.100.7/32"] != info(80).Acl {
+		t.Errorf("trie %v after the edit, want only 198.51.100.7/32 under acl %d", got, info(80).Acl)
+	}
+	if info(81).Acl != 0 {
+		t.Errorf("a port without ranges has acl %d", info(81).Acl)
+	}
+	if info(80).Gen != gen {
+		t.Errorf("a change of ranges moved the generation (%d -> %d): flows would be re-placed for nothing", gen, info(80).Gen)
+	}
+	// node-b dies: the members change and the generation moves.
+	dead := slices.Clone(nodes)
+	dead[1].Dead = true
+	entries, err := Plan("node-a", dead, []Port{p80, p81}, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(self, nil, entries); err != nil {
+		t.Fatal(err)
+	}
+	if info(80).Gen == gen {
+		t.Error("a node left the port's members but its generation did not move")
+	}
+	if len(d.members[info(80).ServiceId]) != 1 {
+		t.Errorf("members %v, want node-a only", d.members[info(80).ServiceId])
+	}
+
+	// Port 80 goes, port 82 comes: it takes the freed id.
+	freed := info(80).ServiceId
+	apply(p81, Port{VIP: vip, Port: 82, Proto: TCP, Endpoints: eps})
+	if got := info(82).ServiceId; got != freed {
+		t.Errorf("the new port got id %d, want the freed %d", got, freed)
+	}
+	if got := trie(); len(got) != 0 {
+		t.Errorf("trie %v with no ranges left", got)
+	}
+
+	// A flow, then a pinned config of another layout: replaced on start.
+	flow := bpf.LbFlow{Src: bpf.Addr(netip.MustParseAddr("10.9.9.9")), Dst: bpf.Addr(vip), Sport: bpf.Port(1), Dport: bpf.Port(81), Proto: TCP, Family: 4}
+	if err := d.objs.Ct1.Put(flow, bpf.LbCt1Entry{Idx: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var cfg bpf.LbSettings
+	if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Layout = bpf.MapsLayout - 1
+	if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
+		t.Fatal(err)
+	}
+	_ = d.Close()
+	d2, err := Open(logr.Discard(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d2.Close() }()
+	var ce bpf.LbCt1Entry
+	if err := d2.objs.Ct1.Lookup(flow, &ce); err == nil {
+		t.Error("maps of another layout were kept")
 	}
 }

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -16,7 +17,7 @@ var (
 )
 
 func ep(addr, node string, ready bool) Endpoint {
-	return Endpoint{Addr: netip.MustParseAddr(addr), Port: 8080, Node: node, Ready: ready}
+	return Endpoint{Addr: netip.MustParseAddr(addr), Port: 8080, Node: node, Ready: ready, Serving: ready}
 }
 
 func TestPlan(t *testing.T) {
@@ -92,5 +93,140 @@ func TestPlanIPv6AndLocal(t *testing.T) {
 	}
 	if e := byKey[none.Key()]; e.Ring != nil || e.Backends != nil {
 		t.Errorf("no endpoints: %+v", e)
+	}
+}
+
+// TestPlanDeadNode: a dead node leaves the ring and the members at once;
+// the slots of the live nodes stay where they were, but for Maglev's small
+// disruption, which the test bounds and reports; when the node comes back
+// the ring is what it was.
+func TestPlanDeadNode(t *testing.T) {
+	var many []Node
+	var eps []Endpoint
+	for i := range 20 {
+		name := fmt.Sprintf("node-%02d", i)
+		addr := netip.AddrFrom4([4]byte{10, 0, 0, byte(20 + i)})
+		many = append(many, Node{Name: name, Addrs: []netip.Addr{addr}})
+		eps = append(eps, Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i), 2}), Port: 8080, Node: name, Ready: true, Serving: true})
+	}
+	port := Port{VIP: vip, Port: 80, Proto: TCP, Endpoints: eps}
+	const m = 16381
+	before, err := Plan("node-00", many, []Port{port}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := slices.Clone(many)
+	dead[7].Dead = true
+	after, err := Plan("node-00", dead, []Port{port}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := many[7].Addrs[0]
+	if slices.Contains(after[0].RingNodes, gone) || slices.Contains(after[0].Members, gone) {
+		t.Fatalf("the dead node is still in the ring (%v) or the members (%v)", after[0].RingNodes, after[0].Members)
+	}
+	moved, live := 0, 0
+	for slot, i := range before[0].Ring {
+		was := before[0].RingNodes[i]
+		if was == gone {
+			continue
+		}
+		live++
+		if after[0].RingNodes[after[0].Ring[slot]] != was {
+			moved++
+		}
+	}
+	frac := float64(moved) / float64(live)
+	t.Logf("one of 20 nodes dead: %.2f%% of the live nodes' slots moved (ideal 0)", 100*frac)
+	if frac > 0.05 {
+		t.Errorf("%.2f%% of the slots of live nodes moved", 100*frac)
+	}
+	back, err := Plan("node-00", many, []Port{port}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(back[0].Ring, before[0].Ring) {
+		t.Error("the node came back but the ring is not what it was")
+	}
+}
+
+// TestPlanTerminating: terminating endpoints that still serve keep their
+// flows (members, the tail of the local set) but take new ones only when
+// no endpoint is ready, as kube-proxy does.
+func TestPlanTerminating(t *testing.T) {
+	term := func(addr, node string) Endpoint {
+		return Endpoint{Addr: netip.MustParseAddr(addr), Port: 8080, Node: node, Serving: true}
+	}
+	tests := map[string]struct {
+		eps           []Endpoint
+		wantRing      []netip.Addr
+		wantMembers   []netip.Addr
+		wantBackends  int
+		wantReady     int
+		wantRingEmpty bool
+	}{
+		"ready elsewhere: the terminating one keeps its flows only": {
+			eps:          []Endpoint{term("10.1.0.2", "node-a"), ep("10.1.1.2", "node-b", true)},
+			wantRing:     []netip.Addr{netip.MustParseAddr("10.0.0.12")},
+			wantMembers:  []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.12")},
+			wantBackends: 1, wantReady: 0,
+		},
+		"none ready: the serving ones take new flows": {
+			eps:          []Endpoint{term("10.1.0.2", "node-a"), term("10.1.1.2", "node-b")},
+			wantRing:     []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.12")},
+			wantMembers:  []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.12")},
+			wantBackends: 1, wantReady: 1,
+		},
+		"terminating and not serving: gone": {
+			eps:           []Endpoint{{Addr: netip.MustParseAddr("10.1.0.2"), Port: 8080, Node: "node-a"}},
+			wantRingEmpty: true,
+		},
+	}
+	for name, tc := range tests {
+		got, err := Plan("node-a", nodes, []Port{{VIP: vip, Port: 80, Proto: TCP, Endpoints: tc.eps}}, 251)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := got[0]
+		if tc.wantRingEmpty {
+			if e.Ring != nil || e.Members != nil || e.Backends != nil {
+				t.Errorf("%s: %+v, want nothing", name, e)
+			}
+			continue
+		}
+		if !slices.Equal(e.RingNodes, tc.wantRing) || !slices.Equal(e.Members, tc.wantMembers) ||
+			len(e.Backends) != tc.wantBackends || e.Ready != tc.wantReady {
+			t.Errorf("%s: ring %v members %v backends %d ready %d; want %v %v %d %d", name,
+				e.RingNodes, e.Members, len(e.Backends), e.Ready, tc.wantRing, tc.wantMembers, tc.wantBackends, tc.wantReady)
+		}
+	}
+}
+
+// TestPlanManyLocal: past MaxLocalBackends ready endpoints on a node, the
+// extra ones are reported and the ring weighs the node by what it serves.
+func TestPlanManyLocal(t *testing.T) {
+	var eps []Endpoint
+	for i := range 100 {
+		eps = append(eps, Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, 0, byte(i + 1)}), Port: 8080, Node: "node-a", Ready: true, Serving: true})
+	}
+	for i := range 64 {
+		eps = append(eps, Endpoint{Addr: netip.AddrFrom4([4]byte{10, 1, 1, byte(i + 1)}), Port: 8080, Node: "node-b", Ready: true, Serving: true})
+	}
+	got, err := Plan("node-a", nodes, []Port{{VIP: vip, Port: 80, Proto: TCP, Endpoints: eps}}, 16381)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := got[0]
+	if len(e.Backends) != MaxLocalBackends || e.Ready != MaxLocalBackends || e.Truncated != 36 {
+		t.Errorf("backends %d ready %d truncated %d; want 64 64 36", len(e.Backends), e.Ready, e.Truncated)
+	}
+	n := 0
+	for _, s := range e.Ring {
+		if s == 0 {
+			n++
+		}
+	}
+	if share := float64(n) / 16381; share < 0.47 || share > 0.53 {
+		t.Errorf("node-a holds %.2f of the ring; it serves 64 endpoints like node-b, want about half", share)
 	}
 }
