@@ -339,9 +339,11 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 	if (ce && ce->gen != vip->gen) {
 		/* The endpoints changed since the flow last looked: it keeps
 		 * its endpoint while that one serves (ready or terminating),
-		 * else it is placed again like a new flow. */
+		 * else it is placed again like a new flow. A TCP flow keeps
+		 * it in any case, as kube-proxy's conntrack does: its pod
+		 * may still run, and if it does not, it resets the flow. */
 		set = bpf_map_lookup_elem(&backends, &id);
-		if (set && in_set(set, set->count, &ce->be)) {
+		if ((set && in_set(set, set->count, &ce->be)) || f->proto == IPPROTO_TCP) {
 			ce->gen = vip->gen;
 			ce->revnat_at = 0;
 		} else {
@@ -607,6 +609,14 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 	return tier2(ctx, cfg, &f, &h, data, data_end, vip);
 }
 
+/* node_live reports whether a node index still names a live node at the
+ * same address (the speaker lists every live node, and clears dead ones). */
+static __always_inline int node_live(const __u32 *node, __u32 idx)
+{
+	struct node_info *ni = bpf_map_lookup_elem(&nodes, &idx);
+	return ni && ni->family != 0 && addr_eq(ni->addr, node);
+}
+
 /* still_member reports whether the node of a conntrack or affinity entry
  * still holds serving endpoints of the VIP, at the same address. */
 static __always_inline int still_member(const struct vip_info *vip, const __u32 *node, __u32 idx)
@@ -614,8 +624,20 @@ static __always_inline int still_member(const struct vip_info *vip, const __u32 
 	struct member_key mk = {.service_id = vip->service_id, .node = idx};
 	if (!bpf_map_lookup_elem(&ring_members, &mk))
 		return 0;
-	struct node_info *ni = bpf_map_lookup_elem(&nodes, &idx);
-	return ni && addr_eq(ni->addr, node);
+	return node_live(node, idx);
+}
+
+/* ct1_keeps reports whether a tier-1 flow stays on its node after the
+ * VIP's nodes changed. As kube-proxy keeps a TCP connection's conntrack
+ * when its endpoint goes and flushes UDP's, a TCP flow stays while its
+ * node lives (the node's tier 2 still knows its endpoint), and a UDP flow
+ * only while its node serves the VIP. */
+static __always_inline int ct1_keeps(const struct vip_info *vip, const struct flow *f,
+				     const struct ct1_entry *ce)
+{
+	if (f->proto == IPPROTO_TCP)
+		return node_live(ce->node, ce->idx);
+	return still_member(vip, ce->node, ce->idx);
 }
 
 /* choose_node finds the tier-1 node of a flow: its conntrack entry while
@@ -635,7 +657,7 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 		}
 		/* The nodes changed since the flow last looked: it stays
 		 * while its node serves the VIP, else it is placed again. */
-		if (still_member(vip, ce->node, ce->idx)) {
+		if (ct1_keeps(vip, f, ce)) {
 			if (st)
 				ce->gen = vip->gen;
 			*node = *ce;

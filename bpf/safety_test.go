@@ -217,26 +217,61 @@ func TestStaleFlowsReplaced(t *testing.T) {
 		t.Errorf("the re-placed flow's reply is not reverse-NATed\n got %x\nwant %x", out, want.frame())
 	}
 
-	// Tier 1: a TCP flow pinned to node B while B served the VIP.
+	// A TCP flow keeps its endpoint when it leaves the slice, as
+	// kube-proxy's conntrack does: its pod may still run.
+	setRing(t, objs, 1, 1)
+	setBackends(t, objs, 1, 8080, pod1)
+	tcp2 := pkt{src: client4, dst: vip4, proto: 6, sport: 42500, dport: 80, flags: tcpACK}
+	if _, dst := send(tcp2); dst != pod1 {
+		t.Fatalf("TCP flow to %s, want pod1", dst)
+	}
+	setBackends(t, objs, 1, 8080, pod2)
+	bump(key(vip4, 80, 6))
+	if _, dst := send(tcp2); dst != pod1 {
+		t.Errorf("a TCP flow left its endpoint: to %s, want pod1", dst)
+	}
+
+	// Tier 1: flows pinned to node B while B served the VIP.
 	tcp := pkt{src: client4, dst: vip4, proto: 6, sport: 42000, dport: 80, flags: tcpACK}
+	udpB := pkt{src: client4, dst: vip4, proto: 17, sport: 5400, dport: 7, payload: []byte("q")}
 	setRing(t, objs, 1, 2)
+	setRing(t, objs, 2, 2)
 	setBackends(t, objs, 1, 8080, pod1)
 	must(t, objs.RingMembers.Put(LbMemberKey{ServiceId: 1, Node: 2}, uint32(1)))
-	if ret, _ := send(tcp); ret != xdpTX {
-		t.Fatalf("to node B: verdict %d, want XDP_TX", ret)
+	must(t, objs.RingMembers.Put(LbMemberKey{ServiceId: 2, Node: 2}, uint32(1)))
+	for _, p := range []pkt{tcp, udpB} {
+		if ret, _ := send(p); ret != xdpTX {
+			t.Fatalf("to node B: verdict %d, want XDP_TX", ret)
+		}
 	}
-	// The ring moves to this node; B still serves: the flow stays on B.
+	// The rings move to this node; B still serves: both flows stay on B.
 	setRing(t, objs, 1, 1)
+	setRing(t, objs, 2, 1)
 	must(t, objs.RingMembers.Put(LbMemberKey{ServiceId: 1, Node: 1}, uint32(1)))
 	bump(key(vip4, 80, 6))
-	if ret, _ := send(tcp); ret != xdpTX {
-		t.Errorf("a flow left its node while the node still serves: verdict %d, want XDP_TX", ret)
+	bump(key(vip4, 7, 17))
+	for _, p := range []pkt{tcp, udpB} {
+		if ret, _ := send(p); ret != xdpTX {
+			t.Errorf("proto %d: a flow left its node while the node still serves: verdict %d, want XDP_TX", p.proto, ret)
+		}
 	}
-	// B dies: the flow is placed again, here.
+	// B lives but serves neither port any more: the UDP flow is placed
+	// again, here; the TCP flow stays (B's tier 2 knows its endpoint).
 	must(t, objs.RingMembers.Delete(LbMemberKey{ServiceId: 1, Node: 2}))
+	must(t, objs.RingMembers.Delete(LbMemberKey{ServiceId: 2, Node: 2}))
+	bump(key(vip4, 80, 6))
+	bump(key(vip4, 7, 17))
+	if ret, dst := send(udpB); ret != xdpPass || dst != pod2 {
+		t.Errorf("a UDP flow pinned to a node that no longer serves: verdict %d to %s, want XDP_PASS to pod2", ret, dst)
+	}
+	if ret, _ := send(tcp); ret != xdpTX {
+		t.Errorf("a TCP flow left a live node: verdict %d, want XDP_TX", ret)
+	}
+	// B dies: its TCP flow is placed again too.
+	must(t, objs.Nodes.Put(uint32(2), LbNodeInfo{}))
 	bump(key(vip4, 80, 6))
 	if ret, dst := send(tcp); ret != xdpPass || dst != pod1 {
-		t.Errorf("a flow pinned to a dead node: verdict %d to %s, want XDP_PASS to pod1", ret, dst)
+		t.Errorf("a TCP flow pinned to a dead node: verdict %d to %s, want XDP_PASS to pod1", ret, dst)
 	}
 }
 

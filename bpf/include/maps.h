@@ -42,7 +42,8 @@ struct {
 	__array(values, struct ring);
 } rings SEC(".maps");
 
-/* Node index -> address. */
+/* Node index -> address: every live node (a dead one is cleared), so a
+ * TCP flow pinned to a node stays while the node lives. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_NODES);

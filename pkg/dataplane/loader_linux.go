@@ -326,12 +326,12 @@ func setHash(bs []Backend, ready int) uint64 {
 	return h.Sum64()
 }
 
-// Apply makes the maps hold entries and nothing else, opens encapsulated
-// packets from peers (every node's addresses) only, and refreshes the
-// heartbeat. A ring or a set of endpoints is written only when it
+// Apply makes the maps hold entries and nothing else, lists the live nodes
+// (a TCP flow stays on its node while the node lives), opens encapsulated
+// packets from the nodes' addresses only, and refreshes the heartbeat. A ring or a set of endpoints is written only when it
 // changed; a ring is filled in a new map and swapped in whole; a port's
 // generation is bumped after its ring, endpoints and members are written.
-func (d *Dataplane) Apply(self Self, peers []netip.Addr, entries []Entry) error {
+func (d *Dataplane) Apply(self Self, nodes []Node, entries []Entry) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.self = self
@@ -356,7 +356,19 @@ func (d *Dataplane) Apply(self Self, peers []netip.Addr, entries []Entry) error 
 	if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	var peers, live []netip.Addr
+	for _, n := range nodes {
+		peers = append(peers, n.Addrs...)
+		if !n.Dead {
+			live = append(live, n.Addrs...)
+		}
+	}
 	errs = append(errs, d.putPeers(peers))
+	for _, a := range live {
+		if _, err := d.nodeIndex(a.Unmap()); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", a, err))
+		}
+	}
 	// Ports that left first, so new ones can take their ids.
 	want := map[Key]bool{}
 	for _, e := range entries {
@@ -377,7 +389,7 @@ func (d *Dataplane) Apply(self Self, peers []netip.Addr, entries []Entry) error 
 			acls[acl] = true
 		}
 	}
-	errs = append(errs, d.dropACLs(acls), d.dropNodes(entries))
+	errs = append(errs, d.dropACLs(acls), d.dropNodes(entries, live))
 	return errors.Join(errs...)
 }
 
@@ -600,9 +612,13 @@ func (d *Dataplane) putMembers(id uint32, addrs []netip.Addr) (bool, error) {
 	return changed, nil
 }
 
-// dropNodes frees the node indexes no ring and no member list uses.
-func (d *Dataplane) dropNodes(entries []Entry) error {
+// dropNodes clears the node indexes of nodes that are neither live nor
+// used by a ring or a member list, and frees them.
+func (d *Dataplane) dropNodes(entries []Entry, live []netip.Addr) error {
 	used := map[netip.Addr]bool{}
+	for _, a := range live {
+		used[a.Unmap()] = true
+	}
 	for _, e := range entries {
 		for _, a := range e.RingNodes {
 			used[a] = true

@@ -15,7 +15,7 @@ type Dataplane struct{}
 var errLinux = errors.New("the xdp data plane needs Linux")
 
 func Open(logr.Logger, Options) (*Dataplane, error)        { return nil, errLinux }
-func (*Dataplane) Apply(Self, []netip.Addr, []Entry) error { return errLinux }
+func (*Dataplane) Apply(Self, []Node, []Entry) error { return errLinux }
 func (*Dataplane) Beat() error                             { return errLinux }
 func (*Dataplane) Close() error                            { return nil }
 func (*Dataplane) Dump() Dump                              { return Dump{} }

@@ -301,7 +301,7 @@ func TestLoaderSafety(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := d.Apply(self, []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.12")}, entries); err != nil {
+		if err := d.Apply(self, nodes[:2], entries); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -322,8 +322,8 @@ func TestLoaderSafety(t *testing.T) {
 	for it.Next(&pk, &one) {
 		n++
 	}
-	if n != 2 {
-		t.Errorf("%d tunnel peers, want 2", n)
+	if n != 3 {
+		t.Errorf("%d tunnel peers, want node-a's two addresses and node-b's one", n)
 	}
 
 	// One port narrows its list, the other opens: the old list goes.
@@ -347,8 +347,14 @@ func TestLoaderSafety(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Apply(self, nil, entries); err != nil {
+	if err := d.Apply(self, dead, entries); err != nil {
 		t.Fatal(err)
+	}
+	if _, ok := d.nodes[netip.MustParseAddr("10.0.0.12")]; ok {
+		t.Error("a dead node keeps its index: its TCP flows would stay pinned to it")
+	}
+	if _, ok := d.nodes[netip.MustParseAddr("10.0.0.13")]; !ok {
+		t.Error("a live node without endpoints has no index: its TCP flows would be re-placed")
 	}
 	if info(80).Gen == gen {
 		t.Error("a node left the port's members but its generation did not move")

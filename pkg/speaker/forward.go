@@ -19,9 +19,6 @@ import (
 type forwardingPlan struct {
 	nodes []dataplane.Node
 	ports []dataplane.Port
-	// peers are every node's InternalIPs: the only outer sources whose
-	// encapsulated packets the data plane opens.
-	peers []netip.Addr
 }
 
 // forwarding translates the world into the data plane's terms: every
@@ -49,7 +46,6 @@ func forwarding(w world) forwardingPlan {
 	for i := range w.nodes {
 		n := &w.nodes[i]
 		addrs := internalIPs(n)
-		out.peers = append(out.peers, addrs...)
 		out.nodes = append(out.nodes, dataplane.Node{Name: n.Name, Addrs: addrs, Dead: w.dead[n.Name] || !nodeReady(n)})
 	}
 	byService := map[string][]*discoveryv1.EndpointSlice{}

@@ -229,7 +229,7 @@ func (s *Speaker) applyDataplane(w world) error {
 				"port", e.Key.String(), "served", dataplane.MaxLocalBackends, "unserved", e.Truncated)
 		}
 	}
-	if err := s.dp.Apply(selfOf(self), fp.peers, entries); err != nil {
+	if err := s.dp.Apply(selfOf(self), fp.nodes, entries); err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
 	return nil
