@@ -4,7 +4,6 @@ package dataplane
 
 import (
 	"errors"
-	"net/netip"
 
 	"github.com/go-logr/logr"
 )
@@ -14,9 +13,9 @@ type Dataplane struct{}
 
 var errLinux = errors.New("the xdp data plane needs Linux")
 
-func Open(logr.Logger, Options) (*Dataplane, error)        { return nil, errLinux }
+func Open(logr.Logger, Options) (*Dataplane, error)  { return nil, errLinux }
 func (*Dataplane) Apply(Self, []Node, []Entry) error { return errLinux }
-func (*Dataplane) Beat() error                             { return errLinux }
-func (*Dataplane) Close() error                            { return nil }
-func (*Dataplane) Dump() Dump                              { return Dump{} }
-func Cleanup(string) error                                 { return errLinux }
+func (*Dataplane) Beat() error                       { return errLinux }
+func (*Dataplane) Close() error                      { return nil }
+func (*Dataplane) Dump() Dump                        { return Dump{} }
+func Cleanup(string) error                           { return errLinux }
