@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"net/netip"
 	"runtime"
 	"testing"
 	"time"
@@ -20,6 +21,8 @@ func harness(b *testing.B, objs *LbObjects) (*ebpf.Program, *ebpf.Program, *ebpf
 		"config": objs.Config, "vips": objs.Vips, "rings": objs.Rings, "nodes": objs.Nodes,
 		"backends": objs.Backends, "ct1": objs.Ct1, "ct2": objs.Ct2, "revnat": objs.Revnat,
 		"stats": objs.Stats, "drops": objs.Drops, "nexthops": objs.Nexthops,
+		"source_ranges": objs.SourceRanges, "tunnel_peers": objs.TunnelPeers,
+		"ring_members": objs.RingMembers, "affinity": objs.Affinity,
 	} {
 		repl[name] = m
 	}
@@ -89,6 +92,29 @@ func BenchmarkXDP(b *testing.B) {
 		return f
 	}
 	nonVIP := pkt{src: client4, dst: nodeB4, proto: 6, sport: 40000, dport: 80, payload: make([]byte, 100)}.frame()
+	// restrict gives vip4:80 a list of n source ranges (99 others and the
+	// client's /24 last), or none.
+	for i := range 99 {
+		must(b, objs.SourceRanges.Put(RangeKeyFor(9, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24)), uint32(1)))
+	}
+	must(b, objs.SourceRanges.Put(RangeKeyFor(9, netip.MustParsePrefix("10.89.0.0/24")), uint32(1)))
+	restrict := func(n int) {
+		v := LbVipInfo{ServiceId: 1}
+		if n > 0 {
+			v.Acl = 9
+		}
+		must(b, objs.Vips.Put(key(vip4, 80, 6), v))
+	}
+	newFlows := func() uint64 {
+		var per []LbServiceStats
+		must(b, objs.Stats.Lookup(uint32(1), &per))
+		var n uint64
+		for _, s := range per {
+			n += s.NewFlows
+		}
+		return n
+	}
+	var misses, packets uint64
 	// The program is pinned to one CPU by the OS thread this goroutine
 	// holds (testNet locked it); the per-CPU maps stay warm.
 	runtime.Gosched()
@@ -110,17 +136,31 @@ func BenchmarkXDP(b *testing.B) {
 			setMode(0)
 			keep("established-remote", perPacket(b, prog, frame(80), ifindex, xdpTX))
 			keep("established-local", perPacket(b, prog, frame(81), ifindex, xdpPass))
+			// The same VIP behind 100 source ranges, the client in
+			// the last one.
+			restrict(100)
+			keep("established-remote-ranges", perPacket(b, prog, frame(80), ifindex, xdpTX))
+			restrict(0)
+			// Every packet a flow never seen before: count the
+			// tier-1 misses to prove it.
 			setMode(1)
+			before := newFlows()
 			keep("new-flow-remote", perPacket(b, prog, frame(80), ifindex, xdpTX))
+			misses += newFlows() - before
+			packets += 1_000_000
 			setMode(0)
 		}
-		for _, k := range []string{"trivial-pass", "parse-lookup-floor", "non-VIP", "harness-floor", "established-remote", "established-local", "new-flow-remote"} {
+		for _, k := range []string{"trivial-pass", "parse-lookup-floor", "non-VIP", "harness-floor", "established-remote", "established-remote-ranges", "established-local", "new-flow-remote"} {
 			b.ReportMetric(float64(res[k].Nanoseconds()), "ns/"+k)
 		}
 		floor := res["harness-floor"]
-		for _, k := range []string{"established-remote", "established-local", "new-flow-remote"} {
+		for _, k := range []string{"established-remote", "established-remote-ranges", "established-local", "new-flow-remote"} {
 			b.ReportMetric(float64((res[k] - floor).Nanoseconds()), "ns/"+k+"-net")
 		}
+		b.ReportMetric(float64(misses)/float64(packets), "misses/new-flow-packet")
+		b.ReportMetric(float64(res["established-remote-ranges"]-floor)/float64(res["established-remote"]-floor), "x-ranges/no-ranges-net")
+		b.ReportMetric(float64(res["established-remote"]-floor)/float64(res["trivial-pass"]), "x-established-remote-net/trivial")
+		b.ReportMetric(float64(res["new-flow-remote"]-floor)/float64(res["trivial-pass"]), "x-new-flow-remote-net/trivial")
 		b.ReportMetric(float64(res["non-VIP"])/float64(res["trivial-pass"]), "x-non-VIP/trivial")
 		b.ReportMetric(float64(res["non-VIP"])/float64(res["parse-lookup-floor"]), "x-non-VIP/floor")
 		b.ReportMetric(float64(res["established-remote"])/float64(res["trivial-pass"]), "x-established-remote/trivial")

@@ -7,8 +7,9 @@
  * measured on the wrong path after the first one. bench_xdp runs the
  * program, then undoes what it did: it moves the head back and restores
  * the first bytes. With new_flows set, it also gives each repetition its
- * own source port, so every packet is a new flow (a conntrack miss and
- * insert). With new_flows 2 it runs nothing between save and restore:
+ * own source port and the low half of its source address from a 32-bit
+ * counter, so every packet of a run is a flow never seen before (a
+ * conntrack miss and insert; the benchmark counts the misses). With new_flows 2 it runs nothing between save and restore:
  * the harness's own cost. floor_xdp is the least a load balancer does
  * for a packet it does not serve: parse Ethernet, IPv4 and TCP, and one
  * hash lookup (in vips). Never loaded by the speaker. */
@@ -41,10 +42,13 @@ int bench_xdp(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	__builtin_memcpy(bc->saved, data, SAVE);
 	if (bc->new_flows == 1) {
-		/* The TCP source port of an IPv4 packet without options. */
+		/* The TCP source port of an IPv4 packet without options,
+		 * and the last two bytes of its source address. */
 		bc->counter++;
 		__u16 port = bc->counter;
+		__u16 host = bc->counter >> 16;
 		__builtin_memcpy(data + 14 + 20, &port, 2);
+		__builtin_memcpy(data + 14 + 14, &host, 2);
 	}
 	__u32 before = data_end - data;
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -58,16 +59,32 @@ type members struct {
 	// addrs maps peer names to their member address, for re-checks.
 	addrs atomic.Value
 
+	// probe tells whether a node's kernel still answers (reachable); a
+	// field so that tests can stand in for the network.
+	probe func(netip.Addr) bool
+
 	mu    sync.Mutex
 	alive map[string]bool
-	// dead are the nodes that were alive and then declared dead or
-	// left, until they are alive again.
+	// down are the nodes whose speaker was a member and is gone while
+	// the node still answers: its data plane forwards on. dead are those
+	// that stopped answering: they leave every ring. Both last until the
+	// node's speaker is a member again.
+	down map[string]time.Time
 	dead map[string]bool
 }
 
 // startMembers joins nothing yet; call join with the peers' addresses.
 func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, changed func()) (*members, error) {
-	m := &members{log: log, changed: changed, alive: map[string]bool{name: true}, dead: map[string]bool{}}
+	m := &members{log: log, changed: changed, alive: map[string]bool{name: true},
+		down: map[string]time.Time{}, dead: map[string]bool{}}
+	m.probe = func(a netip.Addr) bool {
+		ok, err := reachable(a, 2, 100*time.Millisecond)
+		if err != nil {
+			// Without a probe, a gone speaker means a dead node.
+			log.Error(err, "probe a node whose speaker is gone", "address", a)
+		}
+		return ok
+	}
 	m.addrs.Store(map[string]net.Addr{})
 	cfg := memberlist.DefaultLANConfig()
 	cfg.Name = name
@@ -132,7 +149,8 @@ func (m *members) Alive() map[string]bool {
 	return out
 }
 
-// Dead returns the nodes that were members and are dead or gone now.
+// Dead returns the nodes that were members and whose kernel stopped
+// answering since: dead, or cut off.
 func (m *members) Dead() map[string]bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -211,6 +229,7 @@ func (m *members) watchDead(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
+		m.checkDown()
 		live := map[string]*memberlist.Node{}
 		alive := m.Alive()
 		for _, n := range m.list.Members() {
@@ -228,6 +247,46 @@ func (m *members) watchDead(ctx context.Context, every time.Duration) {
 			} else {
 				m.set(name, false)
 			}
+		}
+	}
+}
+
+// downProbeEvery is how often a node whose speaker is gone is probed.
+const downProbeEvery = time.Second
+
+// checkDown probes the nodes whose speaker is gone and whose last probe
+// is older than downProbeEvery, and marks dead those that do not answer.
+func (m *members) checkDown() {
+	addrs, _ := m.addrs.Load().(map[string]net.Addr)
+	now := time.Now()
+	m.mu.Lock()
+	var due []string
+	for name, last := range m.down {
+		if now.Sub(last) >= downProbeEvery {
+			due = append(due, name)
+			m.down[name] = now
+		}
+	}
+	m.mu.Unlock()
+	for _, name := range due {
+		var addr netip.Addr
+		if u, ok := addrs[name].(*net.UDPAddr); ok {
+			addr, _ = netip.AddrFromSlice(u.IP)
+			addr = addr.Unmap()
+		}
+		if addr.IsValid() && m.probe(addr) {
+			continue
+		}
+		m.mu.Lock()
+		_, stillDown := m.down[name]
+		if stillDown {
+			delete(m.down, name)
+			m.dead[name] = true
+		}
+		m.mu.Unlock()
+		if stillDown {
+			m.log.Info("a node whose speaker is gone does not answer: dead, out of the rings", "node", name, "address", addr)
+			m.changed()
 		}
 	}
 }
@@ -258,12 +317,19 @@ func (m *members) set(name string, alive bool) {
 	changed := m.alive[name] != alive
 	if alive {
 		m.alive[name] = true
+		delete(m.down, name)
 		delete(m.dead, name)
 	} else {
 		delete(m.alive, name)
-		m.dead[name] = true
+		if _, ok := m.down[name]; !ok && !m.dead[name] {
+			m.down[name] = time.Time{} // probed at once
+		}
 	}
 	m.mu.Unlock()
+	if !alive {
+		// Not in memberlist's callback: a probe takes up to 200 ms.
+		go m.checkDown()
+	}
 	if changed && alive {
 		m.joined.Store(true)
 	}

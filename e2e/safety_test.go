@@ -1,0 +1,299 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/ironlb/ironlb/pkg/lab"
+)
+
+// The data plane's kube-proxy duties, tried as an attacker or a fault
+// would try them.
+
+// dialOK reports whether a new TCP connection to vip:80 from lab-client
+// opens within limit.
+func dialOK(ctx context.Context, vip netip.Addr, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	c, err := lab.DialIn(ctx, lab.ClientNS, "tcp", netip.AddrPortFrom(vip, 80).String())
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// setSourceRanges edits a lab Service's loadBalancerSourceRanges.
+func setSourceRanges(t *testing.T, name string, ranges ...string) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var svc corev1.Service
+		if err := cl.Get(t.Context(), types.NamespacedName{Namespace: "default", Name: name}, &svc); err != nil {
+			return err
+		}
+		svc.Spec.LoadBalancerSourceRanges = ranges
+		return cl.Update(t.Context(), &svc)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// speakerMetric sums a data-plane metric over every speaker.
+func speakerMetric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	var sum float64
+	for _, n := range cfg.NodeList() {
+		if v, ok := value(scrape(t, n.NS, "127.0.0.1:7473"), name, labels...); ok {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// TestSourceRangesEnforced: loadBalancerSourceRanges that exclude the
+// client refuse it, for new and already open connections, within about a
+// second of the edit; ranges that include it serve it again, and the open
+// connections carry on where they stopped.
+func TestSourceRangesEnforced(t *testing.T) {
+	needXDP(t)
+	const name = "ranges"
+	vip := labService(t, name, func(s *corev1.Service) {
+		s.Spec.LoadBalancerSourceRanges = []string{"10.89.0.0/24"} // the client's subnet
+	})
+	conns := openEchoes(t, vip, 5)
+
+	setSourceRanges(t, name, "198.51.100.0/24")
+	edited := time.Now()
+	eventually(t, 10*time.Second, func() error {
+		if err := dialOK(t.Context(), vip, 300*time.Millisecond); err == nil {
+			return errors.New("a new connection from outside the ranges opened")
+		}
+		return nil
+	})
+	t.Logf("new connections refused %s after the edit (one 300 ms dial attempt included)", time.Since(edited).Round(10*time.Millisecond))
+	// The open connections get no answer.
+	for i, e := range conns {
+		_ = e.conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := fmt.Fprintf(e.conn, "blocked %d\n", i); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := e.r.ReadString('\n'); err == nil {
+			t.Errorf("connection %d was answered (%q) from outside the ranges", i, got)
+		}
+	}
+	if n := speakerMetric(t, "ironlb_dataplane_source_range_drops_total", "service", "default/"+name); n == 0 {
+		t.Error("no source-range drop counted for the Service")
+	}
+	if n := speakerMetric(t, "ironlb_dataplane_drops_total", "reason", "source_range"); n == 0 {
+		t.Error("no drop counted under reason source_range")
+	}
+
+	setSourceRanges(t, name, " 203.0.113.0/24", "10.89.0.2/32 ")
+	eventually(t, 10*time.Second, func() error { return dialOK(t.Context(), vip, 300*time.Millisecond) })
+	for i, e := range conns {
+		// TCP retransmits the line the ranges held back.
+		_ = e.conn.SetDeadline(time.Now().Add(15 * time.Second))
+		got, err := e.r.ReadString('\n')
+		if err != nil || !strings.HasSuffix(strings.TrimSpace(got), fmt.Sprintf("blocked %d", i)) {
+			t.Errorf("connection %d after the ranges admitted it again: %q, %v", i, got, err)
+		}
+	}
+	checkEchoes(t, conns, "the ranges admitted the client again")
+}
+
+// ipv4UDP builds an IPv4 packet with a UDP datagram, checksums included.
+func ipv4UDP(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	udp := make([]byte, 8, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], sport)
+	binary.BigEndian.PutUint16(udp[2:], dport)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	udp = append(udp, payload...)
+	ip := []byte{0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0}
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	ip = append(append(ip, src.AsSlice()...), dst.AsSlice()...)
+	csum := func(b []byte, c uint32) uint16 {
+		for i := 0; i+1 < len(b); i += 2 {
+			c += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			c += uint32(b[len(b)-1]) << 8
+		}
+		for c>>16 != 0 {
+			c = c&0xffff + c>>16
+		}
+		return ^uint16(c)
+	}
+	pseudo := append(append(append([]byte{}, src.AsSlice()...), dst.AsSlice()...), 0, 17, byte(len(udp)>>8), byte(len(udp)))
+	var c uint32
+	for i := 0; i+1 < len(pseudo); i += 2 {
+		c += uint32(binary.BigEndian.Uint16(pseudo[i:]))
+	}
+	binary.BigEndian.PutUint16(udp[6:], csum(udp, c))
+	binary.BigEndian.PutUint16(ip[10:], csum(ip, 0))
+	return append(ip, udp...)
+}
+
+// TestForgedTunnelRefused: an IPIP packet from lab-client (no node) to a
+// node, carrying a datagram for the VIP's UDP echo, is not opened: no
+// backend answers through any node, and each node counts it.
+func TestForgedTunnelRefused(t *testing.T) {
+	needXDP(t)
+	before := speakerMetric(t, "ironlb_dataplane_drops_total", "reason", "untrusted_tunnel")
+	client := netip.MustParseAddr(lab.ClientIPv4)
+	for i, n := range cfg.NodeList() {
+		sport := uint16(40770 + i)
+		// The answer, if any, would come to this socket.
+		var reply net.PacketConn
+		err := lab.InNamespace(lab.ClientNS, func() error {
+			var err error
+			reply, err = net.ListenPacket("udp4", netip.AddrPortFrom(client, sport).String())
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inner := ipv4UDP(client, vip4, sport, 7, []byte("forged"))
+		err = lab.InNamespace(lab.ClientNS, func() error {
+			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_IPIP)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = syscall.Close(fd) }()
+			return syscall.Sendto(fd, inner, 0, &syscall.SockaddrInet4{Addr: n.IPv4.As4()})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = reply.SetReadDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 512)
+		if k, _, err := reply.ReadFrom(buf); err == nil {
+			t.Errorf("through %s: a backend answered the forged tunnel packet: %q", n.Name, buf[:k])
+		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal(err)
+		}
+		_ = reply.Close()
+	}
+	if after := speakerMetric(t, "ironlb_dataplane_drops_total", "reason", "untrusted_tunnel"); after-before < float64(cfg.Nodes) {
+		t.Errorf("untrusted_tunnel drops went from %v to %v, want one more per node (%d)", before, after, cfg.Nodes)
+	}
+}
+
+// TestNodeDeathLeavesRings: when a node's link is cut, every speaker takes
+// it out of the rings as soon as memberlist declares it dead, so new
+// connections from 200 source ports all succeed; its pods' EndpointSlices
+// never change (no controller-manager in the lab, and a real one would
+// take about 40 s).
+func TestNodeDeathLeavesRings(t *testing.T) {
+	needXDP(t)
+	const name = "nodedeath"
+	vip := labService(t, name, nil)
+	owner := oneAnnouncer(t, name, vip, nil)
+	var victim lab.Node
+	for _, n := range cfg.NodeList() {
+		if n.Name != owner {
+			victim = n
+			break
+		}
+	}
+	watcher := nodeNamed(t, owner)
+	if err := cfg.CutLink(t.Context(), victim); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	t.Cleanup(func() {
+		_ = cfg.RestoreLink(context.WithoutCancel(t.Context()), victim)
+		waitMembers(t)
+	})
+	eventually(t, 10*time.Second, func() error {
+		if m, err := cfg.Members(t.Context(), watcher); err != nil || m != cfg.Nodes-1 {
+			return fmt.Errorf("%s sees %d members (%v)", owner, m, err)
+		}
+		return nil
+	})
+	t.Logf("%s declared %s dead %s after its link was cut", owner, victim.Name, time.Since(cut).Round(time.Millisecond))
+	// The ring follows at once: every new connection succeeds, on a
+	// surviving node's endpoint.
+	var failed []string
+	eventually(t, 2*time.Second, func() error {
+		failed = failed[:0]
+		for i := range 200 {
+			if err := dialOK(t.Context(), vip, time.Second); err != nil {
+				failed = append(failed, fmt.Sprintf("#%d: %v", i, err))
+			}
+		}
+		if len(failed) > 0 {
+			return fmt.Errorf("%d of 200 new connections failed after %s, first: %s", len(failed), time.Since(cut).Round(time.Millisecond), failed[0])
+		}
+		return nil
+	})
+	t.Logf("200 of 200 new connections succeeded, the last %s after the cut", time.Since(cut).Round(time.Millisecond))
+}
+
+// TestUDPFixedPortReplaced: a UDP client that keeps its source port (a
+// resolver, NTP, WireGuard) is answered by another endpoint within about
+// a second of its own leaving the EndpointSlice, instead of staying
+// pinned to the old pod forever.
+func TestUDPFixedPortReplaced(t *testing.T) {
+	needXDP(t)
+	const name = "udpfixed"
+	vip := labService(t, name, nil)
+	conn, err := lab.DialIn(t.Context(), lab.ClientNS, "udp", net.JoinHostPort(vip.String(), "7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	ask := func() (string, error) {
+		_ = conn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := conn.Write([]byte("q")); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 256)
+		n, err := conn.Read(buf)
+		if err != nil {
+			return "", err
+		}
+		return strings.Fields(string(buf[:n]))[0], nil
+	}
+	var first string
+	eventually(t, 5*time.Second, func() error {
+		first, err = ask()
+		return err
+	})
+	ready := map[string]bool{first: false}
+	if err := cfg.SetEndpointsReady(t.Context(), cl, name, ready); err != nil {
+		t.Fatal(err)
+	}
+	removed := time.Now()
+	var now string
+	eventually(t, 5*time.Second, func() error {
+		pod, err := ask()
+		if err != nil {
+			return err
+		}
+		if pod == first {
+			return fmt.Errorf("still answered by %s, which left the EndpointSlice", first)
+		}
+		now = pod
+		return nil
+	})
+	t.Logf("answered by %s %s after %s left", now, time.Since(removed).Round(time.Millisecond), first)
+	// It stays on its new endpoint.
+	for range 5 {
+		if pod, err := ask(); err != nil || pod != now {
+			t.Errorf("then answered by %q (%v), want %s", pod, err, now)
+		}
+	}
+}
