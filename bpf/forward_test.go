@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Verdicts.
@@ -137,7 +138,7 @@ func must(t testing.TB, err error) {
 // setRing swaps in a ring whose every slot points to node index.
 func setRing(t testing.TB, objs *LbObjects, id, node uint32) {
 	t.Helper()
-	ring, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: ringSize})
+	ring, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: ringSize, Flags: unix.BPF_F_MMAPABLE})
 	must(t, err)
 	defer func() { _ = ring.Close() }()
 	keys := make([]uint32, ringSize)

@@ -26,10 +26,12 @@ struct {
 } vips SEC(".maps");
 
 /* One Maglev ring per Service port: slot -> index in nodes. The speaker
- * fills a new inner map and then swaps it in, so a packet never sees a
- * half-written ring. */
+ * fills a new inner map (through a memory mapping: one copy, not one
+ * update per slot) and then swaps it in, so a packet never sees a
+ * half-written ring; ports with the same ring share one inner map. */
 struct ring {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, RING_SIZE);
 	__type(key, __u32);
 	__type(value, __u32);

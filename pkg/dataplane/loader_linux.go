@@ -38,7 +38,15 @@ type Dataplane struct {
 	// reused once free.
 	ids   map[Key]uint32
 	nodes map[netip.Addr]uint32
-	rings map[uint32]uint64 // id -> hash of the ring last written
+	// freeIDs are ids below topID that no port uses; topID is one more
+	// than the highest id ever given.
+	freeIDs []uint32
+	topID   uint32
+	rings map[uint32]RingID // id -> the ring last written
+	// ringMaps are the kernel maps of the rings in use, one per RingID,
+	// shared by every port with that ring; ringUsers count the ports.
+	ringMaps  map[RingID]*ebpf.Map
+	ringUsers map[RingID]int
 	// resolved are the ring nodes with a managed neighbour entry.
 	resolved map[netip.Addr]bool
 	sets     map[uint32]uint64 // id -> hash of the backends last written
@@ -77,9 +85,10 @@ func Open(log logr.Logger, opts Options) (*Dataplane, error) {
 		return nil, fmt.Errorf("%s is not on a bpffs mount: mount one (mount -t bpf bpf /sys/fs/bpf) or choose --bpf-pin-dir", opts.PinDir)
 	}
 	d := &Dataplane{opts: opts, log: log, ids: map[Key]uint32{}, nodes: map[netip.Addr]uint32{},
-		rings: map[uint32]uint64{}, sets: map[uint32]uint64{}, resolved: map[netip.Addr]bool{},
+		rings: map[uint32]RingID{}, ringMaps: map[RingID]*ebpf.Map{}, ringUsers: map[RingID]int{},
+		sets: map[uint32]uint64{}, resolved: map[netip.Addr]bool{},
 		members: map[uint32]map[uint32]bool{}, gens: map[uint32]uint32{},
-		acls: map[string]uint32{}, aclNets: map[uint32][]netip.Prefix{}, peers: map[netip.Addr]bool{}}
+		acls: map[string]uint32{}, aclNets: map[uint32][]netip.Prefix{}, peers: map[netip.Addr]bool{}, topID: 1}
 	if err := d.load(); err != nil {
 		return nil, err
 	}
@@ -172,8 +181,9 @@ func (d *Dataplane) recover() error {
 	for it.Next(&k, &v) {
 		key := Key{VIP: bpf.AddrFrom(k.Addr, k.Family), Port: bpf.PortFrom(k.Port), Proto: k.Proto}
 		d.ids[key] = v.ServiceId
+		d.topID = max(d.topID, v.ServiceId+1)
 		// Unknown contents: the first Apply rewrites or removes them.
-		d.rings[v.ServiceId], d.sets[v.ServiceId] = 0, 0
+		d.rings[v.ServiceId], d.sets[v.ServiceId] = RingID{}, 0
 		d.gens[v.ServiceId] = v.Gen
 		if v.Acl != 0 {
 			// An unknown list: the first Apply writes a new one and
@@ -183,6 +193,15 @@ func (d *Dataplane) recover() error {
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read vips: %w", err)
+	}
+	used := map[uint32]bool{}
+	for _, id := range d.ids {
+		used[id] = true
+	}
+	for id := d.topID - 1; id >= 1; id-- {
+		if !used[id] {
+			d.freeIDs = append(d.freeIDs, id)
+		}
 	}
 	var mk bpf.LbMemberKey
 	var one uint32
@@ -272,6 +291,9 @@ func (d *Dataplane) attach(name string) error {
 // the maps pinned: the node keeps forwarding until a new speaker takes
 // over, or Cleanup removes everything.
 func (d *Dataplane) Close() error {
+	for _, m := range d.ringMaps {
+		_ = m.Close()
+	}
 	return d.objs.Close()
 }
 
@@ -301,21 +323,8 @@ func Cleanup(dir string) error {
 	return errors.Join(errs...)
 }
 
-// ringHash and setHash fingerprint what was last written, to skip
-// rewriting an unchanged ring (16 381 slots by default) on every sync.
-func ringHash(e Entry) uint64 {
-	h := fnv.New64a()
-	b := make([]byte, 0, 4*len(e.Ring)+16*len(e.RingNodes))
-	for _, v := range e.Ring {
-		b = binary.LittleEndian.AppendUint32(b, v)
-	}
-	for _, a := range e.RingNodes {
-		b = append(b, a.AsSlice()...)
-	}
-	_, _ = h.Write(b)
-	return h.Sum64()
-}
-
+// setHash fingerprints the endpoints last written, to skip rewriting an
+// unchanged set on every sync. (Rings are named by their RingID.)
 func setHash(bs []Backend, ready int) uint64 {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte{byte(ready)})
@@ -370,23 +379,42 @@ func (d *Dataplane) Apply(self Self, nodes []Node, entries []Entry) error {
 		}
 	}
 	// Ports that left first, so new ones can take their ids.
+	var swaps ringSwaps
 	want := map[Key]bool{}
 	for _, e := range entries {
 		want[e.Key] = true
 	}
 	for k, id := range d.ids {
 		if !want[k] {
-			errs = append(errs, d.remove(k, id))
+			errs = append(errs, d.remove(k, id, &swaps))
 		}
 	}
+	// Every port's lists, endpoints and members first, its new ring
+	// aside; then the rings, swapped in all at once (each swap of an
+	// inner map waits for an RCU grace period, a batch waits once); then
+	// the VIPs with their new generations.
 	acls := map[uint32]bool{}
+	var vips []vipWrite
 	for _, e := range entries {
-		acl, err := d.put(e)
+		v, err := d.put(e, &swaps)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", e.Key, err))
+			continue
 		}
-		if acl != 0 {
-			acls[acl] = true
+		if v.info.Acl != 0 {
+			acls[v.info.Acl] = true
+		}
+		vips = append(vips, v)
+	}
+	if err := d.commitRings(&swaps); err != nil {
+		// The VIPs keep their old generation: their flows look again
+		// once a later Apply has swapped the rings in.
+		errs = append(errs, err)
+		vips = slices.DeleteFunc(vips, func(v vipWrite) bool { return swaps.failed[v.info.ServiceId] })
+	}
+	for _, v := range vips {
+		if err := d.objs.Vips.Put(v.key, v.info); err != nil {
+			errs = append(errs, fmt.Errorf("vip: %w", err))
 		}
 	}
 	errs = append(errs, d.dropACLs(acls), d.dropNodes(entries, live))
@@ -521,12 +549,44 @@ func (d *Dataplane) dropRecoveredACL(id uint32) error {
 	return errors.Join(errs...)
 }
 
-func (d *Dataplane) put(e Entry) (uint32, error) {
+// vipWrite is a vips entry to write once the rings are in.
+type vipWrite struct {
+	key  bpf.LbVipKey
+	info bpf.LbVipInfo
+}
+
+// ringSwaps are the ring changes of one Apply, made in one batch: ids get
+// the maps fds (rings), dels lose theirs, and released rings lose a user
+// once that is done.
+type ringSwaps struct {
+	ids      []uint32
+	fds      []uint32
+	rings    []RingID
+	dels     []uint32
+	released []RingID
+	failed   map[uint32]bool
+}
+
+// drop stages the removal of port id's ring.
+func (s *ringSwaps) drop(d *Dataplane, id uint32) {
+	rid, ok := d.rings[id]
+	if !ok {
+		return
+	}
+	delete(d.rings, id)
+	s.dels = append(s.dels, id)
+	s.released = append(s.released, rid)
+}
+
+// put writes everything of a port but its ring (staged in swaps) and its
+// vips entry (returned).
+func (d *Dataplane) put(e Entry, swaps *ringSwaps) (vipWrite, error) {
 	id, ok := d.ids[e.Key]
 	if !ok {
 		id = d.freeID()
 		if id >= d.objs.Stats.MaxEntries() {
-			return 0, errors.New("too many Service ports")
+			d.freeIDs = append(d.freeIDs, id)
+			return vipWrite{}, errors.New("too many Service ports")
 		}
 		d.ids[e.Key] = id
 		// A reused id must not carry another port's counters.
@@ -534,19 +594,19 @@ func (d *Dataplane) put(e Entry) (uint32, error) {
 	}
 	acl, err := d.acl(e.SourceRanges)
 	if err != nil {
-		return 0, err
+		return vipWrite{}, err
 	}
-	ringChanged, err := d.putRing(id, e)
+	ringChanged, err := d.stageRing(id, e, swaps)
 	if err != nil {
-		return acl, err
+		return vipWrite{}, err
 	}
 	setChanged, err := d.putBackends(id, e.Backends, e.Ready)
 	if err != nil {
-		return acl, err
+		return vipWrite{}, err
 	}
 	membersChanged, err := d.putMembers(id, e.Members)
 	if err != nil {
-		return acl, err
+		return vipWrite{}, err
 	}
 	if ringChanged || setChanged || membersChanged || !ok {
 		d.gens[id]++
@@ -558,21 +618,22 @@ func (d *Dataplane) put(e Entry) (uint32, error) {
 	if e.Local {
 		flags |= bpf.VIPLocal
 	}
-	info := bpf.LbVipInfo{ServiceId: id, Flags: flags, Acl: acl, Gen: d.gens[id], AffinityTimeout: e.AffinityTimeout}
-	return acl, d.objs.Vips.Put(bpf.VipKeyFor(e.Key.VIP, e.Key.Port, e.Key.Proto), info)
+	return vipWrite{
+		key:  bpf.VipKeyFor(e.Key.VIP, e.Key.Port, e.Key.Proto),
+		info: bpf.LbVipInfo{ServiceId: id, Flags: flags, Acl: acl, Gen: d.gens[id], AffinityTimeout: e.AffinityTimeout},
+	}, nil
 }
 
-// freeID returns the lowest port id no port uses.
+// freeID returns a port id no port uses: the last one freed, else a new
+// one.
 func (d *Dataplane) freeID() uint32 {
-	used := make(map[uint32]bool, len(d.ids))
-	for _, id := range d.ids {
-		used[id] = true
+	if n := len(d.freeIDs); n > 0 {
+		id := d.freeIDs[n-1]
+		d.freeIDs = d.freeIDs[:n-1]
+		return id
 	}
-	id := uint32(1)
-	for used[id] {
-		id++
-	}
-	return id
+	d.topID++
+	return d.topID - 1
 }
 
 // putMembers makes ring_members list exactly the given nodes for the
@@ -663,18 +724,84 @@ func (d *Dataplane) nodeIndex(a netip.Addr) (uint32, error) {
 	return 0, errors.New("too many nodes")
 }
 
-func (d *Dataplane) putRing(id uint32, e Entry) (bool, error) {
+// stageRing stages the port's ring in swaps when it changed (a new kernel
+// map only for a ring no port has yet), and reports whether it did.
+func (d *Dataplane) stageRing(id uint32, e Entry, swaps *ringSwaps) (bool, error) {
 	if e.Ring == nil {
 		if _, ok := d.rings[id]; ok {
-			delete(d.rings, id)
-			return true, ignoreNotExist(d.objs.Rings.Delete(id))
+			swaps.drop(d, id)
+			return true, nil
 		}
 		return false, nil
 	}
-	h := ringHash(e)
-	if old, ok := d.rings[id]; ok && old == h {
+	if old, ok := d.rings[id]; ok && old == e.RingID {
 		return false, nil
 	}
+	ring := d.ringMaps[e.RingID]
+	if ring == nil {
+		var err error
+		if ring, err = d.newRing(e); err != nil {
+			return false, err
+		}
+		d.ringMaps[e.RingID] = ring
+	}
+	swaps.ids = append(swaps.ids, id)
+	swaps.fds = append(swaps.fds, uint32(ring.FD()))
+	swaps.rings = append(swaps.rings, e.RingID)
+	return true, nil
+}
+
+// commitRings takes the removed rings out with one batch delete and swaps
+// the staged ones in with one batch update, then forgets the rings no
+// port uses. On failure it marks the ports whose swap did not happen.
+func (d *Dataplane) commitRings(swaps *ringSwaps) error {
+	swaps.failed = map[uint32]bool{}
+	var errs []error
+	if len(swaps.dels) > 0 {
+		if _, err := d.objs.Rings.BatchDelete(swaps.dels, nil); err != nil {
+			// One by one then, each waiting for its grace period.
+			for _, id := range swaps.dels {
+				errs = append(errs, ignoreNotExist(d.objs.Rings.Delete(id)))
+			}
+		}
+	}
+	if len(swaps.ids) > 0 {
+		n, err := d.objs.Rings.BatchUpdate(swaps.ids, swaps.fds, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("swap rings: %w", err))
+		}
+		for i, id := range swaps.ids {
+			if i >= n {
+				swaps.failed[id] = true
+				continue
+			}
+			if old, ok := d.rings[id]; ok {
+				swaps.released = append(swaps.released, old)
+			}
+			d.rings[id] = swaps.rings[i]
+			d.ringUsers[swaps.rings[i]]++
+		}
+	}
+	for _, rid := range swaps.released {
+		if rid != (RingID{}) { // not a ring a previous process wrote
+			d.ringUsers[rid]--
+		}
+	}
+	// Rings no port uses any more (or that a failed batch left unused):
+	// this process lets go of them, and the kernel frees them once the
+	// outer map holds them nowhere.
+	for rid, m := range d.ringMaps {
+		if d.ringUsers[rid] <= 0 {
+			_ = m.Close()
+			delete(d.ringMaps, rid)
+			delete(d.ringUsers, rid)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// newRing fills a new kernel map with a ring.
+func (d *Dataplane) newRing(e Entry) (*ebpf.Map, error) {
 	idx := make([]uint32, len(e.RingNodes))
 	for i, a := range e.RingNodes {
 		if !d.resolved[a] && a != d.self.V4 && a != d.self.V6 {
@@ -686,28 +813,30 @@ func (d *Dataplane) putRing(id uint32, e Entry) (bool, error) {
 		}
 		n, err := d.nodeIndex(a)
 		if err != nil {
-			return false, err
+			return nil, err
 		}
 		idx[i] = n
 	}
 	ring, err := ebpf.NewMap(d.ring)
 	if err != nil {
-		return false, fmt.Errorf("ring: %w", err)
+		return nil, fmt.Errorf("ring: %w", err)
 	}
-	defer func() { _ = ring.Close() }()
-	keys := make([]uint32, len(e.Ring))
-	vals := make([]uint32, len(e.Ring))
+	// One copy through a mapping of the array: a batch update costs a
+	// quarter of a microsecond per slot, 4 ms a ring.
+	size := (len(e.Ring)*4 + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
+	mem, err := unix.Mmap(ring.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		_ = ring.Close()
+		return nil, fmt.Errorf("map ring: %w", err)
+	}
 	for slot, b := range e.Ring {
-		keys[slot], vals[slot] = uint32(slot), idx[b]
+		binary.NativeEndian.PutUint32(mem[slot*4:], idx[b])
 	}
-	if _, err := ring.BatchUpdate(keys, vals, nil); err != nil {
-		return false, fmt.Errorf("fill ring: %w", err)
+	if err := unix.Munmap(mem); err != nil {
+		_ = ring.Close()
+		return nil, fmt.Errorf("unmap ring: %w", err)
 	}
-	if err := d.objs.Rings.Put(id, ring); err != nil {
-		return false, fmt.Errorf("swap ring: %w", err)
-	}
-	d.rings[id] = h
-	return true, nil
+	return ring, nil
 }
 
 func (d *Dataplane) putBackends(id uint32, bs []Backend, ready int) (bool, error) {
@@ -779,12 +908,13 @@ func (d *Dataplane) putEndpointLinks(entries []Entry) error {
 	return errors.Join(errs...)
 }
 
-func (d *Dataplane) remove(k Key, id uint32) error {
+func (d *Dataplane) remove(k Key, id uint32, swaps *ringSwaps) error {
 	err := ignoreNotExist(d.objs.Vips.Delete(bpf.VipKeyFor(k.VIP, k.Port, k.Proto)))
-	err = errors.Join(err, ignoreNotExist(d.objs.Rings.Delete(id)), ignoreNotExist(d.objs.Backends.Delete(id)))
+	err = errors.Join(err, ignoreNotExist(d.objs.Backends.Delete(id)))
 	_, merr := d.putMembers(id, nil)
 	delete(d.ids, k)
-	delete(d.rings, id)
+	d.freeIDs = append(d.freeIDs, id)
+	swaps.drop(d, id)
 	delete(d.sets, id)
 	delete(d.gens, id)
 	return errors.Join(err, merr)

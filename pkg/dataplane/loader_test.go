@@ -25,7 +25,7 @@ import (
 // sandbox puts this goroutine's thread in a new network namespace with a
 // veth pair (t0, t1) and mounts a bpffs of the test's own; it returns the
 // pin directory.
-func sandbox(t *testing.T) string {
+func sandbox(t testing.TB) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the data plane needs root; CI runs as root")
@@ -314,6 +314,17 @@ func TestLoaderSafety(t *testing.T) {
 	}
 	if got := trie(); len(got) != 2 {
 		t.Errorf("trie %v, want the two prefixes once", got)
+	}
+	// The two ports have one ring: one kernel map.
+	var in80, in81 uint32
+	if err := d.objs.Rings.Lookup(info(80).ServiceId, &in80); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.objs.Rings.Lookup(info(81).ServiceId, &in81); err != nil {
+		t.Fatal(err)
+	}
+	if in80 != in81 || len(d.ringMaps) != 1 {
+		t.Errorf("two ports with one ring use maps %d and %d (%d held), want one", in80, in81, len(d.ringMaps))
 	}
 	var pk bpf.LbPeerKey
 	n := 0

@@ -8,6 +8,7 @@ package dataplane
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -95,9 +96,13 @@ type Entry struct {
 	Local           bool
 	SourceRanges    []netip.Prefix
 	// Ring holds, for each slot, an index into RingNodes; nil when no
-	// node holds a ready endpoint (or for Local).
+	// node holds a ready endpoint (or for Local). RingID names the ring
+	// by what makes it (its nodes, their weights and addresses, its
+	// size): ports with the same RingID have the same ring, and share one
+	// kernel map.
 	Ring      []uint32
 	RingNodes []netip.Addr
+	RingID    RingID
 	// Members are the addresses of the live nodes that hold serving
 	// endpoints (ready or terminating): the nodes tier-1 flows may stay
 	// pinned to. A superset of RingNodes.
@@ -111,6 +116,9 @@ type Entry struct {
 	// node as MaxLocalBackends.
 	Truncated int
 }
+
+// RingID is a digest of what makes a ring; the zero value names none.
+type RingID [sha256.Size]byte
 
 // MaxLocalBackends is how many endpoints of one port one node can serve
 // (MAX_LOCAL_BACKENDS in bpf/include/consts.h).
@@ -152,7 +160,11 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 		return 1
 	}
 	out := make([]Entry, 0, len(ports))
-	rings := map[string][]uint32{}
+	type ring struct {
+		slots []uint32
+		id    RingID
+	}
+	rings := map[string]ring{}
 	for _, p := range ports {
 		e := Entry{Key: p.Key(), Service: p.Service, Affinity: p.Affinity, Local: p.Local, SourceRanges: p.SourceRanges}
 		if p.Affinity {
@@ -230,16 +242,17 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 			if len(bs) > 0 {
 				// Ports with the same nodes and weights (the ports of
 				// one Service, usually) share one table.
-				key := fmt.Sprint(bs)
-				ring, ok := rings[key]
+				key := fmt.Sprint(ringSize, bs, e.RingNodes)
+				r, ok := rings[key]
 				if !ok {
-					var err error
-					if ring, err = maglev.Build(bs, ringSize); err != nil {
+					slots, err := maglev.Build(bs, ringSize)
+					if err != nil {
 						return nil, fmt.Errorf("%s: %w", e.Key, err)
 					}
-					rings[key] = ring
+					r = ring{slots, sha256.Sum256([]byte(key))}
+					rings[key] = r
 				}
-				e.Ring = ring
+				e.Ring, e.RingID = r.slots, r.id
 			}
 		}
 		out = append(out, e)
