@@ -42,7 +42,7 @@ type Dataplane struct {
 	// than the highest id ever given.
 	freeIDs []uint32
 	topID   uint32
-	rings map[uint32]RingID // id -> the ring last written
+	rings   map[uint32]RingID // id -> the ring last written
 	// ringMaps are the kernel maps of the rings in use, one per RingID,
 	// shared by every port with that ring; ringUsers count the ports.
 	ringMaps  map[RingID]*ebpf.Map
