@@ -67,6 +67,10 @@ func (c Config) pid(name string) (int, bool) {
 	return pid, c.ours(pid)
 }
 
+// Pid returns the pid of a running lab process (ip netns exec replaces
+// itself with the program, so it is the program's).
+func (c Config) Pid(name string) (int, bool) { return c.pid(name) }
+
 // ours tells whether pid is alive, not a zombie, and carries our marker.
 func (c Config) ours(pid int) bool {
 	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
