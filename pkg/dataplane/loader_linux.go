@@ -822,15 +822,17 @@ func (d *Dataplane) newRing(e Entry) (*ebpf.Map, error) {
 		return nil, fmt.Errorf("ring: %w", err)
 	}
 	// One copy through a mapping of the array: a batch update costs a
-	// quarter of a microsecond per slot, 4 ms a ring.
-	size := (len(e.Ring)*4 + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
+	// quarter of a microsecond per slot, 4 ms a ring. The kernel lays
+	// array elements out 8-byte aligned, so a 4-byte slot takes 8.
+	const stride = 8
+	size := (len(e.Ring)*stride + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
 	mem, err := unix.Mmap(ring.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		_ = ring.Close()
 		return nil, fmt.Errorf("map ring: %w", err)
 	}
 	for slot, b := range e.Ring {
-		binary.NativeEndian.PutUint32(mem[slot*4:], idx[b])
+		binary.NativeEndian.PutUint32(mem[slot*stride:], idx[b])
 	}
 	if err := unix.Munmap(mem); err != nil {
 		_ = ring.Close()

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -325,6 +326,25 @@ func TestLoaderSafety(t *testing.T) {
 	}
 	if in80 != in81 || len(d.ringMaps) != 1 {
 		t.Errorf("two ports with one ring use maps %d and %d (%d held), want one", in80, in81, len(d.ringMaps))
+	}
+	// What the kernel holds is the plan's ring, slot by slot.
+	ringPlan, err := Plan("node-a", nodes, []Port{p80}, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, err := ebpf.NewMapFromID(ebpf.MapID(in80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = inner.Close() }()
+	for slot, b := range ringPlan[0].Ring {
+		var got uint32
+		if err := inner.Lookup(uint32(slot), &got); err != nil {
+			t.Fatal(err)
+		}
+		if want := d.nodes[ringPlan[0].RingNodes[b]]; got != want {
+			t.Fatalf("slot %d holds node index %d, the plan says %d (%s)", slot, got, want, ringPlan[0].RingNodes[b])
+		}
 	}
 	var pk bpf.LbPeerKey
 	n := 0
