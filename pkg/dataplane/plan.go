@@ -137,6 +137,23 @@ const DefaultAffinityTimeout = 10800
 // serving terminating ones do. Serving endpoints that take no new flows
 // keep the flows they have.
 func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, error) {
+	return (&Planner{}).Plan(self, nodes, ports, ringSize)
+}
+
+// Planner computes plans like Plan and keeps the rings of its last one, so
+// that a change (a node's death, an endpoint more) rebuilds only the rings
+// it touches. Not safe for concurrent use.
+type Planner struct {
+	rings map[string]ring
+}
+
+type ring struct {
+	slots []uint32
+	id    RingID
+}
+
+// Plan is Plan, reusing the rings of the previous call that still fit.
+func (pl *Planner) Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, error) {
 	addrOf := map[string][2]netip.Addr{} // node -> [v4, v6]
 	dead := map[string]bool{}
 	for _, n := range nodes {
@@ -160,10 +177,6 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 		return 1
 	}
 	out := make([]Entry, 0, len(ports))
-	type ring struct {
-		slots []uint32
-		id    RingID
-	}
 	rings := map[string]ring{}
 	for _, p := range ports {
 		e := Entry{Key: p.Key(), Service: p.Service, Affinity: p.Affinity, Local: p.Local, SourceRanges: p.SourceRanges}
@@ -245,6 +258,9 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 				key := fmt.Sprint(ringSize, bs, e.RingNodes)
 				r, ok := rings[key]
 				if !ok {
+					r, ok = pl.rings[key]
+				}
+				if !ok {
 					slots, err := maglev.Build(bs, ringSize)
 					if err != nil {
 						return nil, fmt.Errorf("%s: %w", e.Key, err)
@@ -252,6 +268,7 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 					r = ring{slots, sha256.Sum256([]byte(key))}
 					rings[key] = r
 				}
+				rings[key] = r
 				e.Ring, e.RingID = r.slots, r.id
 			}
 		}
@@ -260,6 +277,7 @@ func Plan(self string, nodes []Node, ports []Port, ringSize uint32) ([]Entry, er
 	slices.SortFunc(out, func(a, b Entry) int {
 		return cmp.Or(a.Key.VIP.Compare(b.Key.VIP), cmp.Compare(a.Key.Port, b.Key.Port), cmp.Compare(a.Key.Proto, b.Key.Proto))
 	})
+	pl.rings = rings
 	return out, nil
 }
 

@@ -230,3 +230,36 @@ func TestPlanManyLocal(t *testing.T) {
 		t.Errorf("node-a holds %.2f of the ring; it serves 64 endpoints like node-b, want about half", share)
 	}
 }
+
+// TestPlannerReuse: a Planner's plans are Plan's, and a change rebuilds
+// only the rings it touches (the others are the very same slices).
+func TestPlannerReuse(t *testing.T) {
+	p1 := Port{VIP: vip, Port: 80, Proto: TCP, Endpoints: []Endpoint{ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true)}}
+	p2 := Port{VIP: netip.MustParseAddr("10.9.0.2"), Port: 80, Proto: TCP, Endpoints: []Endpoint{ep("10.1.2.2", "node-c", true), ep("10.1.1.3", "node-b", true)}}
+	var pl Planner
+	first, err := pl.Plan("node-a", nodes, []Port{p1, p2}, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := slices.Clone(nodes)
+	dead[2].Dead = true // node-c: only p2's ring changes
+	second, err := pl.Plan("node-a", dead, []Port{p1, p2}, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := Plan("node-a", dead, []Port{p1, p2}, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range fresh {
+		if !slices.Equal(second[i].Ring, fresh[i].Ring) || second[i].RingID != fresh[i].RingID {
+			t.Errorf("%s: the planner's ring differs from a fresh plan's", fresh[i].Key)
+		}
+	}
+	if &first[0].Ring[0] != &second[0].Ring[0] {
+		t.Error("an untouched ring was rebuilt")
+	}
+	if first[1].RingID == second[1].RingID {
+		t.Error("a touched ring kept its id")
+	}
+}

@@ -108,8 +108,9 @@ func BenchmarkApplyScale(b *testing.B) {
 			nodes, ports := scaleWorld(services)
 			self := Self{V4: nodes[0].Addrs[0]}
 			for b.Loop() {
+				var planner Planner
 				start := time.Now()
-				entries, err := Plan(nodes[0].Name, nodes, ports, opts.RingSize)
+				entries, err := planner.Plan(nodes[0].Name, nodes, ports, opts.RingSize)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -131,7 +132,7 @@ func BenchmarkApplyScale(b *testing.B) {
 				// node-0007 dies: it is in the rings of three Services.
 				nodes[7].Dead = true
 				start = time.Now()
-				entries, err = Plan(nodes[0].Name, nodes, ports, opts.RingSize)
+				entries, err = planner.Plan(nodes[0].Name, nodes, ports, opts.RingSize)
 				if err != nil {
 					b.Fatal(err)
 				}

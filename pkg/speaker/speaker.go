@@ -99,8 +99,10 @@ type Speaker struct {
 	// owners remembers the computed layer-2 owner of each IP, to count
 	// owner changes.
 	owners map[netip.Addr]string
-	// dp is the XDP data plane; nil with --dataplane=kernel.
-	dp *dataplane.Dataplane
+	// dp is the XDP data plane; nil with --dataplane=kernel. planner
+	// computes its plans, keeping the last one's rings.
+	dp      *dataplane.Dataplane
+	planner dataplane.Planner
 	// dump is dp once it is open, for the debug endpoint.
 	dump atomic.Pointer[dataplane.Dataplane]
 	// bgp is the embedded BGP router; it starts with the first peer.

@@ -219,7 +219,7 @@ func (s *Speaker) applyDataplane(w world) error {
 		return fmt.Errorf("data plane: node %s not found", s.opts.NodeName)
 	}
 	fp := forwarding(w)
-	entries, err := dataplane.Plan(s.opts.NodeName, fp.nodes, fp.ports, s.opts.XDP.RingSize)
+	entries, err := s.planner.Plan(s.opts.NodeName, fp.nodes, fp.ports, s.opts.XDP.RingSize)
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
