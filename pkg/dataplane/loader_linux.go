@@ -421,6 +421,18 @@ func (d *Dataplane) Apply(self Self, nodes []Node, entries []Entry) error {
 	return errors.Join(errs...)
 }
 
+// Lacks reports whether entries have a port the maps do not hold yet.
+func (d *Dataplane) Lacks(entries []Entry) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range entries {
+		if _, ok := d.ids[e.Key]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
 // Beat refreshes the heartbeat alone, so a speaker with nothing to change
 // keeps its data plane from going stale.
 func (d *Dataplane) Beat() error {

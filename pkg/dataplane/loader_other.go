@@ -15,6 +15,7 @@ var errLinux = errors.New("the xdp data plane needs Linux")
 
 func Open(logr.Logger, Options) (*Dataplane, error)  { return nil, errLinux }
 func (*Dataplane) Apply(Self, []Node, []Entry) error { return errLinux }
+func (*Dataplane) Lacks([]Entry) bool                { return true }
 func (*Dataplane) Beat() error                       { return errLinux }
 func (*Dataplane) Close() error                      { return nil }
 func (*Dataplane) Dump() Dump                        { return Dump{} }

@@ -8,7 +8,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/dataplane"
@@ -48,96 +47,30 @@ func forwarding(w world) forwardingPlan {
 		addrs := internalIPs(n)
 		out.nodes = append(out.nodes, dataplane.Node{Name: n.Name, Addrs: addrs, Dead: w.dead[n.Name] || !nodeReady(n)})
 	}
-	byService := map[string][]*discoveryv1.EndpointSlice{}
-	for i := range w.slices {
-		s := &w.slices[i]
-		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
-			byService[s.Namespace+"/"+name] = append(byService[s.Namespace+"/"+name], s)
-		}
-	}
-	for i := range w.services {
-		svc := &w.services[i]
-		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
-			continue
-		}
-		// Entries that are no CIDR are ignored here and reported by
-		// the controller.
-		srcRanges, _ := config.SourceRanges(svc.Spec.LoadBalancerSourceRanges)
-		var timeout uint32
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			timeout = uint32(max(*c.ClientIP.TimeoutSeconds, 0))
-		}
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			vip, err := netip.ParseAddr(ing.IP)
-			if err != nil || !inPool(vip) {
+	for _, f := range w.facts() {
+		for _, vip := range f.ips {
+			if !inPool(vip) {
 				continue
 			}
-			for _, sp := range svc.Spec.Ports {
-				proto := uint8(dataplane.TCP)
-				switch sp.Protocol {
-				case corev1.ProtocolUDP:
-					proto = dataplane.UDP
-				case corev1.ProtocolSCTP:
-					continue
-				}
+			for _, sp := range f.ports {
 				p := dataplane.Port{
-					Service: svc.Namespace + "/" + svc.Name,
-					VIP:     vip, Port: uint16(sp.Port), Proto: proto,
-					Affinity:     svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP,
-					Local:        svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
-					SourceRanges: config.RangesOfFamily(srcRanges, vip.Is4()),
+					Service: f.key.String(),
+					VIP:     vip, Port: sp.port, Proto: sp.proto,
+					Affinity:     f.affinity,
+					Local:        f.local,
+					SourceRanges: config.RangesOfFamily(f.ranges, vip.Is4()),
 				}
 				if p.Affinity {
-					p.AffinityTimeout = timeout
+					p.AffinityTimeout = f.affinityTimeout
 				}
-				for _, s := range byService[svc.Namespace+"/"+svc.Name] {
-					p.Endpoints = append(p.Endpoints, sliceEndpoints(s, sp, vip.Is4())...)
+				for _, e := range f.endpoints[family(vip)] {
+					if target := e.targets[sp.ref]; target != 0 {
+						p.Endpoints = append(p.Endpoints, dataplane.Endpoint{Addr: e.addr, Port: target, Node: e.node, Ready: e.ready, Serving: e.serving})
+					}
 				}
 				out.ports = append(out.ports, p)
 			}
 		}
-	}
-	return out
-}
-
-// sliceEndpoints returns the endpoints of one slice for one Service port.
-func sliceEndpoints(s *discoveryv1.EndpointSlice, sp corev1.ServicePort, v4 bool) []dataplane.Endpoint {
-	if (s.AddressType == discoveryv1.AddressTypeIPv4) != v4 || (s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6) {
-		return nil
-	}
-	var target uint16
-	for _, p := range s.Ports {
-		name := ""
-		if p.Name != nil {
-			name = *p.Name
-		}
-		proto := corev1.ProtocolTCP
-		if p.Protocol != nil {
-			proto = *p.Protocol
-		}
-		if name == sp.Name && proto == sp.Protocol && p.Port != nil {
-			target = uint16(*p.Port)
-		}
-	}
-	if target == 0 {
-		return nil
-	}
-	var out []dataplane.Endpoint
-	for j := range s.Endpoints {
-		e := &s.Endpoints[j]
-		if len(e.Addresses) == 0 {
-			continue
-		}
-		addr, err := netip.ParseAddr(e.Addresses[0])
-		if err != nil {
-			continue
-		}
-		ready, serving := endpointState(e)
-		node := ""
-		if e.NodeName != nil {
-			node = *e.NodeName
-		}
-		out = append(out, dataplane.Endpoint{Addr: addr, Port: target, Node: node, Ready: ready, Serving: serving})
 	}
 	return out
 }

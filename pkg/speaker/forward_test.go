@@ -60,3 +60,41 @@ func TestForwarding(t *testing.T) {
 		t.Errorf("ports (-want +got):\n%s", d)
 	}
 }
+
+// TestOneViewOfReadiness: when no endpoint is ready but one still serves
+// while terminating, the announcer announces the IP from that endpoint's
+// node (Local) and the data plane sends new flows to it; an endpoint that
+// neither is ready nor serves counts for neither.
+func TestOneViewOfReadiness(t *testing.T) {
+	svc := testService("web", "192.0.2.10", true)
+	svc.Spec.Ports = []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}
+	es := testSlice("web", "a", "b")
+	es.Ports = []discoveryv1.EndpointPort{{Name: new("http"), Protocol: new(corev1.ProtocolTCP), Port: new(int32(8080))}}
+	es.Endpoints[0].Conditions = discoveryv1.EndpointConditions{Ready: new(false), Serving: new(true), Terminating: new(true)}
+	es.Endpoints[1].Conditions = discoveryv1.EndpointConditions{Ready: new(false), Serving: new(false), Terminating: new(true)}
+	nodes := []corev1.Node{testNode("a", nil, corev1.ConditionTrue), testNode("b", nil, corev1.ConditionTrue)}
+	for i, a := range []string{"10.1.0.11", "10.1.0.12"} {
+		nodes[i].Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: a}}
+	}
+	w := world{
+		nodes:    nodes,
+		services: []corev1.Service{svc},
+		slices:   []discoveryv1.EndpointSlice{es},
+		pools:    []ironlbv1alpha1.IPPool{testPool("lan", nil, "192.0.2.0/24")},
+		l2:       []ironlbv1alpha1.L2Advertisement{{}},
+		alive:    map[string]bool{"a": true, "b": true},
+	}
+	w.svcFacts = translate(w.services, w.slices)
+	d := plan(w, "a")
+	if len(d) != 1 || d[0].owner != "a" {
+		t.Fatalf("decisions %+v: want the IP owned by a, whose endpoint serves", d)
+	}
+	fp := forwarding(w)
+	entries, err := dataplane.Plan("a", fp.nodes, fp.ports, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || len(entries[0].Backends) != 1 || entries[0].Ready != 1 {
+		t.Errorf("data plane entry %+v: want the serving endpoint taking new flows", entries)
+	}
+}

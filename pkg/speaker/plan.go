@@ -33,6 +33,8 @@ type world struct {
 	// dead are the nodes memberlist declared dead since they were last
 	// alive (a node never seen is not dead: its speaker may be starting).
 	dead map[string]bool
+	// svcFacts are services and slices translated once (see facts).
+	svcFacts []serviceFacts
 }
 
 // bgpRoute is a route this node advertises for an IP, from one
@@ -95,52 +97,6 @@ func plan(w world, self string) []decision {
 		return nil
 	}
 
-	// Ready endpoints per Service, family and node.
-	type famKey struct {
-		svc types.NamespacedName
-		v6  bool
-	}
-	// Endpoints that take new flows per Service, family and node, by the
-	// rule the data plane forwards by (takesNewFlows).
-	type count struct{ ready, serving map[string]int }
-	counts := map[famKey]*count{}
-	for i := range w.slices {
-		es := &w.slices[i]
-		name := es.Labels[discoveryv1.LabelServiceName]
-		if name == "" || (es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6) {
-			continue
-		}
-		k := famKey{types.NamespacedName{Namespace: es.Namespace, Name: name}, es.AddressType == discoveryv1.AddressTypeIPv6}
-		for j := range es.Endpoints {
-			ep := &es.Endpoints[j]
-			if len(ep.Addresses) == 0 {
-				continue
-			}
-			isReady, serving := endpointState(ep)
-			if counts[k] == nil {
-				counts[k] = &count{map[string]int{}, map[string]int{}}
-			}
-			node := ""
-			if ep.NodeName != nil {
-				node = *ep.NodeName
-			}
-			if isReady {
-				counts[k].ready[node]++
-			}
-			if serving {
-				counts[k].serving[node]++
-			}
-		}
-	}
-	ready := map[famKey]map[string]int{}
-	for k, c := range counts {
-		if len(c.ready) > 0 {
-			ready[k] = c.ready
-		} else if len(c.serving) > 0 {
-			ready[k] = c.serving // no endpoint is ready: the serving ones take flows
-		}
-	}
-
 	type ipState struct {
 		pool     *ironlbv1alpha1.IPPool
 		services []types.NamespacedName
@@ -148,18 +104,11 @@ func plan(w world, self string) []decision {
 		perNode  map[string]int
 	}
 	ips := map[netip.Addr]*ipState{}
-	for i := range w.services {
-		svc := &w.services[i]
-		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || svc.DeletionTimestamp != nil {
+	for _, f := range w.facts() {
+		if f.deleting {
 			continue
 		}
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			ip, err := netip.ParseAddr(ing.IP)
-			if err != nil {
-				continue
-			}
-			ip = ip.Unmap()
+		for _, ip := range f.ips {
 			pool := poolOf(ip)
 			if pool == nil {
 				continue // not ours to announce
@@ -169,9 +118,9 @@ func plan(w world, self string) []decision {
 				st = &ipState{pool: pool, perNode: map[string]int{}}
 				ips[ip] = st
 			}
-			st.services = append(st.services, key)
-			st.svc.Local = st.svc.Local || svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
-			for node, n := range ready[famKey{key, ip.Is6()}] {
+			st.services = append(st.services, f.key)
+			st.svc.Local = st.svc.Local || f.local
+			for node, n := range f.takingNewFlows(family(ip)) {
 				st.svc.ReadyEndpoints += n
 				st.perNode[node] += n
 			}

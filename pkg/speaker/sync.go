@@ -57,16 +57,28 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	w.nodes, w.services, w.slices, w.pools, w.l2 = nodes.Items, svcs.Items, slcs.Items, pools.Items, l2advs.Items
 	w.bgpPeers, w.bgpAdvs = bpeers.Items, badvs.Items
+	w.svcFacts = translate(w.services, w.slices)
 	w.alive = s.members.Alive()
 	w.alive[s.opts.NodeName] = true
 	w.dead = s.members.Dead()
 	delete(w.dead, s.opts.NodeName)
 	s.metrics.members.Set(float64(len(w.alive)))
 
-	// Forwarding first: a node must forward an IP before it announces it.
+	// Forwarding first when the plan has ports the data plane lacks: a
+	// node must forward an IP before it announces it. Otherwise last:
+	// when a node dies, its IPs move before the rings are rewritten.
 	var dpErr error
+	var dpLater func() error
 	if s.dp != nil {
-		dpErr = s.applyDataplane(w)
+		apply, fresh, err := s.planDataplane(w)
+		switch {
+		case err != nil:
+			dpErr = err
+		case fresh:
+			dpErr = apply()
+		default:
+			dpLater = apply
+		}
 	}
 	decisions := plan(w, s.opts.NodeName)
 	want := map[string][]netip.Addr{}
@@ -130,6 +142,9 @@ func (s *Speaker) sync(ctx context.Context) error {
 		n += len(ips)
 	}
 	s.metrics.announced.WithLabelValues("L2").Set(float64(n))
+	if dpLater != nil {
+		dpErr = dpLater()
+	}
 	s.writer.publish(mine, owned, w.alive)
 	s.writer.publishSessions(sessionsOf(peers, problems, s.bgp.States(), s.bgp.Exported()))
 	if err != nil {
@@ -207,8 +222,10 @@ func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.P
 	return out, nil
 }
 
-// applyDataplane writes the world into the XDP maps.
-func (s *Speaker) applyDataplane(w world) error {
+// planDataplane computes what the XDP maps must hold, and returns the
+// function that writes it and whether the plan has ports the data plane
+// does not have yet.
+func (s *Speaker) planDataplane(w world) (func() error, bool, error) {
 	var self *corev1.Node
 	for i := range w.nodes {
 		if w.nodes[i].Name == s.opts.NodeName {
@@ -216,12 +233,12 @@ func (s *Speaker) applyDataplane(w world) error {
 		}
 	}
 	if self == nil {
-		return fmt.Errorf("data plane: node %s not found", s.opts.NodeName)
+		return nil, false, fmt.Errorf("data plane: node %s not found", s.opts.NodeName)
 	}
 	fp := forwarding(w)
 	entries, err := s.planner.Plan(s.opts.NodeName, fp.nodes, fp.ports, s.opts.XDP.RingSize)
 	if err != nil {
-		return fmt.Errorf("data plane: %w", err)
+		return nil, false, fmt.Errorf("data plane: %w", err)
 	}
 	for _, e := range entries {
 		if e.Truncated > 0 {
@@ -229,10 +246,13 @@ func (s *Speaker) applyDataplane(w world) error {
 				"port", e.Key.String(), "served", dataplane.MaxLocalBackends, "unserved", e.Truncated)
 		}
 	}
-	if err := s.dp.Apply(selfOf(self), fp.nodes, entries); err != nil {
-		return fmt.Errorf("data plane: %w", err)
+	apply := func() error {
+		if err := s.dp.Apply(selfOf(self), fp.nodes, entries); err != nil {
+			return fmt.Errorf("data plane: %w", err)
+		}
+		return nil
 	}
-	return nil
+	return apply, s.dp.Lacks(entries), nil
 }
 
 // interfacesFor picks the interfaces to answer on when the advertisement
