@@ -78,7 +78,9 @@ func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, c
 	m := &members{log: log, changed: changed, alive: map[string]bool{name: true},
 		down: map[string]time.Time{}, dead: map[string]bool{}}
 	m.probe = func(a netip.Addr) bool {
-		ok, err := reachable(a, 2, 100*time.Millisecond)
+		// Three tries: a live node wrongly found dead has its flows
+		// placed again, a dead one found late only delays new flows.
+		ok, err := reachable(a, 3, 100*time.Millisecond)
 		if err != nil {
 			// Without a probe, a gone speaker means a dead node.
 			log.Error(err, "probe a node whose speaker is gone", "address", a)
