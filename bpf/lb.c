@@ -688,8 +688,8 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 		return DROP_NO_RING;
 	__u32 slot = hash_flow(f, aff) % cfg->ring_size;
 	__u32 *idx = bpf_map_lookup_elem(ring, &slot);
-	if (!idx)
-		return DROP_NO_RING;
+	if (!idx || *idx == 0)
+		return DROP_NO_RING; /* index 0: the empty ring of a port that has none */
 	struct node_info *ni = bpf_map_lookup_elem(&nodes, idx);
 	if (!ni || ni->family != f->family)
 		return DROP_NO_NODE;

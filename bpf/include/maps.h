@@ -44,7 +44,7 @@ struct {
 	__array(values, struct ring);
 } rings SEC(".maps");
 
-/* Node index -> address: every live node (a dead one is cleared), so a
+/* Node index -> address (index 0 is never a node): every live node (a dead one is cleared), so a
  * TCP flow pinned to a node stays while the node lives. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -47,6 +47,10 @@ type Dataplane struct {
 	// shared by every port with that ring; ringUsers count the ports.
 	ringMaps  map[RingID]*ebpf.Map
 	ringUsers map[RingID]int
+	// empty is a ring of zeros (node index 0, no node) that a port's
+	// slot gets when its ring goes: an array of maps cannot delete in a
+	// batch, and each single delete waits for an RCU grace period.
+	empty *ebpf.Map
 	// resolved are the ring nodes with a managed neighbour entry.
 	resolved map[netip.Addr]bool
 	sets     map[uint32]uint64 // id -> hash of the backends last written
@@ -96,6 +100,12 @@ func Open(log logr.Logger, opts Options) (*Dataplane, error) {
 		_ = d.objs.Close()
 		return nil, err
 	}
+	empty, err := ebpf.NewMap(d.ring)
+	if err != nil {
+		_ = d.objs.Close()
+		return nil, fmt.Errorf("empty ring: %w", err)
+	}
+	d.empty = empty
 	for _, name := range opts.Interfaces {
 		if err := d.attach(name); err != nil {
 			_ = d.objs.Close()
@@ -294,6 +304,7 @@ func (d *Dataplane) Close() error {
 	for _, m := range d.ringMaps {
 		_ = m.Close()
 	}
+	_ = d.empty.Close()
 	return d.objs.Close()
 }
 
@@ -763,25 +774,29 @@ func (d *Dataplane) stageRing(id uint32, e Entry, swaps *ringSwaps) (bool, error
 	return true, nil
 }
 
-// commitRings takes the removed rings out with one batch delete and swaps
-// the staged ones in with one batch update, then forgets the rings no
-// port uses. On failure it marks the ports whose swap did not happen.
+// commitRings points the slots of removed rings at the empty ring and
+// swaps the staged ones in, all in one batch update (one RCU grace
+// period), then forgets the rings no port uses. On failure it marks the
+// ports whose swap did not happen.
 func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 	swaps.failed = map[uint32]bool{}
 	var errs []error
-	if len(swaps.dels) > 0 {
-		if _, err := d.objs.Rings.BatchDelete(swaps.dels, nil); err != nil {
-			// One by one then, each waiting for its grace period.
-			for _, id := range swaps.dels {
-				errs = append(errs, ignoreNotExist(d.objs.Rings.Delete(id)))
-			}
-		}
+	// The removals first: a freed id taken by a new port in the same
+	// batch gets its new ring, the later write.
+	keys := make([]uint32, 0, len(swaps.dels)+len(swaps.ids))
+	fds := make([]uint32, 0, cap(keys))
+	for _, id := range swaps.dels {
+		keys = append(keys, id)
+		fds = append(fds, uint32(d.empty.FD()))
 	}
-	if len(swaps.ids) > 0 {
-		n, err := d.objs.Rings.BatchUpdate(swaps.ids, swaps.fds, nil)
+	keys = append(keys, swaps.ids...)
+	fds = append(fds, swaps.fds...)
+	if len(keys) > 0 {
+		n, err := d.objs.Rings.BatchUpdate(keys, fds, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("swap rings: %w", err))
 		}
+		n -= len(swaps.dels)
 		for i, id := range swaps.ids {
 			if i >= n {
 				swaps.failed[id] = true

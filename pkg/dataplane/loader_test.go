@@ -403,6 +403,24 @@ func TestLoaderSafety(t *testing.T) {
 	if got := trie(); len(got) != 0 {
 		t.Errorf("trie %v with no ranges left", got)
 	}
+	// Every port goes: their slots hold the empty ring (an array of maps
+	// cannot batch-delete), and no ring map is held any more.
+	id81 := info(81).ServiceId
+	if err := d.Apply(self, nodes, nil); err != nil {
+		t.Fatal(err)
+	}
+	var innerID uint32
+	if err := d.objs.Rings.Lookup(id81, &innerID); err != nil {
+		t.Fatal(err)
+	}
+	emptyInfo, err := d.empty.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eid, _ := emptyInfo.ID(); ebpf.MapID(innerID) != eid || len(d.ringMaps) != 0 {
+		t.Errorf("a removed port's slot holds map %d, want the empty ring %d; %d rings held", innerID, eid, len(d.ringMaps))
+	}
+	apply(p81, Port{VIP: vip, Port: 82, Proto: TCP, Endpoints: eps})
 
 	// A flow, then a pinned config of another layout: replaced on start.
 	flow := bpf.LbFlow{Src: bpf.Addr(netip.MustParseAddr("10.9.9.9")), Dst: bpf.Addr(vip), Sport: bpf.Port(1), Dport: bpf.Port(81), Proto: TCP, Family: 4}

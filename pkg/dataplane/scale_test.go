@@ -149,6 +149,13 @@ func BenchmarkApplyScale(b *testing.B) {
 					}
 				}
 				nodes[7].Dead = false
+
+				// Every Service goes.
+				start = time.Now()
+				if err := d.Apply(self, nodes, nil); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/remove-all")
 			}
 		})
 	}
