@@ -189,7 +189,7 @@ func (pl *Planner) Plan(self string, nodes []Node, ports []Port, ringSize uint32
 		// The endpoints that count: of the VIP's family, on live nodes.
 		var eps []Endpoint
 		for _, ep := range p.Endpoints {
-			if ep.Addr.Is4() != p.VIP.Is4() || dead[ep.Node] || !(ep.Ready || ep.Serving) {
+			if ep.Addr.Is4() != p.VIP.Is4() || dead[ep.Node] || (!ep.Ready && !ep.Serving) {
 				continue
 			}
 			eps = append(eps, ep)
