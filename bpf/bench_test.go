@@ -22,7 +22,7 @@ func harness(b *testing.B, objs *LbObjects) (*ebpf.Program, *ebpf.Program, *ebpf
 		"backends": objs.Backends, "ct1": objs.Ct1, "ct2": objs.Ct2, "revnat": objs.Revnat,
 		"stats": objs.Stats, "drops": objs.Drops, "nexthops": objs.Nexthops,
 		"source_ranges": objs.SourceRanges, "tunnel_peers": objs.TunnelPeers,
-		"ring_members": objs.RingMembers, "affinity": objs.Affinity,
+		"ring_members": objs.RingMembers, "affinity": objs.Affinity, "clock_cache": objs.ClockCache,
 	} {
 		repl[name] = m
 	}
@@ -68,6 +68,11 @@ func BenchmarkXDP(b *testing.B) {
 	ifindex := testNet(b)
 	world(b, objs)
 	prog, floorProg, cfgMap := harness(b, objs)
+	// As the speaker runs it: a heartbeat, and a bound on it.
+	var settings LbSettings
+	must(b, objs.Config.Lookup(uint32(0), &settings))
+	settings.StaleAfter, settings.Heartbeat = 300_000_000_000, nowCoarse(b)
+	must(b, objs.Config.Put(uint32(0), settings))
 	trivial, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: ebpf.XDP, License: "Dual BSD/GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},

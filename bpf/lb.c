@@ -48,6 +48,23 @@ static __always_inline int drop(enum drop_reason reason)
 	return XDP_DROP;
 }
 
+/* coarse_now returns bpf_ktime_get_coarse_ns() as this CPU read it within
+ * the current jiffy: at most one read a jiffy (1 to 10 ms) instead of one
+ * a packet. */
+static __always_inline __u64 coarse_now(void)
+{
+	__u32 zero = 0;
+	struct clock *c = bpf_map_lookup_elem(&clock_cache, &zero);
+	if (!c)
+		return bpf_ktime_get_coarse_ns();
+	__u64 j = bpf_jiffies64();
+	if (c->jiffies != j) {
+		c->jiffies = j;
+		c->ns = bpf_ktime_get_coarse_ns();
+	}
+	return c->ns;
+}
+
 static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
@@ -82,7 +99,7 @@ static __always_inline int admitted(const struct vip_info *vip, const struct flo
  * traffic goes to the kernel (kube-proxy, if it runs) untouched. */
 static __always_inline int stale(const struct settings *cfg)
 {
-	return cfg->stale_after != 0 && bpf_ktime_get_coarse_ns() > cfg->heartbeat + cfg->stale_after;
+	return cfg->stale_after != 0 && coarse_now() > cfg->heartbeat + cfg->stale_after;
 }
 
 static __always_inline int pass_stale(void)
@@ -210,7 +227,7 @@ static __always_inline int deliver(struct xdp_md *ctx, const struct settings *cf
 			return XDP_PASS;
 		len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
 	}
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = coarse_now();
 	if (ce->ifindex == 0 || ce->expires <= now || len > ce->max_len) {
 		struct bpf_fib_lookup fib = {};
 		fib.ifindex = ctx->ingress_ifindex;
@@ -332,7 +349,7 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 				 void *data_end, const struct vip_info *vip)
 {
 	__u32 id = vip->service_id;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = coarse_now();
 	struct backend_set *set = NULL;
 	struct ct2_entry *ce = bpf_map_lookup_elem(&ct2, f);
 
@@ -447,7 +464,7 @@ static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
 	/* The next hop towards the node: from the cache while it is fresh,
 	 * else a FIB lookup (an output lookup: we originate the outer
 	 * packet), which refreshes it. */
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = coarse_now();
 	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
 	if (!nh)
 		return drop(DROP_NO_NODE);
@@ -668,7 +685,7 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 	struct affinity_key ak = {};
 	int aff = vip->flags & VIP_AFFINITY;
 	if (aff) {
-		now = bpf_ktime_get_coarse_ns();
+		now = coarse_now();
 		struct affinity_entry *e = affine(vip, f, 1, &ak, now);
 		if (e && still_member(vip, e->node, e->idx)) {
 			__builtin_memcpy(node->node, e->node, 16);

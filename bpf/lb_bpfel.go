@@ -47,6 +47,12 @@ type LbBackendSet struct {
 	Be    [64]LbBackend
 }
 
+type LbClock struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Ns      uint64
+}
+
 type LbCt1Entry struct {
 	_    structs.HostLayout
 	Node [4]uint32
@@ -162,6 +168,7 @@ type LbVipKey struct {
 const (
 	LbMapAffinity        = "affinity"
 	LbMapBackends        = "backends"
+	LbMapClockCache      = "clock_cache"
 	LbMapConfig          = "config"
 	LbMapCt1             = "ct1"
 	LbMapCt2             = "ct2"
@@ -232,6 +239,7 @@ type LbProgramSpecs struct {
 type LbMapSpecs struct {
 	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
 	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
@@ -276,6 +284,7 @@ func (o *LbObjects) Close() error {
 type LbMaps struct {
 	Affinity      *ebpf.Map `ebpf:"affinity"`
 	Backends      *ebpf.Map `ebpf:"backends"`
+	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
 	Config        *ebpf.Map `ebpf:"config"`
 	Ct1           *ebpf.Map `ebpf:"ct1"`
 	Ct2           *ebpf.Map `ebpf:"ct2"`
@@ -296,6 +305,7 @@ func (m *LbMaps) Close() error {
 	return _LbClose(
 		m.Affinity,
 		m.Backends,
+		m.ClockCache,
 		m.Config,
 		m.Ct1,
 		m.Ct2,

@@ -26,7 +26,7 @@ func putVIP(t *testing.T, objs *LbObjects, k LbVipKey, v LbVipInfo) {
 	must(t, objs.Vips.Put(k, v))
 }
 
-func nowCoarse(t *testing.T) uint64 {
+func nowCoarse(t testing.TB) uint64 {
 	t.Helper()
 	var ts unix.Timespec
 	must(t, unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts))

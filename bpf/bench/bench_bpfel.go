@@ -58,6 +58,12 @@ type BenchBenchCfg struct {
 	Saved    [64]uint8
 }
 
+type BenchClock struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Ns      uint64
+}
+
 type BenchCt1Entry struct {
 	_    structs.HostLayout
 	Node [4]uint32
@@ -180,6 +186,7 @@ const (
 	BenchMapAffinity        = "affinity"
 	BenchMapBackends        = "backends"
 	BenchMapBench           = "bench"
+	BenchMapClockCache      = "clock_cache"
 	BenchMapConfig          = "config"
 	BenchMapCt1             = "ct1"
 	BenchMapCt2             = "ct2"
@@ -255,6 +262,7 @@ type BenchMapSpecs struct {
 	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
 	Bench         *ebpf.MapSpec `ebpf:"bench"`
+	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
 	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
@@ -300,6 +308,7 @@ type BenchMaps struct {
 	Affinity      *ebpf.Map `ebpf:"affinity"`
 	Backends      *ebpf.Map `ebpf:"backends"`
 	Bench         *ebpf.Map `ebpf:"bench"`
+	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
 	Config        *ebpf.Map `ebpf:"config"`
 	Ct1           *ebpf.Map `ebpf:"ct1"`
 	Ct2           *ebpf.Map `ebpf:"ct2"`
@@ -321,6 +330,7 @@ func (m *BenchMaps) Close() error {
 		m.Affinity,
 		m.Backends,
 		m.Bench,
+		m.ClockCache,
 		m.Config,
 		m.Ct1,
 		m.Ct2,

@@ -152,6 +152,15 @@ struct {
 	__type(value, struct affinity_entry);
 } affinity SEC(".maps");
 
+/* The coarse clock per CPU, read again when jiffies move: a clock read
+ * costs more than the rest of an established flow's path here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock);
+} clock_cache SEC(".maps");
+
 /* Drops by reason, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

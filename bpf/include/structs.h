@@ -146,6 +146,12 @@ struct backend_set {
 	struct backend be[MAX_LOCAL_BACKENDS];
 };
 
+/* The coarse clock as one CPU last read it, and the jiffy it read it in. */
+struct clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
 /* sessionAffinity ClientIP: a client of a Service port, on one tier. */
 struct affinity_key {
 	__u32 addr[4];
