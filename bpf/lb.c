@@ -94,6 +94,21 @@ static __always_inline int admitted(const struct vip_info *vip, const struct flo
 	return bpf_map_lookup_elem(&source_ranges, &k) != NULL;
 }
 
+/* admitted_flow is admitted for a packet of a flow whose conntrack entry
+ * (ct1 or ct2; may be NULL) is ce: a flow the VIP's current list admitted
+ * once skips the trie; a new list (an edit) has a new id, and checks it
+ * again. (A macro: the field is touched only once ce is known non-NULL.) */
+#define admitted_flow(vip, f, ce)                                          \
+	({                                                                 \
+		int ok_ = 1;                                               \
+		if ((vip)->acl != 0 && !((ce) && (ce)->acl_ok == (vip)->acl)) { \
+			ok_ = admitted(vip, f);                            \
+			if (ok_ && (ce))                                   \
+				(ce)->acl_ok = (vip)->acl;                 \
+		}                                                          \
+		ok_;                                                       \
+	})
+
 /* stale reports whether the speaker has not refreshed the data plane for
  * longer than it allowed: its rings and endpoints may be wrong, and VIP
  * traffic goes to the kernel (kube-proxy, if it runs) untouched. */
@@ -346,12 +361,11 @@ static __always_inline int pick_backend(const struct vip_info *vip, const struct
  * own while it still serves, else a new one. */
 static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 				 struct flow *f, struct hdrs *h, void *data,
-				 void *data_end, const struct vip_info *vip)
+				 void *data_end, const struct vip_info *vip,
+				 struct ct2_entry *ce)
 {
 	__u32 id = vip->service_id;
-	__u64 now = coarse_now();
 	struct backend_set *set = NULL;
-	struct ct2_entry *ce = bpf_map_lookup_elem(&ct2, f);
 
 	if (ce && ce->gen != vip->gen) {
 		/* The endpoints changed since the flow last looked: it keeps
@@ -372,8 +386,9 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 			set = bpf_map_lookup_elem(&backends, &id);
 		if (!set)
 			return drop(DROP_NO_BACKEND);
-		struct ct2_entry fresh = {.gen = vip->gen, .revnat_at = now};
-		if (pick_backend(vip, f, set, &fresh.be, now) < 0)
+		/* The caller admitted this packet under the VIP's list. */
+		struct ct2_entry fresh = {.gen = vip->gen, .acl_ok = vip->acl, .revnat_at = bpf_jiffies64()};
+		if (pick_backend(vip, f, set, &fresh.be, coarse_now()) < 0)
 			return drop(DROP_NO_BACKEND);
 		bpf_map_update_elem(&ct2, f, &fresh, BPF_ANY);
 		put_revnat(f, &fresh.be, 0);
@@ -385,11 +400,15 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 				return drop(DROP_MALFORMED);
 			return XDP_PASS;
 		}
-	} else if (now - ce->revnat_at > REVNAT_CHECK_NS) {
+	} else {
 		/* Replies need the reverse-NAT entry as long as the flow
-		 * lives: put it back if the LRU dropped it. */
-		put_revnat(f, &ce->be, 1);
-		ce->revnat_at = now;
+		 * lives: put it back if the LRU dropped it. Counted in
+		 * jiffies, the cheapest clock. */
+		__u64 j = bpf_jiffies64();
+		if (j - ce->revnat_at > REVNAT_CHECK_JIFFIES) {
+			put_revnat(f, &ce->be, 1);
+			ce->revnat_at = j;
+		}
 	}
 	struct backend chosen = ce->be;
 	if (dnat(f, h, data, data_end, &chosen) < 0)
@@ -598,8 +617,16 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 		return drop(DROP_UNTRUSTED_TUNNEL);
 	if (stale(cfg))
 		return pass_stale();
-	if (!admitted(vip, &cf))
+	/* The ranges again where the flow lands: the director's copy of
+	 * them may be older. */
+	struct ct2_entry *ce2 = NULL;
+	if (inner != PARSE_ICMP) {
+		ce2 = bpf_map_lookup_elem(&ct2, &cf);
+		if (!admitted_flow(vip, &cf, ce2))
+			return drop(DROP_SOURCE_RANGE);
+	} else if (!admitted(vip, &cf)) {
 		return drop(DROP_SOURCE_RANGE);
+	}
 
 	void *data = (void *)(long)ctx->data;
 	struct ethhdr *eth = data;
@@ -623,7 +650,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 		return drop(DROP_DECAP);
 	if (r == PARSE_ICMP)
 		return tier2_icmp(&cf, data, data_end);
-	return tier2(ctx, cfg, &f, &h, data, data_end, vip);
+	return tier2(ctx, cfg, &f, &h, data, data_end, vip, ce2);
 }
 
 /* node_live reports whether a node index still names a live node at the
@@ -663,10 +690,9 @@ static __always_inline int ct1_keeps(const struct vip_info *vip, const struct fl
  * ICMP error) records it as a new flow. It returns -1, or the reason to
  * drop the packet. */
 static __always_inline int choose_node(const struct settings *cfg, const struct vip_info *vip,
-				       struct flow *f, struct ct1_entry *node,
-				       struct service_stats *st)
+				       struct flow *f, struct ct1_entry *ce,
+				       struct ct1_entry *node, struct service_stats *st)
 {
-	struct ct1_entry *ce = bpf_map_lookup_elem(&ct1, f);
 	if (ce) {
 		if (ce->gen == vip->gen) {
 			*node = *ce;
@@ -691,6 +717,7 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 			__builtin_memcpy(node->node, e->node, 16);
 			node->idx = e->idx;
 			node->gen = vip->gen;
+			node->acl_ok = vip->acl; /* the caller admitted it */
 			if (st) {
 				e->seen = now;
 				bpf_map_update_elem(&ct1, f, node, BPF_ANY);
@@ -713,6 +740,7 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 	__builtin_memcpy(node->node, ni->addr, 16);
 	node->idx = *idx;
 	node->gen = vip->gen;
+	node->acl_ok = vip->acl; /* the caller admitted it */
 	if (st) {
 		/* Only real packets of the flow pin it, never ICMP errors. */
 		bpf_map_update_elem(&ct1, f, node, BPF_ANY);
@@ -748,7 +776,7 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
 	if (vip->flags & VIP_LOCAL)
 		return tier2_icmp(&cf, data, data_end);
 	struct ct1_entry node;
-	int reason = choose_node(cfg, vip, &cf, &node, NULL);
+	int reason = choose_node(cfg, vip, &cf, bpf_map_lookup_elem(&ct1, &cf), &node, NULL);
 	if (reason >= 0)
 		return drop(reason);
 	if (is_self(cfg, node.node, cf.family))
@@ -790,7 +818,20 @@ int ironlb_xdp(struct xdp_md *ctx)
 		st->packets++;
 		st->bytes += data_end - data;
 	}
-	if (!admitted(vip, &f)) {
+	/* The flow's conntrack entry: the ranges skip the trie for a flow
+	 * the VIP's current list admitted once. */
+	int local = vip->flags & VIP_LOCAL;
+	struct ct1_entry *c1 = NULL;
+	struct ct2_entry *c2 = NULL;
+	int in;
+	if (local) {
+		c2 = bpf_map_lookup_elem(&ct2, &f);
+		in = admitted_flow(vip, &f, c2);
+	} else {
+		c1 = bpf_map_lookup_elem(&ct1, &f);
+		in = admitted_flow(vip, &f, c1);
+	}
+	if (!in) {
 		if (st)
 			st->denied++;
 		return drop(DROP_SOURCE_RANGE);
@@ -799,15 +840,15 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return drop(DROP_NO_CONFIG);
 	if (stale(cfg))
 		return pass_stale();
-	if (vip->flags & VIP_LOCAL)
-		return tier2(ctx, cfg, &f, &h, data, data_end, vip);
+	if (local)
+		return tier2(ctx, cfg, &f, &h, data, data_end, vip, c2);
 
 	struct ct1_entry node;
-	int reason = choose_node(cfg, vip, &f, &node, st);
+	int reason = choose_node(cfg, vip, &f, c1, &node, st);
 	if (reason >= 0)
 		return drop(reason);
 	if (is_self(cfg, node.node, f.family))
-		return tier2(ctx, cfg, &f, &h, data, data_end, vip);
+		return tier2(ctx, cfg, &f, &h, data, data_end, vip, bpf_map_lookup_elem(&ct2, &f));
 	return encap(ctx, cfg, &f, node.node, node.idx);
 }
 

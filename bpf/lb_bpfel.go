@@ -54,10 +54,11 @@ type LbClock struct {
 }
 
 type LbCt1Entry struct {
-	_    structs.HostLayout
-	Node [4]uint32
-	Idx  uint32
-	Gen  uint32
+	_     structs.HostLayout
+	Node  [4]uint32
+	Idx   uint32
+	Gen   uint32
+	AclOk uint32
 }
 
 type LbCt2Entry struct {
@@ -70,7 +71,7 @@ type LbCt2Entry struct {
 	Pad      uint16
 	Expires  uint64
 	Gen      uint32
-	Pad2     uint32
+	AclOk    uint32
 	RevnatAt uint64
 }
 

@@ -288,11 +288,11 @@ func TestRevnatKeptWithFlow(t *testing.T) {
 	}
 	rk := LbFlow{Src: Addr(pod1), Dst: Addr(client4), Sport: Port(8080), Dport: Port(43000), Proto: 6, Family: 4}
 	must(t, objs.Revnat.Delete(rk))
-	// A second later (the entry's last check moved back by a second).
+	// Later (the entry's last check moved back by 1 000 jiffies).
 	fk := LbFlow{Src: Addr(client4), Dst: Addr(vip4), Sport: Port(43000), Dport: Port(80), Proto: 6, Family: 4}
 	var ce LbCt2Entry
 	must(t, objs.Ct2.Lookup(fk, &ce))
-	ce.RevnatAt -= 2_000_000_000
+	ce.RevnatAt -= 1000
 	must(t, objs.Ct2.Put(fk, ce))
 	if ret, _ := runXDP(t, objs.IronlbXdp, p.frame(), 0); ret != xdpPass {
 		t.Fatalf("verdict %d", ret)

@@ -65,10 +65,11 @@ type BenchClock struct {
 }
 
 type BenchCt1Entry struct {
-	_    structs.HostLayout
-	Node [4]uint32
-	Idx  uint32
-	Gen  uint32
+	_     structs.HostLayout
+	Node  [4]uint32
+	Idx   uint32
+	Gen   uint32
+	AclOk uint32
 }
 
 type BenchCt2Entry struct {
@@ -87,7 +88,7 @@ type BenchCt2Entry struct {
 	Pad      uint16
 	Expires  uint64
 	Gen      uint32
-	Pad2     uint32
+	AclOk    uint32
 	RevnatAt uint64
 }
 

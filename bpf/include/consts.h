@@ -57,9 +57,11 @@
 #define MAX_AFFINITY 131072
 #endif
 
-/* How often a tier-2 flow re-checks that its reverse-NAT entry is there. */
-#ifndef REVNAT_CHECK_NS
-#define REVNAT_CHECK_NS 1000000000ULL
+/* How often a tier-2 flow re-checks that its reverse-NAT entry is there,
+ * in jiffies: about a second at HZ=250 (Debian's and Ubuntu's), a quarter
+ * at 1000, two and a half at 100. */
+#ifndef REVNAT_CHECK_JIFFIES
+#define REVNAT_CHECK_JIFFIES 256
 #endif
 
 /* The layout and meaning of the pinned maps. The loader compares it with

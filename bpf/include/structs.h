@@ -17,7 +17,8 @@ struct vip_key {
 };
 
 /* What a VIP maps to: the id of its ring, local endpoints and counters;
- * the id of its source ranges (0: open to all); the generation of its
+ * the id of its source ranges (0: open to all; never reused, so that a
+ * flow admitted under one list is checked again under a new one); the generation of its
  * ring and endpoints, which the loader bumps when either changes so that
  * conntrack entries check once that what they point to is still there;
  * and the sessionAffinity timeout. */
@@ -99,7 +100,8 @@ struct node_info {
 struct ct1_entry {
 	__u32 node[4];
 	__u32 idx;
-	__u32 gen; /* vip_info.gen when the node was last known a member */
+	__u32 gen;    /* vip_info.gen when the node was last known a member */
+	__u32 acl_ok; /* the access list (vip_info.acl) that last admitted it */
 };
 
 /* An endpoint: address and target port. */
@@ -122,9 +124,9 @@ struct ct2_entry {
 	__u8 smac[6];
 	__u16 pad;
 	__u64 expires;
-	__u32 gen;  /* vip_info.gen when the endpoint was last known serving */
-	__u32 pad2;
-	__u64 revnat_at; /* when its reverse-NAT entry was last checked */
+	__u32 gen;    /* vip_info.gen when the endpoint was last known serving */
+	__u32 acl_ok; /* the access list (vip_info.acl) that last admitted it */
+	__u64 revnat_at; /* the jiffy its reverse-NAT entry was last checked */
 };
 
 /* The next hop towards a node, as a FIB lookup found it. */

@@ -63,6 +63,10 @@ type Dataplane struct {
 	// their canonical text, with their ids.
 	acls    map[string]uint32
 	aclNets map[uint32][]netip.Prefix
+	// lastACL is the last list id given: ids only grow, so a conntrack
+	// entry admitted under an id is never admitted by another list that
+	// took the id over.
+	lastACL uint32
 	// peers are the node addresses written in tunnel_peers.
 	peers map[netip.Addr]bool
 	// last is what the last Apply was given, for Dump.
@@ -199,6 +203,7 @@ func (d *Dataplane) recover() error {
 			// An unknown list: the first Apply writes a new one and
 			// then removes this.
 			d.acls[fmt.Sprintf("recovered %d", v.Acl)] = v.Acl
+			d.lastACL = max(d.lastACL, v.Acl)
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -517,10 +522,11 @@ func (d *Dataplane) acl(ps []netip.Prefix) (uint32, error) {
 	for _, id := range d.acls {
 		used[id] = true
 	}
-	id := uint32(1)
-	for used[id] {
+	id := d.lastACL + 1
+	for id == 0 || used[id] { // after 2^32 lists
 		id++
 	}
+	d.lastACL = id
 	for _, p := range ps {
 		if err := d.objs.SourceRanges.Put(bpf.RangeKeyFor(id, p), uint32(1)); err != nil {
 			for _, q := range ps {
