@@ -230,7 +230,7 @@ func TestNodeDeathLeavesRings(t *testing.T) {
 	// The ring follows at once: every new connection succeeds, on a
 	// surviving node's endpoint. 200 source ports, 20 at a time.
 	var roundStart time.Time
-	eventually(t, 2*time.Second, func() error {
+	eventually(t, 3*time.Second, func() error {
 		roundStart = time.Now()
 		errs := make(chan error, 200)
 		sem := make(chan struct{}, 20)
@@ -238,7 +238,9 @@ func TestNodeDeathLeavesRings(t *testing.T) {
 			sem <- struct{}{}
 			go func() {
 				defer func() { <-sem }()
-				errs <- dialOK(t.Context(), vip, time.Second)
+				// Short dials, so that a round with failures ends
+				// soon and the next measures again.
+				errs <- dialOK(t.Context(), vip, 300*time.Millisecond)
 			}()
 		}
 		failed := 0
