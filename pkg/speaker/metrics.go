@@ -8,6 +8,8 @@ type speakerMetrics struct {
 	announced    *prometheus.GaugeVec
 	members      prometheus.Gauge
 	ownerChanges prometheus.Counter
+	// unserved counts ready endpoints past what the data plane serves.
+	unserved prometheus.Gauge
 }
 
 func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
@@ -24,7 +26,11 @@ func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
 			Name: "ironlb_l2_owner_changes_total",
 			Help: "Times the layer-2 owner of an IP changed, as this node computes it.",
 		}),
+		unserved: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ironlb_dataplane_unserved_endpoints",
+			Help: "Ready endpoints on this node the data plane does not serve: beyond 64 per Service port.",
+		}),
 	}
-	reg.MustRegister(m.announced, m.members, m.ownerChanges)
+	reg.MustRegister(m.announced, m.members, m.ownerChanges, m.unserved)
 	return m
 }

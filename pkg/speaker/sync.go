@@ -240,12 +240,15 @@ func (s *Speaker) planDataplane(w world) (func() error, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("data plane: %w", err)
 	}
+	unserved := 0
 	for _, e := range entries {
 		if e.Truncated > 0 {
+			unserved += e.Truncated
 			s.log.Info("a port has more ready endpoints on this node than the data plane serves; the extra ones get no traffic",
-				"port", e.Key.String(), "served", dataplane.MaxLocalBackends, "unserved", e.Truncated)
+				"service", e.Service, "port", e.Key.String(), "served", dataplane.MaxLocalBackends, "unserved", e.Truncated)
 		}
 	}
+	s.metrics.unserved.Set(float64(unserved))
 	apply := func() error {
 		if err := s.dp.Apply(selfOf(self), fp.nodes, entries); err != nil {
 			return fmt.Errorf("data plane: %w", err)
