@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
@@ -328,4 +329,57 @@ func TestUDPFixedPortReplaced(t *testing.T) {
 			t.Errorf("then answered by %q (%v), want %s", pod, err, now)
 		}
 	}
+}
+
+// TestKernelModeDetaches: a speaker started with --dataplane=kernel on a
+// node where an xdp run left its program attached and its maps pinned
+// detaches and removes them, so nothing forwards by frozen rings.
+func TestKernelModeDetaches(t *testing.T) {
+	needXDP(t)
+	n := nodeNamed(t, "node-c")
+	attached := func() (bool, error) {
+		var on bool
+		err := lab.InNamespace(n.NS, func() error {
+			l, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			on = l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+			return nil
+		})
+		return on, err
+	}
+	if on, err := attached(); err != nil || !on {
+		t.Fatalf("node-c has no XDP program to begin with (%v)", err)
+	}
+	if err := cfg.Stop(lab.SpeakerName(n), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cfg.Stop(lab.SpeakerName(n), 10*time.Second)
+		if err := cfg.StartSpeaker(n); err != nil {
+			t.Fatal(err)
+		}
+		waitMembers(t)
+	}()
+	// Stopped, the program stays: the node forwards on.
+	if on, err := attached(); err != nil || !on {
+		t.Fatalf("the XDP program left with its speaker (%v)", err)
+	}
+	if err := cfg.StartSpeakerWith(n, "kernel"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		on, err := attached()
+		if err != nil {
+			return err
+		}
+		if on {
+			return errors.New("the XDP program is still attached")
+		}
+		if _, err := os.Stat(cfg.PinDir(n)); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("the pins are still there (%v)", err)
+		}
+		return nil
+	})
 }

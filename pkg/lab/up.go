@@ -147,11 +147,15 @@ func (c Config) StartController() error {
 func SpeakerName(n Node) string { return "speaker-" + n.Name }
 
 // StartSpeaker runs the speaker in a node's namespace.
-func (c Config) StartSpeaker(n Node) error {
+func (c Config) StartSpeaker(n Node) error { return c.StartSpeakerWith(n, c.Dataplane) }
+
+// StartSpeakerWith runs the speaker in a node's namespace with another
+// data plane than the lab's.
+func (c Config) StartSpeakerWith(n Node, dataplane string) error {
 	return c.Start(SpeakerName(n), n.NS, filepath.Join(c.Bin, "ironlb-speaker"),
 		"--kubeconfig", c.DaemonKubeconfig("ironlb-speaker"),
 		"--node-name", n.Name,
-		"--dataplane", c.Dataplane,
+		"--dataplane", dataplane,
 		"--bpffs", c.path("bpffs", n.Name),
 		"--interfaces", "eth0",
 		"--xdp-endpoint-redirect",
