@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -382,4 +383,52 @@ func TestKernelModeDetaches(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestMemberlistCoexistsWithMetalLB: with MetalLB's speakers holding port
+// 7946 on a node (a migration), ironlb's speaker there still joins, and
+// its member list listens on the node's InternalIP only.
+func TestMemberlistCoexistsWithMetalLB(t *testing.T) {
+	n := nodeNamed(t, "node-c")
+	if err := cfg.Stop(lab.SpeakerName(n), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if !cfg.Running(lab.SpeakerName(n)) {
+			_ = cfg.StartSpeaker(n)
+		}
+		waitMembers(t)
+	}()
+	var tcp net.Listener
+	var udp net.PacketConn
+	err := lab.InNamespace(n.NS, func() error {
+		var err error
+		if tcp, err = net.Listen("tcp", ":7946"); err != nil {
+			return err
+		}
+		udp, err = net.ListenPacket("udp", ":7946")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tcp.Close(); _ = udp.Close() }()
+	if err := cfg.StartSpeaker(n); err != nil {
+		t.Fatal(err)
+	}
+	waitMembers(t)
+	out, err := exec.CommandContext(t.Context(), "ip", "netns", "exec", n.NS, "ss", "-Htlnu").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss: %v: %s", err, out)
+	}
+	want := netip.AddrPortFrom(n.IPv4, 7947).String()
+	var mine []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 5 && strings.HasSuffix(f[4], ":7947") {
+			mine = append(mine, f[0]+" "+f[4])
+		}
+	}
+	if len(mine) != 2 || !strings.HasSuffix(mine[0], " "+want) || !strings.HasSuffix(mine[1], " "+want) {
+		t.Errorf("the member list listens on %v, want UDP and TCP on %s only", mine, want)
+	}
 }

@@ -37,7 +37,7 @@ func run() error {
 	fs.StringVar(&opts.MetricsAddr, "metrics-addr", opts.MetricsAddr, "address of the Prometheus metrics endpoint; 0 disables it")
 	fs.StringVar(&opts.HealthAddr, "health-addr", opts.HealthAddr, "address of the /healthz and /readyz probes; 0 disables them")
 	fs.IntVar(&opts.Members.Port, "memberlist-port", opts.Members.Port, "UDP and TCP port the speakers use to watch each other")
-	fs.StringVar(&opts.Members.BindAddr, "memberlist-bind-addr", "", "address the member list binds; empty means all, advertising the node's InternalIP")
+	fs.StringVar(&opts.Members.BindAddr, "memberlist-bind-addr", "", "address the member list binds and advertises; empty means the node's InternalIP")
 	fs.DurationVar(&opts.Members.ProbeInterval, "memberlist-probe-interval", opts.Members.ProbeInterval, "how often each speaker probes another")
 	fs.DurationVar(&opts.Members.ProbeTimeout, "memberlist-probe-timeout", opts.Members.ProbeTimeout, "how long a probe waits for its answer")
 	fs.IntVar(&opts.Members.SuspicionMult, "memberlist-suspicion-mult", opts.Members.SuspicionMult, "suspicion lasts this many probe intervals (scaled by log10 of the members) before a node is dead")

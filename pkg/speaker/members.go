@@ -37,7 +37,9 @@ type MemberOptions struct {
 // DefaultMemberOptions are tuned for fast failover on a LAN.
 func DefaultMemberOptions() MemberOptions {
 	return MemberOptions{
-		Port:          7946,
+		// Not 7946, MetalLB's (and memberlist's) default: both run side
+		// by side while a cluster migrates.
+		Port:          7947,
 		ProbeInterval: 80 * time.Millisecond,
 		ProbeTimeout:  40 * time.Millisecond,
 		SuspicionMult: 2,
@@ -90,9 +92,12 @@ func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, c
 	m.addrs.Store(map[string]net.Addr{})
 	cfg := memberlist.DefaultLANConfig()
 	cfg.Name = name
+	// Bind to the address the others reach us on, the node's InternalIP,
+	// not to every address of the node: nothing listens wider than it
+	// must.
 	cfg.BindAddr = opts.BindAddr
 	if cfg.BindAddr == "" {
-		cfg.BindAddr = "0.0.0.0"
+		cfg.BindAddr = advertise
 	}
 	cfg.BindPort = opts.Port
 	cfg.AdvertiseAddr = advertise

@@ -264,7 +264,7 @@ func (s *Speaker) run(ctx context.Context) error {
 		return fmt.Errorf("get own node %s: %w", s.opts.NodeName, err)
 	}
 	advertise := s.opts.Members.BindAddr
-	if advertise == "" || advertise == "0.0.0.0" {
+	if advertise == "" || advertise == "0.0.0.0" || advertise == "::" {
 		advertise = nodeAddress(&self)
 	}
 	if s.opts.Dataplane == "xdp" {
