@@ -49,6 +49,7 @@ func DefaultMemberOptions() MemberOptions {
 // members tracks which speakers are alive, with hashicorp/memberlist.
 type members struct {
 	log     logr.Logger
+	self    string
 	list    *memberlist.Memberlist
 	changed func()
 	// joined is set when another node joins or comes back; the speaker
@@ -76,8 +77,10 @@ type members struct {
 }
 
 // startMembers joins nothing yet; call join with the peers' addresses.
-func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, changed func()) (*members, error) {
-	m := &members{log: log, changed: changed, alive: map[string]bool{name: true},
+// peers are the Nodes known now (name -> InternalIP), admitted from the
+// start.
+func startMembers(log logr.Logger, name, advertise string, peers map[string]string, opts MemberOptions, changed func()) (*members, error) {
+	m := &members{log: log, self: name, changed: changed, alive: map[string]bool{name: true},
 		down: map[string]time.Time{}, dead: map[string]bool{}}
 	m.probe = func(a netip.Addr) bool {
 		// Three tries: a live node wrongly found dead has its flows
@@ -89,7 +92,7 @@ func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, c
 		}
 		return ok
 	}
-	m.addrs.Store(map[string]net.Addr{})
+	m.learn(peers, opts.Port)
 	cfg := memberlist.DefaultLANConfig()
 	cfg.Name = name
 	// Bind to the address the others reach us on, the node's InternalIP,
@@ -119,6 +122,7 @@ func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, c
 	cfg.SecretKey = opts.SecretKey
 	cfg.Events = m
 	cfg.Delegate = m
+	cfg.Alive = m
 	cfg.LogOutput = logWriter{log.V(1)}
 	list, err := memberlist.Create(cfg)
 	if err != nil {
@@ -126,6 +130,36 @@ func startMembers(log logr.Logger, name, advertise string, opts MemberOptions, c
 	}
 	m.list = list
 	return m, nil
+}
+
+// learn records the Nodes' names and InternalIPs (name -> address): the
+// only members admitted, and where to probe a node whose speaker is gone.
+func (m *members) learn(peers map[string]string, port int) {
+	addrs := map[string]net.Addr{}
+	for name, addr := range peers {
+		if ip := net.ParseIP(addr); ip != nil {
+			addrs[name] = &net.UDPAddr{IP: ip, Port: port}
+		}
+	}
+	m.addrs.Store(addrs)
+}
+
+// NotifyAlive admits a member only under the name of a Node, from that
+// Node's InternalIP: no host can join the member list as a node, or as
+// another node. (memberlist calls it for every alive message.)
+func (m *members) NotifyAlive(peer *memberlist.Node) error {
+	if peer.Name == m.self {
+		return nil
+	}
+	addrs, _ := m.addrs.Load().(map[string]net.Addr)
+	want, ok := addrs[peer.Name].(*net.UDPAddr)
+	if !ok {
+		return fmt.Errorf("member %q is no Node of the cluster", peer.Name)
+	}
+	if !want.IP.Equal(peer.Addr) {
+		return fmt.Errorf("member %q speaks from %s, its Node's InternalIP is %s", peer.Name, peer.Addr, want.IP)
+	}
+	return nil
 }
 
 // join contacts the given peers (addresses without port), ignoring the
@@ -358,16 +392,13 @@ func (m *members) joinLoop(ctx context.Context, peers func() map[string]string, 
 		for _, n := range m.list.Members() {
 			live[n.Name] = true
 		}
-		addrs := map[string]net.Addr{}
-		for name, addr := range peers() {
-			if ip := net.ParseIP(addr); ip != nil {
-				addrs[name] = &net.UDPAddr{IP: ip, Port: port}
-			}
+		known := peers()
+		m.learn(known, port)
+		for name, addr := range known {
 			if !live[name] {
 				missing = append(missing, addr)
 			}
 		}
-		m.addrs.Store(addrs)
 		if len(missing) > 0 {
 			m.join(missing, port)
 		}

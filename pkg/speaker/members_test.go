@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/hashicorp/memberlist"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -92,6 +93,29 @@ func TestReachable(t *testing.T) {
 		got, err := reachable(netip.MustParseAddr(addr), 2, 100*time.Millisecond)
 		if err != nil || got != want {
 			t.Errorf("%s: reachable %v (%v), want %v", addr, got, err, want)
+		}
+	}
+}
+
+// TestNotifyAlive: memberlist admits a member only under a Node's name and
+// from that Node's InternalIP.
+func TestNotifyAlive(t *testing.T) {
+	m := &members{self: "a"}
+	m.learn(map[string]string{"b": "10.0.0.12"}, 7947)
+	tests := map[string]struct {
+		name string
+		addr string
+		ok   bool
+	}{
+		"a Node from its InternalIP":      {"b", "10.0.0.12", true},
+		"a Node's name from elsewhere":    {"b", "10.0.0.99", false},
+		"a name that is no Node":          {"mallory", "10.0.0.12", false},
+		"itself (memberlist's own entry)": {"a", "10.0.0.11", true},
+	}
+	for name, tc := range tests {
+		err := m.NotifyAlive(&memberlist.Node{Name: tc.name, Addr: net.ParseIP(tc.addr)})
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want admitted %v", name, err, tc.ok)
 		}
 	}
 }

@@ -288,14 +288,15 @@ func (s *Speaker) run(ctx context.Context) error {
 		return fmt.Errorf("BGP metrics: %w", err)
 	}
 	defer metrics.Registry.Unregister(s.bgp)
-	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, s.opts.Members, s.poke)
+	known := s.peers(ctx)
+	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, known, s.opts.Members, s.poke)
 	if err != nil {
 		return err
 	}
 	s.members = m
 	// A first join before the first decision: a speaker that starts alone
 	// would otherwise think it owns every IP for a moment.
-	m.join(mapValues(s.peers(ctx)), s.opts.Members.Port)
+	m.join(mapValues(known), s.opts.Members.Port)
 
 	l2ctx, stopL2 := context.WithCancel(context.WithoutCancel(ctx))
 	l2done := make(chan struct{})
