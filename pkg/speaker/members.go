@@ -354,6 +354,9 @@ func (m *members) LocalState(bool) []byte { return nil }
 func (m *members) MergeRemoteState([]byte, bool) {}
 
 func (m *members) set(name string, alive bool) {
+	if name == m.self && !alive {
+		return // gossip about ourselves, which memberlist refutes
+	}
 	m.mu.Lock()
 	changed := m.alive[name] != alive
 	if alive {
