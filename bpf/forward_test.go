@@ -6,13 +6,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ironlb/ironlb/internal/netnstest"
 )
 
 // Verdicts.
@@ -43,21 +43,7 @@ const ringSize = 16381
 // It returns the link's index.
 func testNet(t testing.TB) int {
 	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = netns.Set(orig)
-		_ = ns.Close()
-		_ = orig.Close()
-		runtime.UnlockOSThread()
-	})
+	netnstest.Enter(t)
 	// A veth pair: this kernel has no dummy links.
 	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "t0", HardwareAddr: net.HardwareAddr(macSelf[:])}, PeerName: "t1"}
 	if err := netlink.LinkAdd(link); err != nil {

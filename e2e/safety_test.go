@@ -3,7 +3,6 @@ package e2e
 import (
 	"cmp"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -119,38 +118,6 @@ func TestSourceRangesEnforced(t *testing.T) {
 	checkEchoes(t, conns, "the ranges admitted the client again")
 }
 
-// ipv4UDP builds an IPv4 packet with a UDP datagram, checksums included.
-func ipv4UDP(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
-	udp := make([]byte, 8, 8+len(payload))
-	binary.BigEndian.PutUint16(udp[0:], sport)
-	binary.BigEndian.PutUint16(udp[2:], dport)
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
-	udp = append(udp, payload...)
-	ip := []byte{0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0}
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
-	ip = append(append(ip, src.AsSlice()...), dst.AsSlice()...)
-	csum := func(b []byte, c uint32) uint16 {
-		for i := 0; i+1 < len(b); i += 2 {
-			c += uint32(binary.BigEndian.Uint16(b[i:]))
-		}
-		if len(b)%2 == 1 {
-			c += uint32(b[len(b)-1]) << 8
-		}
-		for c>>16 != 0 {
-			c = c&0xffff + c>>16
-		}
-		return ^uint16(c)
-	}
-	pseudo := append(append(append([]byte{}, src.AsSlice()...), dst.AsSlice()...), 0, 17, byte(len(udp)>>8), byte(len(udp)))
-	var c uint32
-	for i := 0; i+1 < len(pseudo); i += 2 {
-		c += uint32(binary.BigEndian.Uint16(pseudo[i:]))
-	}
-	binary.BigEndian.PutUint16(udp[6:], csum(udp, c))
-	binary.BigEndian.PutUint16(ip[10:], csum(ip, 0))
-	return append(ip, udp...)
-}
-
 // TestForgedTunnelRefused: an IPIP packet from lab-client (no node) to a
 // node, carrying a datagram for the VIP's UDP echo, is not opened: no
 // backend answers through any node, and each node counts it.
@@ -170,7 +137,8 @@ func TestForgedTunnelRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		inner := ipv4UDP(client, vip4, sport, 7, []byte("forged"))
+		noMAC := make(net.HardwareAddr, 6)
+		inner := lab.UDPFrame(noMAC, noMAC, client, vip4, sport, 7, []byte("forged"))[14:] // the IP packet
 		err = lab.InNamespace(lab.ClientNS, func() error {
 			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_IPIP)
 			if err != nil {

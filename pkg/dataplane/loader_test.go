@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -17,10 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/ironlb/ironlb/bpf"
+	"github.com/ironlb/ironlb/internal/netnstest"
 )
 
 // sandbox puts this goroutine's thread in a new network namespace with a
@@ -31,26 +30,12 @@ func sandbox(t testing.TB) string {
 	if os.Geteuid() != 0 {
 		t.Skip("the data plane needs root; CI runs as root")
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	netnstest.Enter(t)
 	fs := t.TempDir()
 	if err := unix.Mount("bpf", fs, "bpf", 0, "mode=0700"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = unix.Unmount(fs, unix.MNT_DETACH)
-		_ = netns.Set(orig)
-		_ = ns.Close()
-		_ = orig.Close()
-		runtime.UnlockOSThread()
-	})
+	t.Cleanup(func() { _ = unix.Unmount(fs, unix.MNT_DETACH) })
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "t0"}, PeerName: "t1"}); err != nil {
 		t.Fatal(err)
 	}

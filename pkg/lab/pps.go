@@ -96,7 +96,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 		return PPSResult{}, err
 	}
 	// 64 bytes, the size the generator rewrites.
-	frame := udpFrame(src, dst, netip.MustParseAddr(ClientIPv4), vip, 40000, 7, []byte("ironlb pps bench ....\n"))
+	frame := UDPFrame(src, dst, netip.MustParseAddr(ClientIPv4), vip, 40000, 7, []byte("ironlb pps bench ....\n"))
 	if len(frame) != frameLen {
 		return PPSResult{}, fmt.Errorf("frame of %d bytes, want %d", len(frame), frameLen)
 	}
@@ -428,8 +428,8 @@ func loadXDP(what string, insns asm.Instructions, m *ebpf.Map) (*ebpf.Program, e
 	return prog, nil
 }
 
-// udpFrame builds Ethernet + IPv4 + UDP with correct checksums.
-func udpFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+// UDPFrame builds Ethernet + IPv4 + UDP with correct checksums.
+func UDPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	udp := binary.BigEndian.AppendUint16(nil, sport)
 	udp = binary.BigEndian.AppendUint16(udp, dport)
 	udp = binary.BigEndian.AppendUint16(udp, uint16(8+len(payload)))

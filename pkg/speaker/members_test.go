@@ -4,15 +4,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/hashicorp/memberlist"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/ironlb/ironlb/internal/netnstest"
 )
 
 // TestGoneSpeakerDownOrDead: a speaker that leaves the member list while
@@ -67,28 +66,7 @@ func TestReachable(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("raw ICMP sockets and namespaces need root; CI runs as root")
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = netns.Set(orig)
-		_ = ns.Close()
-		_ = orig.Close()
-		runtime.UnlockOSThread()
-	}()
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
+	netnstest.Enter(t)
 	for addr, want := range map[string]bool{"127.0.0.1": true, "::1": true, "10.255.0.1": false} {
 		got, err := reachable(netip.MustParseAddr(addr), 2, 100*time.Millisecond)
 		if err != nil || got != want {
