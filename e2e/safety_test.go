@@ -120,11 +120,16 @@ func TestSourceRangesEnforced(t *testing.T) {
 
 // TestForgedTunnelRefused: an IPIP packet from lab-client (no node) to a
 // node, carrying a datagram for the VIP's UDP echo, is not opened: no
-// backend answers through any node, and each node counts it.
+// backend ever answers through any node, and each node counts it. (A
+// packet may be sent again, up to three times, until its node has counted
+// one: the first packet to a neighbour not yet resolved can be lost.)
 func TestForgedTunnelRefused(t *testing.T) {
 	needXDP(t)
-	before := speakerMetric(t, "ironlb_dataplane_drops_total", "reason", "untrusted_tunnel")
 	client := netip.MustParseAddr(lab.ClientIPv4)
+	counted := func(n lab.Node) float64 {
+		v, _ := value(scrape(t, n.NS, "127.0.0.1:7473"), "ironlb_dataplane_drops_total", "reason", "untrusted_tunnel")
+		return v
+	}
 	for i, n := range cfg.NodeList() {
 		sport := uint16(40770 + i)
 		// The answer, if any, would come to this socket.
@@ -139,28 +144,32 @@ func TestForgedTunnelRefused(t *testing.T) {
 		}
 		noMAC := make(net.HardwareAddr, 6)
 		inner := lab.UDPFrame(noMAC, noMAC, client, vip4, sport, 7, []byte("forged"))[14:] // the IP packet
-		err = lab.InNamespace(lab.ClientNS, func() error {
-			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_IPIP)
+		before := counted(n)
+		sent := 0
+		for ; sent < 3 && counted(n) == before; sent++ {
+			err = lab.InNamespace(lab.ClientNS, func() error {
+				fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_IPIP)
+				if err != nil {
+					return err
+				}
+				defer func() { _ = syscall.Close(fd) }()
+				return syscall.Sendto(fd, inner, 0, &syscall.SockaddrInet4{Addr: n.IPv4.As4()})
+			})
 			if err != nil {
-				return err
+				t.Fatal(err)
 			}
-			defer func() { _ = syscall.Close(fd) }()
-			return syscall.Sendto(fd, inner, 0, &syscall.SockaddrInet4{Addr: n.IPv4.As4()})
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = reply.SetReadDeadline(time.Now().Add(time.Second))
-		buf := make([]byte, 512)
-		if k, _, err := reply.ReadFrom(buf); err == nil {
-			t.Errorf("through %s: a backend answered the forged tunnel packet: %q", n.Name, buf[:k])
-		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatal(err)
+			_ = reply.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 512)
+			if k, _, err := reply.ReadFrom(buf); err == nil {
+				t.Errorf("through %s: a backend answered the forged tunnel packet: %q", n.Name, buf[:k])
+			} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal(err)
+			}
 		}
 		_ = reply.Close()
-	}
-	if after := speakerMetric(t, "ironlb_dataplane_drops_total", "reason", "untrusted_tunnel"); after-before < float64(cfg.Nodes) {
-		t.Errorf("untrusted_tunnel drops went from %v to %v, want one more per node (%d)", before, after, cfg.Nodes)
+		if after := counted(n); after == before {
+			t.Errorf("%s counted no untrusted_tunnel drop for %d forged packets", n.Name, sent)
+		}
 	}
 }
 
