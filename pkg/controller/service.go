@@ -116,10 +116,20 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	r.state.mu.Unlock()
 
-	if allocErr != nil {
+	if allocErr != nil && len(addrs) == 0 {
 		return ctrl.Result{}, r.failed(svc, allocErr)
 	}
-	allocations.WithLabelValues("success").Inc()
+	if allocErr != nil {
+		// Its new sharing terms clash, but the Service keeps its IPs
+		// (only its type, class, requested IPs, pool and families may
+		// move them); it is tried again when the clash may be gone.
+		reason := ipam.ReasonOf(allocErr)
+		allocations.WithLabelValues(string(reason)).Inc()
+		r.recorder.Eventf(svc, nil, corev1.EventTypeWarning, string(reason), "Allocate",
+			"keeps %s: %s", describe(addrs), strings.TrimPrefix(allocErr.Error(), string(reason)+": "))
+	} else {
+		allocations.WithLabelValues("success").Inc()
+	}
 	updated := svc.DeepCopy()
 	updated.Status.LoadBalancer.Ingress = config.Ingress(addrs)
 	if !servicehelper.HasLBFinalizer(updated) {

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	servicehelper "k8s.io/cloud-provider/service/helpers"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -355,4 +356,96 @@ func TestPoolProblemsAreConditions(t *testing.T) {
 	waitEvent(t, "", "reversed-v6", "InvalidAddresses")
 	createService(t, ns, "still-served", withAnnotation(config.AnnotationPool, "reversed-v6"))
 	waitIPs(t, ns, "still-served", "10.23.5.0")
+}
+
+// TestIPStability: a Service keeps its IP when it adds or changes a sharing
+// key, switches to externalTrafficPolicy Local, or edits a Local selector,
+// whenever the sharing rules allow it (each case is set up so that a
+// release and a new allocation would give another IP); a change that does
+// clash keeps the IP, with a SharingConflict Event, until the clash is
+// gone.
+func TestIPStability(t *testing.T) {
+	startController(t, testOptions())
+	ns := namespace(t, nil)
+	createPool(t, "stable", poolFor(ns, "10.15.0.0/29"))
+	edit := func(name string, mutate func(*corev1.Service)) {
+		t.Helper()
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			s := getService(t, ns, name)
+			mutate(s)
+			return k8s.Update(context.Background(), s)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	processed := func(name string) {
+		t.Helper()
+		// The controller has seen the edit once the Service's generation
+		// is observed, or, for annotations, once a later Service of ours
+		// got its IP: the controller works through its queue.
+		probe := fmt.Sprintf("probe-%d", time.Now().UnixNano())
+		createService(t, ns, probe, withPorts(9))
+		eventually(t, "the probe gets an IP", func() (bool, string) {
+			return len(ingressIPs(getService(t, ns, probe))) == 1, "none yet"
+		})
+		if err := k8s.Delete(context.Background(), getService(t, ns, probe)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// web takes .1 with .0 freed below it: a new allocation would give .0.
+	createService(t, ns, "first", withPorts(80))
+	waitIPs(t, ns, "first", "10.15.0.0")
+	createService(t, ns, "web", withPorts(80))
+	waitIPs(t, ns, "web", "10.15.0.1")
+	if err := k8s.Delete(context.Background(), getService(t, ns, "first")); err != nil {
+		t.Fatal(err)
+	}
+	// An IP shared under key k elsewhere: a new allocation with k would
+	// take it.
+	createService(t, ns, "kshare", withAnnotation(config.AnnotationSharingKey, "k"), withPorts(443))
+	kIP := ingressIPs(waitIPsAny(t, ns, "kshare"))[0]
+
+	edit("web", func(s *corev1.Service) { s.Annotations = map[string]string{config.AnnotationSharingKey: "k"} })
+	processed("web")
+	waitIPs(t, ns, "web", "10.15.0.1")
+	if kIP == "10.15.0.1" {
+		t.Fatal("test setup: kshare took web's IP")
+	}
+
+	edit("web", func(s *corev1.Service) {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		s.Spec.Selector = map[string]string{"app": "web"}
+	})
+	processed("web")
+	waitIPs(t, ns, "web", "10.15.0.1")
+	edit("web", func(s *corev1.Service) { s.Spec.Selector = map[string]string{"app": "web2"} })
+	processed("web")
+	waitIPs(t, ns, "web", "10.15.0.1")
+
+	// A clash: web2 shares web's IP under k, then web2's key changes.
+	createService(t, ns, "web2", withAnnotation(config.AnnotationSharingKey, "k"), withPorts(8080),
+		withLocal(map[string]string{"app": "web2"}), withAnnotation(config.AnnotationIPs, "10.15.0.1"))
+	waitIPs(t, ns, "web2", "10.15.0.1")
+	edit("web2", func(s *corev1.Service) { s.Annotations[config.AnnotationSharingKey] = "other" })
+	waitEvent(t, ns, "web2", "SharingConflict")
+	waitIPs(t, ns, "web2", "10.15.0.1")
+	// web goes: the clash is gone, web2 keeps its IP under its new key.
+	if err := k8s.Delete(context.Background(), getService(t, ns, "web")); err != nil {
+		t.Fatal(err)
+	}
+	processed("web2")
+	waitIPs(t, ns, "web2", "10.15.0.1")
+}
+
+// waitIPsAny waits until the Service has an IP, whichever.
+func waitIPsAny(t *testing.T, ns, name string) *corev1.Service {
+	t.Helper()
+	var s *corev1.Service
+	eventually(t, ns+"/"+name+" gets an IP", func() (bool, string) {
+		s = getService(t, ns, name)
+		return len(ingressIPs(s)) > 0, "none yet"
+	})
+	return s
 }

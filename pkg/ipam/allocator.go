@@ -104,6 +104,9 @@ type Address struct {
 type holding struct {
 	svc   Service
 	addrs []Address
+	// conflict is set while the Service keeps its IPs although its
+	// sharing terms (svc, as it now asks) clash with another holder's.
+	conflict error
 }
 
 // ipUse is one address in use and the Services that hold it.
@@ -194,8 +197,14 @@ func (a *Allocator) Restore(s Service, ips []netip.Addr) error {
 }
 
 // Assign gives a Service the IPs it asks for. A Service that already holds
-// IPs that still answer its request keeps them; otherwise its IPs are
-// released and new ones allocated. On failure the Service holds nothing.
+// IPs that still answer its request keeps them, also when only its sharing
+// terms (sharing key, backend key, ports) changed and the sharing rules
+// still allow it; otherwise its IPs are released and new ones allocated.
+// When only its sharing terms changed and they now clash with another
+// holder, the Service keeps its IPs under its old terms: Assign returns
+// them with the SharingConflict error, and the Service gets them for its
+// new terms once the clash is gone. On any other failure the Service holds
+// nothing.
 func (a *Allocator) Assign(s Service) ([]Address, error) {
 	if len(s.Families) == 0 {
 		// Without families, the requested IPs say which; else IPv4.
@@ -210,9 +219,25 @@ func (a *Allocator) Assign(s Service) ([]Address, error) {
 	}
 	if h := a.services[s.Key]; h != nil {
 		if a.satisfies(h, &s) {
-			h.svc = cloneService(s)
+			for _, ad := range h.addrs {
+				a.rekey(ad.IP, &s)
+			}
+			h.svc, h.conflict = cloneService(s), nil
 			a.topUp(h)
 			return slices.Clone(h.addrs), nil
+		}
+		if a.fits(h, &s) {
+			// Only the sharing terms changed, and they clash: the IP
+			// stays (PRODUCT.md: only type, class, requested IPs, pool
+			// and families may move it). The holding records the terms
+			// now asked for, so that the others' edits can resolve the
+			// clash.
+			for _, ad := range h.addrs {
+				if err := a.canShare(ad.IP, &s); err != nil {
+					h.svc, h.conflict = cloneService(s), err
+					return slices.Clone(h.addrs), err
+				}
+			}
 		}
 		a.Release(s.Key)
 	}
@@ -309,18 +334,20 @@ func (a *Allocator) canShare(ip netip.Addr, s *Service) error {
 	if others == 0 {
 		return nil
 	}
-	if s.SharingKey == "" || u.sharingKey == "" {
-		return fail(RequestedIPInUse, "%s is in use by %s", ip, holderNames(u, s.Key))
-	}
-	if s.SharingKey != u.sharingKey {
-		return fail(SharingConflict, "%s is shared under another sharing key by %s", ip, holderNames(u, s.Key))
-	}
-	if s.BackendKey != u.backendKey {
-		return fail(SharingConflict, "%s is held by %s with a different externalTrafficPolicy or selector", ip, holderNames(u, s.Key))
-	}
+	// Judged against each other holder's terms as it now asks for them
+	// (a holder kept in a clash asks for new ones).
 	for key, h := range u.holders {
 		if key == s.Key {
 			continue
+		}
+		if s.SharingKey == "" || h.svc.SharingKey == "" {
+			return fail(RequestedIPInUse, "%s is in use by %s", ip, holderNames(u, s.Key))
+		}
+		if s.SharingKey != h.svc.SharingKey {
+			return fail(SharingConflict, "%s is shared under another sharing key by %s", ip, holderNames(u, s.Key))
+		}
+		if s.BackendKey != h.svc.BackendKey {
+			return fail(SharingConflict, "%s is held by %s with a different externalTrafficPolicy or selector", ip, holderNames(u, s.Key))
 		}
 		for _, p := range s.Ports {
 			if slices.Contains(h.svc.Ports, p) {
@@ -345,13 +372,43 @@ func holderNames(u *ipUse, except string) string {
 // satisfies reports whether what h holds still answers request s, so the
 // Service keeps its IPs.
 func (a *Allocator) satisfies(h *holding, s *Service) bool {
-	if len(h.addrs) == 0 || h.svc.SharingKey != s.SharingKey || h.svc.BackendKey != s.BackendKey {
-		return false
-	}
 	for _, ad := range h.addrs {
 		if err := a.canShare(ad.IP, s); err != nil {
 			return false
 		}
+	}
+	return a.fits(h, s)
+}
+
+// rekey records a sole holder's new sharing terms on its IP, so the next
+// Service that shares it is judged by them.
+func (a *Allocator) rekey(ip netip.Addr, s *Service) {
+	u := a.ips[ip]
+	if u == nil || len(u.holders) != 1 || (u.sharingKey == s.SharingKey && u.backendKey == s.BackendKey) {
+		return
+	}
+	if u.sharingKey != "" {
+		delete(a.shared[u.sharingKey], ip)
+		if len(a.shared[u.sharingKey]) == 0 {
+			delete(a.shared, u.sharingKey)
+		}
+	}
+	u.sharingKey, u.backendKey = s.SharingKey, s.BackendKey
+	if u.sharingKey != "" {
+		if a.shared[u.sharingKey] == nil {
+			a.shared[u.sharingKey] = map[netip.Addr]struct{}{}
+		}
+		a.shared[u.sharingKey][ip] = struct{}{}
+	}
+}
+
+// fits reports whether the IPs held answer the request's pool, requested
+// IPs and families, whatever its sharing terms.
+func (a *Allocator) fits(h *holding, s *Service) bool {
+	if len(h.addrs) == 0 {
+		return false
+	}
+	for _, ad := range h.addrs {
 		if s.Pool != "" && ad.Pool != s.Pool {
 			return false
 		}

@@ -249,12 +249,63 @@ func TestAllocator(t *testing.T) {
 				{svc: svc("a/3"), wantIPs: []string{"10.0.0.0"}},
 			},
 		},
-		"ports changed into a clash moves the Service": {
+		"ports changed into a clash keep the IP, with a conflict, until it is gone": {
 			pools: []Pool{pool(t, "p", "10.0.0.0/30")},
 			steps: []step{
 				{svc: svc("a/1", key("k"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
 				{svc: svc("a/2", key("k"), ports(tcp443)), wantIPs: []string{"10.0.0.0"}},
-				{svc: svc("a/2", key("k"), ports(tcp80)), wantIPs: []string{"10.0.0.1"}},
+				{svc: svc("a/2", key("k"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}, wantReason: SharingConflict},
+				{release: "a/1"},
+				{svc: svc("a/2", key("k"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+			},
+		},
+		// A Service's IP moves only when the contract allows it (type,
+		// class, requested IPs, pool, families), never for its sharing
+		// terms while the sharing rules allow them.
+		"adding a sharing key keeps the IP": {
+			pools: []Pool{pool(t, "p", "10.0.0.0/30")},
+			steps: []step{
+				{svc: svc("a/1", ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/1", key("k"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				// The IP is shared under the new key from now on.
+				{svc: svc("a/2", key("k"), ports(tcp443)), wantIPs: []string{"10.0.0.0"}},
+			},
+		},
+		"changing a shared key that still fits keeps the IP": {
+			pools: []Pool{pool(t, "p", "10.0.0.0/30")},
+			steps: []step{
+				{svc: svc("a/1", key("old"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/1", key("new"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/2", key("old"), ports(tcp443)), wantIPs: []string{"10.0.0.1"}},
+			},
+		},
+		"a sharing key that clashes keeps the old IP, with a conflict": {
+			pools: []Pool{pool(t, "p", "10.0.0.0/30")},
+			steps: []step{
+				{svc: svc("a/1", key("k"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/2", key("k"), ports(tcp443)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/2", key("other"), ports(tcp443)), wantIPs: []string{"10.0.0.0"}, wantReason: SharingConflict},
+			},
+		},
+		"two sharers move to Local one after the other: kept, the clash resolves": {
+			pools: []Pool{pool(t, "p", "10.0.0.0/30")},
+			steps: []step{
+				{svc: svc("a/1", key("k"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/2", key("k"), ports(tcp443)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/1", key("k"), local("app=x"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}, wantReason: SharingConflict},
+				{svc: svc("a/2", key("k"), local("app=x"), ports(tcp443)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/1", key("k"), local("app=x"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				// A third with the old terms no longer fits.
+				{svc: svc("a/3", key("k"), ports(Port{"TCP", 8080}), req("10.0.0.0")), wantReason: SharingConflict},
+			},
+		},
+		"switching to Local, or changing a Local selector, keeps the IP": {
+			pools: []Pool{pool(t, "p", "10.0.0.0/30")},
+			steps: []step{
+				{svc: svc("a/1", ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/1", local("app=web"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/1", local("app=web2"), ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
+				{svc: svc("a/1", ports(tcp80)), wantIPs: []string{"10.0.0.0"}},
 			},
 		},
 		"dual stack": {
@@ -428,6 +479,9 @@ func checkInvariants(t testing.TB, a *Allocator) {
 		}
 		for i, x := range hs {
 			for _, y := range hs[i+1:] {
+				if x.conflict != nil || y.conflict != nil {
+					continue // kept in a clash, and reported
+				}
 				if x.svc.SharingKey == "" || x.svc.SharingKey != y.svc.SharingKey || x.svc.BackendKey != y.svc.BackendKey {
 					t.Fatalf("%s held by %s and %s, which may not share", ip, x.svc.Key, y.svc.Key)
 				}
