@@ -103,6 +103,9 @@ type Speaker struct {
 	// computes its plans, keeping the last one's rings.
 	dp      *dataplane.Dataplane
 	planner dataplane.Planner
+	// unserved is the count of ready endpoints past the data plane's
+	// limit at the last sync, to log a change once.
+	unserved int
 	// dump is dp once it is open, for the debug endpoint.
 	dump atomic.Pointer[dataplane.Dataplane]
 	// bgp is the embedded BGP router; it starts with the first peer.

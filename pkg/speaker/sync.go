@@ -242,11 +242,17 @@ func (s *Speaker) planDataplane(w world) (func() error, bool, error) {
 	}
 	unserved := 0
 	for _, e := range entries {
-		if e.Truncated > 0 {
-			unserved += e.Truncated
-			s.log.Info("a port has more ready endpoints on this node than the data plane serves; the extra ones get no traffic",
-				"service", e.Service, "port", e.Key.String(), "served", dataplane.MaxLocalBackends, "unserved", e.Truncated)
+		unserved += e.Truncated
+	}
+	if unserved != s.unserved {
+		// Said when it changes, not at every sync.
+		for _, e := range entries {
+			if e.Truncated > 0 {
+				s.log.Info("a port has more ready endpoints on this node than the data plane serves; the extra ones get no traffic",
+					"service", e.Service, "port", e.Key.String(), "served", dataplane.MaxLocalBackends, "unserved", e.Truncated)
+			}
 		}
+		s.unserved = unserved
 	}
 	s.metrics.unserved.Set(float64(unserved))
 	apply := func() error {
