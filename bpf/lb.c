@@ -296,6 +296,19 @@ static __always_inline int deliver(struct xdp_md *ctx, const struct settings *cf
 	return bpf_redirect_map(&endpoint_links, ifindex, XDP_PASS);
 }
 
+/* opening reports whether a TCP packet opens a connection (SYN without
+ * ACK): it has no connection to keep yet, so it keeps its node or endpoint
+ * only while that still serves the VIP. */
+static __always_inline int opening(const struct flow *f, const struct hdrs *h, void *data_end)
+{
+	if (f->proto != IPPROTO_TCP)
+		return 0;
+	struct tcphdr *tcp = h->l4;
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	return tcp->syn && !tcp->ack;
+}
+
 /* put_revnat records how the flow's replies get the VIP back as their
  * source: the reply as it leaves the endpoint -> the VIP. */
 static __always_inline void put_revnat(const struct flow *f, const struct backend *be, int check)
@@ -370,11 +383,13 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
 	if (ce && ce->gen != vip->gen) {
 		/* The endpoints changed since the flow last looked: it keeps
 		 * its endpoint while that one serves (ready or terminating),
-		 * else it is placed again like a new flow. A TCP flow keeps
-		 * it in any case, as kube-proxy's conntrack does: its pod
-		 * may still run, and if it does not, it resets the flow. */
+		 * else it is placed again like a new flow. A TCP connection
+		 * keeps it in any case, as kube-proxy's conntrack does: its
+		 * pod may still run, and if it does not, it resets the flow;
+		 * a connection not yet made (a SYN) does not. */
 		set = bpf_map_lookup_elem(&backends, &id);
-		if ((set && in_set(set, set->count, &ce->be)) || f->proto == IPPROTO_TCP) {
+		if ((set && in_set(set, set->count, &ce->be)) ||
+		    (f->proto == IPPROTO_TCP && !opening(f, h, data_end))) {
 			ce->gen = vip->gen;
 			ce->revnat_at = 0;
 		} else {
@@ -673,13 +688,14 @@ static __always_inline int still_member(const struct vip_info *vip, const __u32 
 
 /* ct1_keeps reports whether a tier-1 flow stays on its node after the
  * VIP's nodes changed. As kube-proxy keeps a TCP connection's conntrack
- * when its endpoint goes and flushes UDP's, a TCP flow stays while its
- * node lives (the node's tier 2 still knows its endpoint), and a UDP flow
- * only while its node serves the VIP. */
+ * when its endpoint goes and flushes UDP's, a TCP connection stays while
+ * its node lives (the node's tier 2 still knows its endpoint), and a UDP
+ * flow, or a TCP connection not yet made (syn), only while its node
+ * serves the VIP. */
 static __always_inline int ct1_keeps(const struct vip_info *vip, const struct flow *f,
-				     const struct ct1_entry *ce)
+				     const struct ct1_entry *ce, int syn)
 {
-	if (f->proto == IPPROTO_TCP)
+	if (f->proto == IPPROTO_TCP && !syn)
 		return node_live(ce->node, ce->idx);
 	return still_member(vip, ce->node, ce->idx);
 }
@@ -690,7 +706,7 @@ static __always_inline int ct1_keeps(const struct vip_info *vip, const struct fl
  * ICMP error) records it as a new flow. It returns -1, or the reason to
  * drop the packet. */
 static __always_inline int choose_node(const struct settings *cfg, const struct vip_info *vip,
-				       struct flow *f, struct ct1_entry *ce,
+				       struct flow *f, struct ct1_entry *ce, int syn,
 				       struct ct1_entry *node, struct service_stats *st)
 {
 	if (ce) {
@@ -700,7 +716,7 @@ static __always_inline int choose_node(const struct settings *cfg, const struct 
 		}
 		/* The nodes changed since the flow last looked: it stays
 		 * while its node serves the VIP, else it is placed again. */
-		if (ct1_keeps(vip, f, ce)) {
+		if (ct1_keeps(vip, f, ce, syn)) {
 			if (st)
 				ce->gen = vip->gen;
 			*node = *ce;
@@ -776,7 +792,7 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
 	if (vip->flags & VIP_LOCAL)
 		return tier2_icmp(&cf, data, data_end);
 	struct ct1_entry node;
-	int reason = choose_node(cfg, vip, &cf, bpf_map_lookup_elem(&ct1, &cf), &node, NULL);
+	int reason = choose_node(cfg, vip, &cf, bpf_map_lookup_elem(&ct1, &cf), 0, &node, NULL);
 	if (reason >= 0)
 		return drop(reason);
 	if (is_self(cfg, node.node, cf.family))
@@ -844,7 +860,7 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return tier2(ctx, cfg, &f, &h, data, data_end, vip, c2);
 
 	struct ct1_entry node;
-	int reason = choose_node(cfg, vip, &f, c1, &node, st);
+	int reason = choose_node(cfg, vip, &f, c1, opening(&f, &h, data_end), &node, st);
 	if (reason >= 0)
 		return drop(reason);
 	if (is_self(cfg, node.node, f.family))

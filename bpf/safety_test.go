@@ -267,6 +267,21 @@ func TestStaleFlowsReplaced(t *testing.T) {
 	if ret, _ := send(tcp); ret != xdpTX {
 		t.Errorf("a TCP flow left a live node: verdict %d, want XDP_TX", ret)
 	}
+	// A connection not yet made (a SYN retransmitted after its first
+	// went to B) is placed again, since B serves the VIP no more.
+	syn := pkt{src: client4, dst: vip4, proto: 6, sport: 42100, dport: 80, flags: tcpSYN}
+	must(t, objs.Ct1.Put(LbFlow{Src: Addr(client4), Dst: Addr(vip4), Sport: Port(42100), Dport: Port(80), Proto: 6, Family: 4},
+		LbCt1Entry{Node: Addr(nodeB4), Idx: 2}))
+	if ret, dst := send(syn); ret != xdpPass || dst != pod1 {
+		t.Errorf("a SYN pinned to a node that no longer serves: verdict %d to %s, want XDP_PASS to pod1", ret, dst)
+	}
+	// Tier 2 alike: a SYN whose endpoint left goes to one that serves.
+	syn2 := pkt{src: client4, dst: vip4, proto: 6, sport: 42200, dport: 80, flags: tcpSYN}
+	must(t, objs.Ct2.Put(LbFlow{Src: Addr(client4), Dst: Addr(vip4), Sport: Port(42200), Dport: Port(80), Proto: 6, Family: 4},
+		LbCt2Entry{Be: LbBackend{Addr: Addr(pod2), Port: Port(8080), Family: 4}}))
+	if _, dst := send(syn2); dst != pod1 {
+		t.Errorf("a SYN pinned to an endpoint that left: to %s, want pod1", dst)
+	}
 	// B dies: its TCP flow is placed again too.
 	must(t, objs.Nodes.Put(uint32(2), LbNodeInfo{}))
 	bump(key(vip4, 80, 6))
