@@ -255,7 +255,9 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 			bits = int(*adv.Spec.AggregationLengthV6)
 		}
 		pfx, err := ip.Prefix(bits)
-		if err != nil {
+		if err != nil || !withinPool(pfx, pool) {
+			// A prefix wider than the pool entry holding the IP would
+			// announce a neighbour's addresses: never.
 			continue
 		}
 		r := bgpRoute{prefix: pfx}
@@ -292,6 +294,24 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 		out = append(out, r)
 	}
 	return out
+}
+
+// withinPool reports whether every address of pfx lies in one entry of the
+// pool.
+func withinPool(pfx netip.Prefix, pool *ironlbv1alpha1.IPPool) bool {
+	first := pfx.Masked().Addr()
+	last := first
+	b := last.AsSlice()
+	for i := pfx.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	last, _ = netip.AddrFromSlice(b)
+	for _, a := range pool.Spec.Addresses {
+		if r, err := ipam.ParseRange(string(a)); err == nil && r.Contains(first) && r.Contains(last) {
+			return true
+		}
+	}
+	return false
 }
 
 // wellKnown are the community names the API accepts, as ASN:VALUE

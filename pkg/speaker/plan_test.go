@@ -252,3 +252,32 @@ func TestBGPRoutes(t *testing.T) {
 		t.Errorf("node b, with the Local Service's endpoint: %+v", got)
 	}
 }
+
+// TestAggregationStaysInPool: an aggregated prefix is announced only when
+// all of it lies in the pool entry holding the IP, never a neighbour's
+// addresses (a /24 for a /28 pool, or the upper half of a range's block).
+func TestAggregationStaysInPool(t *testing.T) {
+	pool := func(addrs ...ironlbv1alpha1.AddressRange) *ironlbv1alpha1.IPPool {
+		return &ironlbv1alpha1.IPPool{Spec: ironlbv1alpha1.IPPoolSpec{Addresses: addrs}}
+	}
+	tests := map[string]struct {
+		prefix string
+		pool   *ironlbv1alpha1.IPPool
+		want   bool
+	}{
+		"host route":                       {"192.0.2.5/32", pool("192.0.2.0/28"), true},
+		"the pool's own prefix":            {"192.0.2.0/28", pool("192.0.2.0/28"), true},
+		"wider than the pool":              {"192.0.2.0/24", pool("192.0.2.0/28"), false},
+		"the whole Internet":               {"0.0.0.0/0", pool("192.0.2.0/28"), false},
+		"a block inside a range":           {"10.0.0.0/30", pool("10.0.0.0-10.0.0.5"), true},
+		"a block leaving a range":          {"10.0.0.4/30", pool("10.0.0.0-10.0.0.5"), false},
+		"IPv6 inside":                      {"fd00::/124", pool("fd00::/120"), true},
+		"IPv6 wider":                       {"fd00::/64", pool("fd00::/120"), false},
+		"two entries do not add up to one": {"10.1.0.0/31", pool("10.1.0.0/32", "10.1.0.1/32"), false},
+	}
+	for name, tc := range tests {
+		if got := withinPool(netip.MustParsePrefix(tc.prefix), tc.pool); got != tc.want {
+			t.Errorf("%s: within %v, want %v", name, got, tc.want)
+		}
+	}
+}

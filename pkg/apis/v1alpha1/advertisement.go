@@ -81,13 +81,16 @@ type BGPAdvertisementSpec struct {
 	// +optional
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 	// AggregationLength is the IPv4 prefix length announced for each IP.
-	// +kubebuilder:validation:Minimum=0
+	// A prefix that would reach outside the pool entry holding the IP is
+	// never announced.
+	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=32
 	// +kubebuilder:default=32
 	// +optional
 	AggregationLength *int32 `json:"aggregationLength,omitempty"`
-	// AggregationLengthV6 is the IPv6 prefix length announced for each IP.
-	// +kubebuilder:validation:Minimum=0
+	// AggregationLengthV6 is the IPv6 prefix length announced for each IP,
+	// with the same limit.
+	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=128
 	// +kubebuilder:default=128
 	// +optional

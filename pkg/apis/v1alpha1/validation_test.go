@@ -66,6 +66,9 @@ func TestValidation(t *testing.T) {
 		"pool: negative priority": {obj: &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{
 			Addresses: []v1alpha1.AddressRange{"10.0.0.0/24"}, AllocateTo: &v1alpha1.AllocateTo{Priority: new(int32(-1))},
 		}}, wantErr: []string{"spec.allocateTo.priority"}},
+		"advertisement: aggregation length 0 (the whole Internet)": {obj: &v1alpha1.BGPAdvertisement{Spec: v1alpha1.BGPAdvertisementSpec{AggregationLength: new(int32(0))}}, wantErr: []string{"spec.aggregationLength"}},
+		"advertisement: IPv6 aggregation length 0":                 {obj: &v1alpha1.BGPAdvertisement{Spec: v1alpha1.BGPAdvertisementSpec{AggregationLengthV6: new(int32(0))}}, wantErr: []string{"spec.aggregationLengthV6"}},
+		"advertisement: aggregation length 24":                     {obj: &v1alpha1.BGPAdvertisement{Spec: v1alpha1.BGPAdvertisementSpec{AggregationLength: new(int32(24))}}},
 		"peer: valid":            {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("3s") })},
 		"peer: ASN 0":            {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PeerASN = 0 }), wantErr: []string{"spec.peerASN"}},
 		"peer: ASN too large":    {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASN = 4294967296 }), wantErr: []string{"spec.myASN"}},
