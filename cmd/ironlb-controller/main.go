@@ -37,6 +37,8 @@ func run() error {
 	fs.BoolVar(&opts.DefaultClass, "default-class", opts.DefaultClass, "also serve LoadBalancer Services without a loadBalancerClass")
 	fs.StringVar(&opts.MetricsAddr, "metrics-addr", opts.MetricsAddr, "address of the Prometheus metrics endpoint; 0 disables it")
 	fs.StringVar(&opts.HealthAddr, "health-addr", opts.HealthAddr, "address of the /healthz and /readyz probes; 0 disables them")
+	fs.StringVar(&opts.Namespace, "namespace", envOr("POD_NAMESPACE", opts.Namespace), "the controller's namespace, where it keeps the memberlist key Secret (env POD_NAMESPACE)")
+	fs.StringVar(&opts.MemberlistSecret, "memberlist-secret-name", opts.MemberlistSecret, "Secret holding the speakers' memberlist key; created with a random key when absent, kept when present; empty creates none")
 	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Services reconciled in parallel")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)

@@ -58,6 +58,12 @@ type Options struct {
 	HealthAddr  string
 	// Workers is the number of Services reconciled in parallel.
 	Workers int
+	// Namespace is the controller's own, where it keeps the memberlist
+	// Secret.
+	Namespace string
+	// MemberlistSecret names the Secret holding the speakers' memberlist
+	// key, created with a random key when absent; empty creates none.
+	MemberlistSecret string
 	// SeveralPerProcess allows more than one manager in a process (tests,
 	// benchmarks); controller names are otherwise unique per process.
 	SeveralPerProcess bool
@@ -75,6 +81,8 @@ func DefaultOptions() Options {
 		MetricsAddr:             ":7472",
 		HealthAddr:              ":7474",
 		Workers:                 16,
+		Namespace:               "ironlb-system",
+		MemberlistSecret:        "ironlb-memberlist",
 	}
 }
 
@@ -127,6 +135,13 @@ func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 	rec, err := eventRecorder(mgr, cfg, scheme)
 	if err != nil {
 		return nil, err
+	}
+	if opts.MemberlistSecret != "" {
+		mk := memberKey{log: mgr.GetLogger().WithName("memberlist-key"), c: mgr.GetClient(),
+			key: client.ObjectKey{Namespace: opts.Namespace, Name: opts.MemberlistSecret}}
+		if err := mgr.Add(mk); err != nil {
+			return nil, err
+		}
 	}
 	st := newState(mgr.GetClient(), mgr.GetAPIReader())
 	if err := (&ServiceReconciler{state: st, opts: opts, recorder: rec, patcher: newPatcher(mgr)}).setup(mgr); err != nil {

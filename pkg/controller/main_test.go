@@ -46,6 +46,7 @@ func testOptions() controller.Options {
 	o.LeaseDuration, o.RenewDeadline, o.RetryPeriod = 4*time.Second, 2*time.Second, 200*time.Millisecond
 	o.MetricsAddr, o.HealthAddr = "0", "0"
 	o.SeveralPerProcess = true
+	o.Namespace, o.MemberlistSecret = "default", "" // memberkey_test.go tests the key
 	return o
 }
 
