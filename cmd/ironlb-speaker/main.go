@@ -4,7 +4,6 @@
 package main
 
 import (
-	"encoding/base64"
 	"flag"
 	"fmt"
 	"os"
@@ -41,7 +40,9 @@ func run() error {
 	fs.DurationVar(&opts.Members.ProbeInterval, "memberlist-probe-interval", opts.Members.ProbeInterval, "how often each speaker probes another")
 	fs.DurationVar(&opts.Members.ProbeTimeout, "memberlist-probe-timeout", opts.Members.ProbeTimeout, "how long a probe waits for its answer")
 	fs.IntVar(&opts.Members.SuspicionMult, "memberlist-suspicion-mult", opts.Members.SuspicionMult, "suspicion lasts this many probe intervals (scaled by log10 of the members) before a node is dead")
-	secret := fs.String("memberlist-secret", "", "base64 key (16, 24 or 32 bytes) that encrypts member traffic; empty means none")
+	fs.StringVar(&opts.Members.SecretName, "memberlist-secret-name", opts.Members.SecretName, "Secret in the speaker's namespace whose \"secretkey\" entry encrypts and authenticates member traffic (other entries are accepted too, for rotations); the controller creates it")
+	fs.BoolVar(&opts.Members.Insecure, "memberlist-insecure", false, "run without the memberlist key: member traffic is plaintext and any host on the node network can join the member list and move IPs")
+	fs.DurationVar(&opts.Members.KeyGrace, "memberlist-key-grace", opts.Members.KeyGrace, "how long a new key waits before it encrypts, and an old one is still accepted, while the speakers read a changed Secret")
 	fs.DurationVar(&opts.Layer2.Refresh, "l2-refresh", opts.Layer2.Refresh, "re-announce owned IPs unasked this often so switch tables do not age out; 0 disables")
 	fs.DurationVar(&opts.Resync, "resync", opts.Resync, "recompute all announcements this often even without changes")
 	bpffs := fs.String("bpffs", "/sys/fs/bpf", "a bpffs mount; the data plane pins its maps and links in its ironlb directory")
@@ -61,13 +62,6 @@ func run() error {
 		return err
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
-	if *secret != "" {
-		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(*secret))
-		if err != nil {
-			return fmt.Errorf("--memberlist-secret: %w", err)
-		}
-		opts.Members.SecretKey = key
-	}
 	opts.XDP.PinDir = filepath.Join(*bpffs, "ironlb")
 	if *ifaces != "" {
 		opts.XDP.Interfaces = strings.Split(*ifaces, ",")

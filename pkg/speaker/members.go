@@ -30,8 +30,21 @@ type MemberOptions struct {
 	// SuspicionMult scales the suspicion time: SuspicionMult ×
 	// max(1, log10(members)) × ProbeInterval.
 	SuspicionMult int
-	// SecretKey, when set (16, 24 or 32 bytes), encrypts member traffic.
-	SecretKey []byte
+	// SecretName is the Secret, in the speaker's namespace, holding the
+	// keys that encrypt and authenticate member traffic (see keys.go).
+	SecretName string
+	// Insecure lets a speaker run without a key: member traffic is then
+	// plaintext and unauthenticated.
+	Insecure bool
+	// KeyGrace is how long a new key waits before it encrypts, and an old
+	// one is still accepted: the time every speaker needs to read a
+	// changed Secret.
+	KeyGrace time.Duration
+	// KeyWait is how long a starting speaker waits for the Secret.
+	KeyWait time.Duration
+	// keyring, set by the speaker from the Secret, encrypts member
+	// traffic; nil only when Insecure.
+	keyring *memberlist.Keyring
 }
 
 // DefaultMemberOptions are tuned for fast failover on a LAN.
@@ -43,6 +56,9 @@ func DefaultMemberOptions() MemberOptions {
 		ProbeInterval: 80 * time.Millisecond,
 		ProbeTimeout:  40 * time.Millisecond,
 		SuspicionMult: 2,
+		SecretName:    "ironlb-memberlist",
+		KeyGrace:      10 * time.Second,
+		KeyWait:       time.Minute,
 	}
 }
 
@@ -74,6 +90,8 @@ type members struct {
 	// node's speaker is a member again.
 	down map[string]time.Time
 	dead map[string]bool
+	// leavers are the members whose metadata says they are leaving.
+	leavers map[string]bool
 }
 
 // startMembers joins nothing yet; call join with the peers' addresses.
@@ -81,7 +99,7 @@ type members struct {
 // start.
 func startMembers(log logr.Logger, name, advertise string, peers map[string]string, opts MemberOptions, changed func()) (*members, error) {
 	m := &members{log: log, self: name, changed: changed, alive: map[string]bool{name: true},
-		down: map[string]time.Time{}, dead: map[string]bool{}}
+		down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{}}
 	m.probe = func(a netip.Addr) bool {
 		// Three tries: a live node wrongly found dead has its flows
 		// placed again, a dead one found late only delays new flows.
@@ -119,7 +137,9 @@ func startMembers(log logr.Logger, name, advertise string, peers map[string]stri
 	// repeated failures made detection several times slower. A death is
 	// instead confirmed by a direct ping (see NotifyLeave).
 	cfg.AwarenessMaxMultiplier = 1
-	cfg.SecretKey = opts.SecretKey
+	// With a keyring memberlist encrypts (AES-GCM) and authenticates
+	// every packet and stream, and drops what no key opens.
+	cfg.Keyring = opts.keyring
 	cfg.Events = m
 	cfg.Delegate = m
 	cfg.Alive = m
@@ -221,7 +241,36 @@ func (m *members) leave(timeout time.Duration) {
 const metaLeaving = "leaving"
 
 // NotifyJoin is called by memberlist when a node joins or comes back.
-func (m *members) NotifyJoin(n *memberlist.Node) { m.set(n.Name, string(n.Meta) != metaLeaving) }
+// (memberlist holds its lock around the callbacks: n is read here only.)
+func (m *members) NotifyJoin(n *memberlist.Node) {
+	if m.noteMeta(n) {
+		go m.verifyLeaving(n.Name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)})
+		return
+	}
+	m.set(n.Name, true)
+}
+
+// noteMeta records whether n says it is leaving, and returns that.
+// memberlist changes its Nodes in place, so their metadata is read only
+// in its callbacks.
+func (m *members) noteMeta(n *memberlist.Node) bool {
+	leaving := string(n.Meta) == metaLeaving
+	m.mu.Lock()
+	if leaving {
+		m.leavers[n.Name] = true
+	} else {
+		delete(m.leavers, n.Name)
+	}
+	m.mu.Unlock()
+	return leaving
+}
+
+// saidLeaving tells whether the node's last metadata said it is leaving.
+func (m *members) saidLeaving(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.leavers[name]
+}
 
 // NotifyLeave is called when a node leaves or is declared dead. A death
 // can be second-hand: a node cut off from the others declares them all
@@ -235,12 +284,37 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 }
 
 // NotifyUpdate is called when a node's metadata changes: a node that says
-// it is leaving is gone at once.
+// it is leaving is gone as soon as it stops answering (see verifyLeaving).
 func (m *members) NotifyUpdate(n *memberlist.Node) {
-	if string(n.Meta) == metaLeaving {
-		m.set(n.Name, false)
+	if m.noteMeta(n) {
+		go m.verifyLeaving(n.Name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)})
 	}
 }
+
+// verifyLeaving hands a node over on its "leaving" only once a direct ping
+// to its address goes unanswered. A speaker that really leaves stops
+// answering within milliseconds (it shuts its member list down right
+// after); a forged "leaving" about a live node, from whoever holds the key
+// or crafted the address, is answered by the real node and changes
+// nothing.
+func (m *members) verifyLeaving(name string, addr net.Addr) {
+	for range leavingChecks {
+		if _, err := m.list.Ping(name, addr); err != nil {
+			m.set(name, false)
+			return
+		}
+		time.Sleep(leavingCheckEvery)
+	}
+	m.log.Info("a node said to be leaving still answers after a second; keeping it (a forged message, or a speaker slow to stop)", "peer", name)
+}
+
+// leavingChecks × leavingCheckEvery bounds how long a leaving node may
+// still answer before its "leaving" is taken for forged; a slow leaver is
+// then handed over by failure detection.
+const (
+	leavingChecks     = 20
+	leavingCheckEvery = 50 * time.Millisecond
+)
 
 // verifyDead pings a node reported dead and marks it dead unless it answers.
 func (m *members) verifyDead(name string, addr net.Addr) {
@@ -275,7 +349,7 @@ func (m *members) watchDead(ctx context.Context, every time.Duration) {
 		alive := m.Alive()
 		for _, n := range m.list.Members() {
 			live[n.Name] = n
-			if !alive[n.Name] && string(n.Meta) != metaLeaving {
+			if !alive[n.Name] && !m.saidLeaving(n.Name) {
 				m.set(n.Name, true) // missed a join
 			}
 		}

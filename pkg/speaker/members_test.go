@@ -1,9 +1,11 @@
 package speaker
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -23,7 +25,7 @@ func TestGoneSpeakerDownOrDead(t *testing.T) {
 	answering := map[netip.Addr]bool{netip.MustParseAddr("10.0.0.12"): true}
 	changes := make(chan struct{}, 16)
 	m := &members{log: logr.Discard(), changed: func() { changes <- struct{}{} },
-		alive: map[string]bool{"a": true}, down: map[string]time.Time{}, dead: map[string]bool{},
+		alive: map[string]bool{"a": true}, down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{},
 		probe: func(a netip.Addr) bool { mu.Lock(); defer mu.Unlock(); return answering[a] }}
 	m.addrs.Store(map[string]net.Addr{
 		"b": &net.UDPAddr{IP: net.ParseIP("10.0.0.12"), Port: 7946},
@@ -96,4 +98,116 @@ func TestNotifyAlive(t *testing.T) {
 			t.Errorf("%s: %v, want admitted %v", name, err, tc.ok)
 		}
 	}
+}
+
+// leavingMeta is a memberlist delegate that says "leaving" about its node.
+type leavingMeta struct{}
+
+func (leavingMeta) NodeMeta(int) []byte             { return []byte(metaLeaving) }
+func (leavingMeta) NotifyMsg([]byte)                {}
+func (leavingMeta) GetBroadcasts(int, int) [][]byte { return nil }
+func (leavingMeta) LocalState(bool) []byte          { return nil }
+func (leavingMeta) MergeRemoteState([]byte, bool)   {}
+
+// TestForgedLeaving runs real member lists on loopback, encrypted with a
+// shared key: a key holder that speaks as node b and says b is leaving
+// (from b's own address, so the alive check passes) makes nobody hand b
+// over while b answers; b's own leaving hands it over at once.
+func TestForgedLeaving(t *testing.T) {
+	port := freePort(t)
+	key := derived("the cluster's memberlist key")
+	ring := func() *memberlist.Keyring {
+		r, err := memberlist.NewKeyring(nil, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	opts := DefaultMemberOptions()
+	opts.Port = port
+	peers := map[string]string{"a": "127.0.0.1", "b": "127.0.0.2"}
+	start := func(name, addr string) (*members, chan struct{}) {
+		o := opts
+		o.keyring = ring()
+		changes := make(chan struct{}, 64)
+		m, err := startMembers(logr.Discard(), name, addr, peers, o, func() {
+			select {
+			case changes <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.probe = func(netip.Addr) bool { return true }
+		return m, changes
+	}
+	a, _ := start("a", "127.0.0.1")
+	defer func() { _ = a.list.Shutdown() }()
+	b, _ := start("b", "127.0.0.2")
+	defer func() { _ = b.list.Shutdown() }()
+	b.join([]string{"127.0.0.1"}, port)
+	waitFor(t, "a sees b", func() bool { return a.Alive()["b"] })
+
+	// The forger: b's name and address in its messages, its own socket.
+	c := memberlist.DefaultLANConfig()
+	c.Name = "b"
+	c.BindAddr, c.BindPort = "127.0.0.3", port
+	c.AdvertiseAddr, c.AdvertisePort = "127.0.0.2", port
+	c.Keyring = ring()
+	c.Delegate = leavingMeta{}
+	c.LogOutput = io.Discard
+	f, err := memberlist.Create(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Shutdown() }()
+	if _, err := f.Join([]string{net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}); err != nil {
+		t.Fatalf("the forger holds the key and should reach a: %v", err)
+	}
+	// a must have heard "b is leaving" (else the test proves nothing),
+	// and still count b.
+	waitFor(t, "a hears the forged leaving", func() bool { return a.saidLeaving("b") })
+	for range 30 {
+		if !a.Alive()["b"] {
+			t.Fatal("a forged leaving made a hand b over while b answers")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = f.Shutdown()
+
+	// b really leaves: handed over.
+	b.leave(500 * time.Millisecond)
+	waitFor(t, "a hands b over when b leaves", func() bool { return !a.Alive()["b"] })
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// freePort is a port free on loopback for both TCP and UDP, at the time.
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			_ = u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
 }

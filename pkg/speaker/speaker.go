@@ -94,6 +94,10 @@ type Speaker struct {
 	members *members
 	metrics *speakerMetrics
 	writer  *writer
+	// keys follows the memberlist Secret; nil with --memberlist-insecure.
+	// keyMetrics are registered either way.
+	keys       atomic.Pointer[memberKeys]
+	keyMetrics *keyMetrics
 
 	trigger chan struct{}
 	// owners remembers the computed layer-2 owner of each IP, to count
@@ -172,14 +176,15 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 	}
 	log := ctrl.Log.WithName("speaker").WithValues("node", opts.NodeName)
 	s = &Speaker{
-		opts:    opts,
-		log:     log,
-		mgr:     mgr,
-		client:  mgr.GetClient(),
-		l2:      layer2.New(log.WithName("layer2"), opts.Layer2, layer2.NewMetrics(metrics.Registry)),
-		metrics: newSpeakerMetrics(metrics.Registry),
-		trigger: make(chan struct{}, 1),
-		owners:  map[netip.Addr]string{},
+		opts:       opts,
+		log:        log,
+		mgr:        mgr,
+		client:     mgr.GetClient(),
+		l2:         layer2.New(log.WithName("layer2"), opts.Layer2, layer2.NewMetrics(metrics.Registry)),
+		metrics:    newSpeakerMetrics(metrics.Registry),
+		keyMetrics: newKeyMetrics(metrics.Registry),
+		trigger:    make(chan struct{}, 1),
+		owners:     map[netip.Addr]string{},
 
 		passwords: map[string]string{},
 		stale:     map[string]bool{},
@@ -238,6 +243,12 @@ func (s *Speaker) run(ctx context.Context) error {
 		if err != nil {
 			return
 		}
+		if k := s.keys.Load(); k != nil && o.GetNamespace() == k.key.Namespace && o.GetName() == k.key.Name {
+			select {
+			case k.poke <- struct{}{}:
+			default:
+			}
+		}
 		if refs := s.secretRefs.Load(); refs != nil && (*refs)[o.GetNamespace()+"/"+o.GetName()] {
 			s.pwMu.Lock()
 			s.stale[o.GetNamespace()+"/"+o.GetName()] = true
@@ -291,6 +302,22 @@ func (s *Speaker) run(ctx context.Context) error {
 		return fmt.Errorf("BGP metrics: %w", err)
 	}
 	defer metrics.Registry.Unregister(s.bgp)
+	keyKey := client.ObjectKey{Namespace: s.opts.Namespace, Name: s.opts.Members.SecretName}
+	if s.opts.Members.Insecure {
+		s.log.Info("WARNING: --memberlist-insecure: member traffic is plaintext and unauthenticated; any host on the node network can join the member list and move IPs")
+	} else {
+		ring, version, err := loadKeys(ctx, s.log.WithName("keys"), s.mgr.GetAPIReader(), keyKey, s.opts.Members.KeyGrace, s.opts.Members.KeyWait)
+		if err != nil {
+			return err
+		}
+		s.opts.Members.keyring = ring.ring
+		keys := &memberKeys{log: s.log.WithName("keys"), reader: s.mgr.GetAPIReader(), rec: s.mgr.GetEventRecorder("ironlb-speaker"),
+			key: keyKey, node: s.opts.NodeName, ring: ring, m: s.keyMetrics, poke: make(chan struct{}, 1)}
+		s.keyMetrics.keys.Set(float64(len(ring.ring.GetKeys())))
+		s.keyMetrics.applied.WithLabelValues(version).Set(1)
+		s.keys.Store(keys)
+		go keys.run(ctx)
+	}
 	known := s.peers(ctx)
 	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, known, s.opts.Members, s.poke)
 	if err != nil {
