@@ -28,6 +28,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(runHelper())
+	}
 	if os.Geteuid() != 0 {
 		fmt.Println("e2e: skipped: the lab needs root (network namespaces, veths, raw sockets); CI runs it as root")
 		os.Exit(0)

@@ -41,7 +41,7 @@ commands:
   status                                show processes, the demo Service and who announces it
   exec NS -- CMD...                     run CMD in a lab namespace (client, router, fabric, a, node-a, demo-a-0)
   kubeconfig                            print the kubeconfig path
-  bench failover [--runs N] [--kind kill|link|term|all]
+  bench failover [--runs N] [--kind kill|link|term|all] [--memberlist key|insecure|both]
                                         measure L2 failover from a client probing every 10 ms
   bench bgp [--runs N]                  time from a new Service to its route in BIRD, and from
                                         SIGTERM of a speaker to its route gone from BIRD
@@ -220,6 +220,7 @@ func run() error {
 		fs := flag.NewFlagSet("bench failover", flag.ContinueOnError)
 		runs := fs.Int("runs", 20, "repetitions of each kind of death (1-100)")
 		kind := fs.String("kind", "all", "kill (kill -9 of the owner's speaker), link (owner's link cut), term (SIGTERM to the owner's speaker) or all")
+		keyMode := fs.String("memberlist", "both", "key (the speakers as installed), insecure (--memberlist-insecure) or both, one after the other for each kind")
 		if err := fs.Parse(rest[1:]); err != nil {
 			return err
 		}
@@ -243,12 +244,35 @@ func run() error {
 		default:
 			return fmt.Errorf("--kind %q: want kill, link, term or all", *kind)
 		}
+		var modes []bool
+		switch *keyMode {
+		case "key":
+			modes = []bool{false}
+		case "insecure":
+			modes = []bool{true}
+		case "both":
+			modes = []bool{false, true}
+		default:
+			return fmt.Errorf("--memberlist %q: want key, insecure or both", *keyMode)
+		}
 		for _, k := range kinds {
-			res, err := cfg.BenchFailover(ctx, k, *runs, os.Stderr)
-			if err != nil {
-				return err
+			for _, insecure := range modes {
+				if cfg.MemberlistInsecure != insecure {
+					cfg.MemberlistInsecure = insecure
+					if err := cfg.RestartSpeakers(ctx); err != nil {
+						return err
+					}
+				}
+				res, err := cfg.BenchFailover(ctx, k, *runs, os.Stderr)
+				if err != nil {
+					return err
+				}
+				fmt.Println(res)
 			}
-			fmt.Println(res)
+		}
+		if cfg.MemberlistInsecure {
+			cfg.MemberlistInsecure = false
+			return cfg.RestartSpeakers(ctx)
 		}
 		return nil
 	default:

@@ -391,14 +391,20 @@ func (c Config) Failover(ctx context.Context, p *Probe, death Death) (FailoverRe
 
 // BenchResult summarises repeated failovers.
 type BenchResult struct {
-	Death              Death
+	Death Death
+	// Insecure tells that the speakers ran without the memberlist key.
+	Insecure           bool
 	Runs               int
 	Min, P50, P99, Max time.Duration
 }
 
 func (r BenchResult) String() string {
-	return fmt.Sprintf("failover (%s), %d runs, probe every %s: min %s  p50 %s  p99 %s  max %s",
-		r.Death, r.Runs, ProbeInterval, r.Min.Round(time.Millisecond), r.P50.Round(time.Millisecond),
+	key := "key"
+	if r.Insecure {
+		key = "no key"
+	}
+	return fmt.Sprintf("failover (%s, %s), %d runs, probe every %s: min %s  p50 %s  p99 %s  max %s",
+		r.Death, key, r.Runs, ProbeInterval, r.Min.Round(time.Millisecond), r.P50.Round(time.Millisecond),
 		r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
 }
 
@@ -429,5 +435,36 @@ func (c Config) BenchFailover(ctx context.Context, death Death, runs int, log io
 		took = append(took, r.Took)
 	}
 	lo, p50, p99, hi := percentiles(took)
-	return BenchResult{Death: death, Runs: runs, Min: lo, P50: p50, P99: p99, Max: hi}, nil
+	return BenchResult{Death: death, Insecure: c.MemberlistInsecure, Runs: runs, Min: lo, P50: p50, P99: p99, Max: hi}, nil
+}
+
+// RestartSpeakers stops every speaker and starts it again with c's flags,
+// then waits until each sees every node.
+func (c Config) RestartSpeakers(ctx context.Context) error {
+	for _, n := range c.NodeList() {
+		if err := c.Stop(SpeakerName(n), 10*time.Second); err != nil {
+			return err
+		}
+		if err := c.StartSpeaker(n); err != nil {
+			return err
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, n := range c.NodeList() {
+		for {
+			m, err := c.Members(ctx, n)
+			if err == nil && m == c.Nodes {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("after a restart %s's speaker sees %d members (%v)", n.Name, m, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }

@@ -61,6 +61,9 @@ type Config struct {
 	// BGP puts the demo Service in the BGP pool: the client reaches it
 	// through the router, which learns it from every node over BGP.
 	BGP bool `json:"bgp"`
+	// MemberlistInsecure runs the speakers without the memberlist key
+	// (the failover benchmark's baseline).
+	MemberlistInsecure bool `json:"memberlistInsecure,omitempty"`
 }
 
 // DefaultConfig is a three-node lab with the kernel data plane.

@@ -152,14 +152,18 @@ func (c Config) StartSpeaker(n Node) error { return c.StartSpeakerWith(n, c.Data
 // StartSpeakerWith runs the speaker in a node's namespace with another
 // data plane than the lab's.
 func (c Config) StartSpeakerWith(n Node, dataplane string) error {
-	return c.Start(SpeakerName(n), n.NS, filepath.Join(c.Bin, "ironlb-speaker"),
+	argv := []string{filepath.Join(c.Bin, "ironlb-speaker"),
 		"--kubeconfig", c.DaemonKubeconfig("ironlb-speaker"),
 		"--node-name", n.Name,
 		"--dataplane", dataplane,
 		"--bpffs", c.path("bpffs", n.Name),
 		"--interfaces", "eth0",
 		"--xdp-endpoint-redirect",
-	)
+	}
+	if c.MemberlistInsecure {
+		argv = append(argv, "--memberlist-insecure")
+	}
+	return c.Start(SpeakerName(n), n.NS, argv...)
 }
 
 // CutLink takes a node off the network, as a pulled cable would: the
