@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/pkg/announce"
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/lab"
 	"github.com/ironlb/ironlb/pkg/speaker"
@@ -405,4 +406,107 @@ func TestAnnouncingEvent(t *testing.T) {
 		}
 		return fmt.Errorf("no Announcing event for %s naming %s and eth0 among %d events", vip4, owner, len(list.Items))
 	})
+}
+
+// TestInterfaceMissing: an L2Advertisement naming an interface that one
+// node lacks never makes that node the owner (on every IP, including those
+// it would rank first for); one naming an interface no node has leaves the
+// IP unannounced, says so with one Warning Event and metric, and no
+// Announcement claims it.
+func TestInterfaceMissing(t *testing.T) {
+	ctx := t.Context()
+	mkPool := func(name, addrs, iface string) {
+		t.Helper()
+		pool := &ironlbv1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: ironlbv1alpha1.IPPoolSpec{Addresses: []ironlbv1alpha1.AddressRange{ironlbv1alpha1.AddressRange(addrs)}}}
+		adv := &ironlbv1alpha1.L2Advertisement{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: ironlbv1alpha1.L2AdvertisementSpec{PoolSelection: ironlbv1alpha1.PoolSelection{IPPools: []string{name}}, Interfaces: []string{iface}}}
+		for _, o := range []client.Object{pool, adv} {
+			if err := cl.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cl.Delete(context.WithoutCancel(ctx), o) })
+		}
+	}
+	// lbtest0 on node-a and node-b only.
+	for _, n := range []string{"node-a", "node-b"} {
+		ns := nodeNamed(t, n).NS
+		// A veth pair (the lab's kernel may lack the dummy driver).
+		for _, args := range [][]string{{"link", "add", "lbtest0", "type", "veth", "peer", "name", "lbtest0p"},
+			{"link", "set", "lbtest0p", "up"}, {"link", "set", "lbtest0", "up"}} {
+			if out, err := exec.CommandContext(ctx, "ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v in %s: %v: %s", args, ns, err, out)
+			}
+		}
+		t.Cleanup(func() { _ = exec.Command("ip", "-n", ns, "link", "del", "lbtest0").Run() })
+	}
+	mkPool("ifaces-some", "10.89.102.0/29", "lbtest0")
+	inPool := func(pool string) func(*corev1.Service) {
+		return func(s *corev1.Service) {
+			s.Annotations = map[string]string{config.AnnotationPool: pool}
+			s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
+			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+		}
+	}
+	cRanksFirst := 0
+	for i := range 6 {
+		name := fmt.Sprintf("ifaces-%d", i)
+		ip := demoService(t, name, 1, inPool("ifaces-some"))[0]
+		if expectedOwner(ip, allNodes()) == "node-c" {
+			cRanksFirst++
+		}
+		var ann []string
+		oneAnnouncer(t, name, ip, func(node string) error {
+			if node == "node-c" {
+				return fmt.Errorf("%s is announced by node-c, which has no lbtest0", ip)
+			}
+			var list ironlbv1alpha1.AnnouncementList
+			if err := cl.List(ctx, &list, client.InNamespace("default")); err != nil {
+				return err
+			}
+			for _, a := range list.Items {
+				if a.Spec.IP == ip.String() {
+					ann = a.Spec.Interfaces
+				}
+			}
+			if !slices.Equal(ann, []string{"lbtest0"}) {
+				return fmt.Errorf("%s announced on %v, want lbtest0", ip, ann)
+			}
+			return nil
+		})
+	}
+	if cRanksFirst == 0 {
+		t.Fatal("the test proves nothing: node-c ranks first for none of the IPs")
+	}
+
+	// Nobody has eht0.
+	mkPool("ifaces-none", "10.89.102.64/29", "eht0")
+	ip := demoService(t, "ifaces-none", 1, inPool("ifaces-none"))[0]
+	eventually(t, 20*time.Second, func() error {
+		var list eventsv1.EventList
+		if err := cl.List(ctx, &list, client.InNamespace("default")); err != nil {
+			return err
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == "ifaces-none" && e.Type == corev1.EventTypeWarning && e.Reason == "NoInterface" &&
+				strings.Contains(e.Note, "eht0") && strings.Contains(e.Note, ip.String()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no NoInterface Warning Event for %s", ip)
+	})
+	reports := 0.0
+	for _, n := range cfg.NodeList() {
+		v, _ := value(scrape(t, n.NS, "127.0.0.1:7473"), "ironlb_unannounced_ips", `reason="NoInterface"`)
+		reports += v
+	}
+	if reports != 1 {
+		t.Errorf("ironlb_unannounced_ips{reason=NoInterface} adds up to %v over the speakers, want 1 (one reporter)", reports)
+	}
+	for range 20 {
+		if got, err := announcers(ctx, "ifaces-none", ip); err != nil || len(got) != 0 {
+			t.Fatalf("%s is claimed by %v (%v) though no node can answer for it", ip, got, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

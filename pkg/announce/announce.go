@@ -33,6 +33,9 @@ const (
 	NoLocalEndpoint Reason = "noLocalEndpoint"
 	// UnknownNode: the node is not among the candidates at all.
 	UnknownNode Reason = "unknownNode"
+	// NoInterface: the advertisements that select the IP's pool and the
+	// node name interfaces the node lacks (or has down).
+	NoInterface Reason = "interfaceMissing"
 )
 
 // Node is what the decision needs to know about one node for one IP.
@@ -42,8 +45,12 @@ type Node struct {
 	Alive bool
 	// Excluded: labelled to stay out of external load balancing.
 	Excluded bool
-	// Advertised: an advertisement selects the IP's pool and this node.
+	// Advertised: an advertisement selects the IP's pool and this node,
+	// and the node has an interface it names (or it names none).
 	Advertised bool
+	// MissingInterface: advertisements select the pool and the node but
+	// the node lacks every interface they name.
+	MissingInterface bool
 	// ReadyEndpoints counts the Service's ready endpoints on this node.
 	ReadyEndpoints int
 }
@@ -67,6 +74,8 @@ func Check(svc Service, n Node) Reason {
 		return NotAlive
 	case n.Excluded:
 		return Excluded
+	case !n.Advertised && n.MissingInterface:
+		return NoInterface
 	case !n.Advertised:
 		return NoAdvertisement
 	case svc.ReadyEndpoints == 0:

@@ -25,6 +25,8 @@ func TestCheck(t *testing.T) {
 		"dead speaker":                 {cluster, Node{Name: "a", Advertised: true, ReadyEndpoints: 1}, NotAlive},
 		"excluded node":                {cluster, Node{Name: "a", Alive: true, Excluded: true, Advertised: true}, Excluded},
 		"no advertisement":             {cluster, Node{Name: "a", Alive: true}, NoAdvertisement},
+		"missing interface":            {cluster, Node{Name: "a", Alive: true, MissingInterface: true}, NoInterface},
+		"one advertisement of two":     {cluster, Node{Name: "a", Alive: true, Advertised: true, MissingInterface: true, ReadyEndpoints: 1}, Announcing},
 		"no endpoints anywhere":        {Service{}, node("a"), NoEndpoints},
 		"cluster without local ones":   {cluster, Node{Name: "a", Alive: true, Advertised: true}, Announcing},
 		"local without local endpoint": {local, Node{Name: "a", Alive: true, Advertised: true}, NoLocalEndpoint},

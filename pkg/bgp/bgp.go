@@ -176,6 +176,18 @@ func (b *Server) Exported() map[string]int {
 	return out
 }
 
+// Advertised returns the prefixes GoBGP holds in its table now, ready to
+// export: what Apply managed to add.
+func (b *Server) Advertised() map[netip.Prefix]bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[netip.Prefix]bool, len(b.paths))
+	for p := range b.paths {
+		out[p] = true
+	}
+	return out
+}
+
 // Apply makes the sessions and routes the given ones: new peers are
 // added, changed ones replaced, gone ones closed; the export policy is
 // rebuilt; routes are added and withdrawn.

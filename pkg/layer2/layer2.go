@@ -129,7 +129,8 @@ func (a *Announcer) Run(ctx context.Context) {
 // Set makes the announcer answer for exactly these IPs on these interfaces
 // (interface name -> IPs). IPs new on an interface are announced
 // gratuitously at once. It returns the errors of interfaces it could not
-// serve; those are retried by the next Set with the same IPs.
+// serve; those are retried by the next Set with the same IPs. Serving
+// tells what it answers for once Set returns.
 func (a *Announcer) Set(want map[string][]netip.Addr) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -162,6 +163,20 @@ func (a *Announcer) Set(want map[string][]netip.Addr) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Serving returns, for each IP, the interfaces the announcer answers on
+// now: only these are announced, whatever Set was asked.
+func (a *Announcer) Serving() map[netip.Addr][]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[netip.Addr][]string{}
+	for _, name := range slices.Sorted(maps.Keys(a.ifaces)) {
+		for ip := range *a.ifaces[name].ips.Load() {
+			out[ip] = append(out[ip], name)
+		}
+	}
+	return out
 }
 
 // update opens what the interface needs, swaps its IP set and announces

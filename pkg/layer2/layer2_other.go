@@ -35,5 +35,8 @@ func (a *Announcer) Set(map[string][]netip.Addr) error {
 	return errors.New("layer-2 announcements need Linux")
 }
 
+// Serving is empty: see Set.
+func (a *Announcer) Serving() map[netip.Addr][]string { return nil }
+
 // Reannounce does nothing.
 func (a *Announcer) Reannounce() {}

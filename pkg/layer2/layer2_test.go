@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,6 +193,20 @@ func TestAnnouncerAnswersARPAndNDP(t *testing.T) {
 		if p.SenderIP == vip4 && p.TargetIP == vip4 && p.SenderHardwareAddr.String() == speakerMAC.String() {
 			break
 		}
+	}
+
+	// An interface the node lacks: an error, and Serving says the IP is
+	// answered on the one that exists only.
+	var setErr error
+	inNS(t, speakerNS, func() error {
+		setErr = a.Set(map[string][]netip.Addr{speakerLink: {vip4, vip6}, "nosuch0": {vip4}})
+		return nil
+	})
+	if setErr == nil || !strings.Contains(setErr.Error(), "nosuch0") {
+		t.Errorf("Set with a missing interface: %v, want an error naming it", setErr)
+	}
+	if got := a.Serving(); !slices.Equal(got[vip4], []string{speakerLink}) || !slices.Equal(got[vip6], []string{speakerLink}) {
+		t.Errorf("Serving = %v, want both IPs on %s only", got, speakerLink)
 	}
 
 	// Once told to stop, the speaker no longer answers.

@@ -3,13 +3,17 @@ package speaker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -92,6 +96,10 @@ type members struct {
 	dead map[string]bool
 	// leavers are the members whose metadata says they are leaving.
 	leavers map[string]bool
+	// ifaces is what each member said of the named interfaces; meta is
+	// this node's encoded nodeMeta.
+	ifaces map[string]ifaceFacts
+	meta   atomic.Pointer[[]byte]
 }
 
 // startMembers joins nothing yet; call join with the peers' addresses.
@@ -99,7 +107,7 @@ type members struct {
 // start.
 func startMembers(log logr.Logger, name, advertise string, peers map[string]string, opts MemberOptions, changed func()) (*members, error) {
 	m := &members{log: log, self: name, changed: changed, alive: map[string]bool{name: true},
-		down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{}}
+		down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{}, ifaces: map[string]ifaceFacts{}}
 	m.probe = func(a netip.Addr) bool {
 		// Three tries: a live node wrongly found dead has its flows
 		// placed again, a dead one found late only delays new flows.
@@ -179,6 +187,9 @@ func (m *members) NotifyAlive(peer *memberlist.Node) error {
 	if !want.IP.Equal(peer.Addr) {
 		return fmt.Errorf("member %q speaks from %s, its Node's InternalIP is %s", peer.Name, peer.Addr, want.IP)
 	}
+	if int(peer.Port) != want.Port {
+		return fmt.Errorf("member %q uses port %d, the speakers' is %d", peer.Name, peer.Port, want.Port)
+	}
 	return nil
 }
 
@@ -250,19 +261,95 @@ func (m *members) NotifyJoin(n *memberlist.Node) {
 	m.set(n.Name, true)
 }
 
-// noteMeta records whether n says it is leaving, and returns that.
-// memberlist changes its Nodes in place, so their metadata is read only
-// in its callbacks.
+// noteMeta records what n's metadata says: whether it is leaving, and
+// which interfaces named by L2Advertisements it has. It returns whether n
+// is leaving. memberlist changes its Nodes in place, so their metadata is
+// read only in its callbacks.
 func (m *members) noteMeta(n *memberlist.Node) bool {
 	leaving := string(n.Meta) == metaLeaving
+	var facts ifaceFacts
+	if !leaving && len(n.Meta) > 0 {
+		var meta nodeMeta
+		if err := json.Unmarshal(n.Meta, &meta); err == nil {
+			facts = meta.facts()
+		}
+	}
 	m.mu.Lock()
 	if leaving {
 		m.leavers[n.Name] = true
 	} else {
 		delete(m.leavers, n.Name)
 	}
+	changed := false
+	if !leaving {
+		changed = !facts.equal(m.ifaces[n.Name])
+		m.ifaces[n.Name] = facts
+	}
 	m.mu.Unlock()
+	if changed && n.Name != m.self {
+		go m.changed() // not from memberlist's callback
+	}
 	return leaving
+}
+
+// nodeMeta is what a speaker publishes about itself while it runs (when it
+// leaves its metadata is metaLeaving): of the interfaces that
+// L2Advertisements name, those it has (up) and those it lacks, so every
+// speaker elects owners among the nodes that can answer.
+type nodeMeta struct {
+	Has   []string `json:"has,omitempty"`
+	Lacks []string `json:"lacks,omitempty"`
+}
+
+func (n nodeMeta) facts() ifaceFacts {
+	f := ifaceFacts{has: map[string]bool{}, lacks: map[string]bool{}}
+	for _, i := range n.Has {
+		f.has[i] = true
+	}
+	for _, i := range n.Lacks {
+		f.lacks[i] = true
+	}
+	return f
+}
+
+// ifaceFacts are what a node said of the named interfaces; an interface in
+// neither set is unknown (an older speaker, or news not yet gossiped) and
+// counts as present.
+type ifaceFacts struct {
+	has, lacks map[string]bool
+}
+
+func (f ifaceFacts) equal(g ifaceFacts) bool {
+	return maps.Equal(f.has, g.has) && maps.Equal(f.lacks, g.lacks)
+}
+
+// publishInterfaces sets what this speaker says of the named interfaces
+// and gossips it when it changed.
+func (m *members) publishInterfaces(meta nodeMeta) {
+	b, err := json.Marshal(meta)
+	if err != nil || len(b) > memberlist.MetaMaxSize {
+		b = nil // unknown: counted as present everywhere
+	}
+	if len(meta.Has)+len(meta.Lacks) == 0 {
+		b = nil
+	}
+	if old := m.meta.Load(); old != nil && bytes.Equal(*old, b) {
+		return
+	}
+	m.meta.Store(&b)
+	m.mu.Lock()
+	m.ifaces[m.self] = meta.facts()
+	m.mu.Unlock()
+	if err := m.list.UpdateNode(time.Second); err != nil {
+		m.log.Error(err, "publish interfaces")
+	}
+}
+
+// Interfaces returns what each member said of the named interfaces.
+func (m *members) Interfaces() map[string]ifaceFacts {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.ifaces)
 }
 
 // saidLeaving tells whether the node's last metadata said it is leaving.
@@ -291,30 +378,69 @@ func (m *members) NotifyUpdate(n *memberlist.Node) {
 	}
 }
 
-// verifyLeaving hands a node over on its "leaving" only once a direct ping
-// to its address goes unanswered. A speaker that really leaves stops
-// answering within milliseconds (it shuts its member list down right
-// after); a forged "leaving" about a live node, from whoever holds the key
-// or crafted the address, is answered by the real node and changes
-// nothing.
-func (m *members) verifyLeaving(name string, addr net.Addr) {
-	for range leavingChecks {
-		if _, err := m.list.Ping(name, addr); err != nil {
+// verifyLeaving hands a node over on its "leaving" only once that node's
+// speaker is seen gone: its member port, at the Node's InternalIP,
+// refuses connections (a speaker that really leaves closes it within
+// milliseconds of saying so), or, when that cannot be told, a direct ping
+// goes unanswered. A forged "leaving" about a live node, from whoever
+// holds the key or crafted the message, is answered by the real node and
+// changes nothing.
+func (m *members) verifyLeaving(name string, _ net.Addr) {
+	addrs, _ := m.addrs.Load().(map[string]net.Addr)
+	addr, ok := addrs[name]
+	if !ok {
+		return // no Node of that name: never a member
+	}
+	deadline := time.Now().Add(leavingFor)
+	for time.Now().Before(deadline) {
+		switch portState(addr) {
+		case portClosed:
 			m.set(name, false)
 			return
+		case portUnknown:
+			if _, err := m.list.Ping(name, addr); err != nil {
+				m.set(name, false)
+				return
+			}
 		}
 		time.Sleep(leavingCheckEvery)
 	}
-	m.log.Info("a node said to be leaving still answers after a second; keeping it (a forged message, or a speaker slow to stop)", "peer", name)
+	m.log.Info("a node said to be leaving still answers; keeping it (a forged message, or a speaker slow to stop)", "peer", name)
 }
 
-// leavingChecks × leavingCheckEvery bounds how long a leaving node may
-// still answer before its "leaving" is taken for forged; a slow leaver is
-// then handed over by failure detection.
+// leavingFor bounds how long a leaving node may still answer before its
+// "leaving" is taken for forged; a slow leaver is then handed over by
+// failure detection.
 const (
-	leavingChecks     = 20
-	leavingCheckEvery = 50 * time.Millisecond
+	leavingFor        = time.Second
+	leavingCheckEvery = 10 * time.Millisecond
 )
+
+type portAnswer int
+
+const (
+	portOpen portAnswer = iota
+	portClosed
+	portUnknown
+)
+
+// portState tells whether a speaker listens at addr's member port: a
+// refused connection says no at once; a timeout says nothing.
+func portState(addr net.Addr) portAnswer {
+	u, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return portUnknown
+	}
+	c, err := net.DialTimeout("tcp", (&net.TCPAddr{IP: u.IP, Port: u.Port}).String(), 50*time.Millisecond)
+	switch {
+	case err == nil:
+		_ = c.Close()
+		return portOpen
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return portClosed
+	}
+	return portUnknown
+}
 
 // verifyDead pings a node reported dead and marks it dead unless it answers.
 func (m *members) verifyDead(name string, addr net.Addr) {
@@ -406,10 +532,14 @@ func (m *members) checkDown() {
 	}
 }
 
-// NodeMeta publishes whether this node is leaving.
-func (m *members) NodeMeta(int) []byte {
+// NodeMeta publishes whether this node is leaving and, while it is not,
+// which named interfaces it has.
+func (m *members) NodeMeta(limit int) []byte {
 	if m.leaving.Load() {
 		return []byte(metaLeaving)
+	}
+	if b := m.meta.Load(); b != nil && len(*b) <= limit {
+		return *b
 	}
 	return nil
 }

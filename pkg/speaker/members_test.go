@@ -90,10 +90,15 @@ func TestNotifyAlive(t *testing.T) {
 		"a Node from its InternalIP":      {"b", "10.0.0.12", true},
 		"a Node's name from elsewhere":    {"b", "10.0.0.99", false},
 		"a name that is no Node":          {"mallory", "10.0.0.12", false},
+		"a Node's address, another port":  {"b", "10.0.0.12:7", false},
 		"itself (memberlist's own entry)": {"a", "10.0.0.11", true},
 	}
 	for name, tc := range tests {
-		err := m.NotifyAlive(&memberlist.Node{Name: tc.name, Addr: net.ParseIP(tc.addr)})
+		host, port := tc.addr, 7947
+		if h, p, err := net.SplitHostPort(tc.addr); err == nil {
+			host, port = h, atoi(p)
+		}
+		err := m.NotifyAlive(&memberlist.Node{Name: tc.name, Addr: net.ParseIP(host), Port: uint16(port)})
 		if (err == nil) != tc.ok {
 			t.Errorf("%s: %v, want admitted %v", name, err, tc.ok)
 		}
@@ -211,3 +216,5 @@ func freePort(t *testing.T) int {
 	t.Fatal("no free port")
 	return 0
 }
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }

@@ -10,6 +10,10 @@ type speakerMetrics struct {
 	ownerChanges prometheus.Counter
 	// unserved counts ready endpoints past what the data plane serves.
 	unserved prometheus.Gauge
+	// unannounced counts IPs that should be announced and are not, by
+	// reason; dataplaneErrors the data plane's failed applies.
+	unannounced     *prometheus.GaugeVec
+	dataplaneErrors prometheus.Counter
 }
 
 func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
@@ -31,6 +35,14 @@ func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
 			Help: "Ready endpoints on this node the data plane does not serve: beyond 64 per Service port.",
 		}),
 	}
-	reg.MustRegister(m.announced, m.members, m.ownerChanges, m.unserved)
+	m.unannounced = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ironlb_unannounced_ips",
+		Help: "Service IPs not announced although they should be: NoInterface (reported by one node: no candidate has the advertisement's interfaces), AnnounceFailed (this node owns the IP and its announcer refused it).",
+	}, []string{"reason"})
+	m.dataplaneErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ironlb_dataplane_apply_errors_total",
+		Help: "Times the data plane could not be programmed (it forwards with its previous state).",
+	})
+	reg.MustRegister(m.announced, m.members, m.ownerChanges, m.unserved, m.unannounced, m.dataplaneErrors)
 	return m
 }

@@ -35,6 +35,10 @@ type world struct {
 	dead map[string]bool
 	// svcFacts are services and slices translated once (see facts).
 	svcFacts []serviceFacts
+	// ifaces is what each node said of the interfaces L2Advertisements
+	// name (this node's own facts included); a node or interface not in
+	// it counts as present.
+	ifaces map[string]ifaceFacts
 }
 
 // bgpRoute is a route this node advertises for an IP, from one
@@ -65,6 +69,12 @@ type decision struct {
 	bgp      []bgpRoute
 	bgpSelf  announce.Reason
 	bgpOwner string
+	// missing, when no node may answer because every live candidate
+	// lacks the interfaces its advertisements name, lists those
+	// interfaces; reporter is the node that warns about it (the first
+	// live node by the IP's rank), so one Event is sent, not one per node.
+	missing  []string
+	reporter string
 }
 
 // plan decides, for every LoadBalancer IP in a pool, which node answers
@@ -131,7 +141,8 @@ func plan(w world, self string) []decision {
 	for ip, st := range ips {
 		nodes := make([]announce.Node, 0, len(w.nodes))
 		bgpNodes := make([]announce.Node, 0, len(w.nodes))
-		var ifaces []string
+		var ifaces, missing []string
+		var live []string
 		autoIfaces := false
 		var selfLabels map[string]string
 		for i := range w.nodes {
@@ -149,12 +160,23 @@ func plan(w world, self string) []decision {
 				if !selectsPool(adv.Spec.PoolSelection, st.pool) || !selects(adv.Spec.NodeSelector, n.Labels) {
 					continue
 				}
+				present := adv.Spec.Interfaces
+				if len(present) > 0 {
+					present = presentInterfaces(present, w.ifaces[n.Name])
+					if len(present) == 0 {
+						// A node that cannot answer where the
+						// advertisement says is no candidate.
+						an.MissingInterface = true
+						missing = append(missing, adv.Spec.Interfaces...)
+						continue
+					}
+				}
 				an.Advertised = true
 				if n.Name == self {
-					if len(adv.Spec.Interfaces) == 0 {
+					if len(present) == 0 {
 						autoIfaces = true
 					}
-					ifaces = append(ifaces, adv.Spec.Interfaces...)
+					ifaces = append(ifaces, present...)
 				}
 			}
 			for j := range w.bgpAdvs {
@@ -166,12 +188,25 @@ func plan(w world, self string) []decision {
 			if n.Name == self {
 				selfLabels = n.Labels
 			}
+			if an.Alive {
+				live = append(live, n.Name)
+			}
 			nodes = append(nodes, an)
 			bgpNodes = append(bgpNodes, bn)
 		}
 		d := decision{ip: ip, pool: st.pool.Name, services: st.services, self: announce.L2(ip, st.svc, nodes, self)}
 		if e := announce.Eligible(ip, st.svc, nodes); len(e) > 0 {
 			d.owner = e[0]
+		} else if len(live) > 0 && slices.ContainsFunc(nodes, func(n announce.Node) bool {
+			// Interfaces are the reason: a node that lacks them would
+			// answer if it had them.
+			n.Advertised = n.Advertised || n.MissingInterface
+			return n.MissingInterface && announce.Check(st.svc, n) == announce.Announcing
+		}) {
+			slices.Sort(missing)
+			d.missing = slices.Compact(missing)
+			announce.Rank(ip, live)
+			d.reporter = live[0]
 		}
 		if !autoIfaces && len(ifaces) > 0 {
 			slices.Sort(ifaces)
@@ -193,6 +228,18 @@ func plan(w world, self string) []decision {
 		out = append(out, d)
 	}
 	slices.SortFunc(out, func(a, b decision) int { return a.ip.Compare(b.ip) })
+	return out
+}
+
+// presentInterfaces returns the named interfaces a node has not said it
+// lacks.
+func presentInterfaces(named []string, f ifaceFacts) []string {
+	var out []string
+	for _, i := range named {
+		if !f.lacks[i] {
+			out = append(out, i)
+		}
+	}
 	return out
 }
 

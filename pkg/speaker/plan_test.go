@@ -281,3 +281,87 @@ func TestAggregationStaysInPool(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanInterfaces: a node that lacks every interface its
+// advertisements name is never the owner; when every node lacks them the
+// IP has no owner, and one node (the same for all) reports it.
+func TestPlanInterfaces(t *testing.T) {
+	nodes := []corev1.Node{
+		testNode("a", nil, corev1.ConditionTrue),
+		testNode("b", nil, corev1.ConditionTrue),
+		testNode("c", nil, corev1.ConditionTrue),
+	}
+	alive := map[string]bool{"a": true, "b": true, "c": true}
+	adv := []ironlbv1alpha1.L2Advertisement{{ObjectMeta: metav1.ObjectMeta{Name: "x"},
+		Spec: ironlbv1alpha1.L2AdvertisementSpec{Interfaces: []string{"eth1"}}}}
+	var svcs []corev1.Service
+	var slcs []discoveryv1.EndpointSlice
+	for i := range 30 {
+		name := "s" + strings.Repeat("x", i)
+		svcs = append(svcs, testService(name, netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}).String(), false))
+		slcs = append(slcs, testSlice(name, "b"))
+	}
+	has := ifaceFacts{has: map[string]bool{"eth1": true}, lacks: map[string]bool{}}
+	lacks := ifaceFacts{has: map[string]bool{}, lacks: map[string]bool{"eth1": true}}
+	w := world{nodes: nodes, services: svcs, slices: slcs, pools: []ironlbv1alpha1.IPPool{testPool("p", nil, "192.0.2.0/24")},
+		l2: adv, alive: alive,
+		// c is an older speaker that says nothing: counted as having it.
+		ifaces: map[string]ifaceFacts{"a": lacks, "b": has}}
+	owners := map[netip.Addr]string{}
+	for _, self := range []string{"a", "b", "c"} {
+		for _, d := range plan(w, self) {
+			if d.owner == "a" || d.owner == "" {
+				t.Fatalf("%s: owner %q; a lacks eth1 and b, c have it", d.ip, d.owner)
+			}
+			if prev, ok := owners[d.ip]; ok && prev != d.owner {
+				t.Fatalf("%s: nodes disagree on the owner: %s and %s", d.ip, prev, d.owner)
+			}
+			owners[d.ip] = d.owner
+			if self == "a" && d.self != announce.NoInterface {
+				t.Errorf("%s: a's reason %q, want %q", d.ip, d.self, announce.NoInterface)
+			}
+			if self == d.owner && !slicesEqual(d.interfaces, []string{"eth1"}) {
+				t.Errorf("%s: owner answers on %v", d.ip, d.interfaces)
+			}
+		}
+	}
+	// Without the interfaces a would have owned some of them.
+	w2 := w
+	w2.ifaces = nil
+	aOwned := 0
+	for _, d := range plan(w2, "a") {
+		if d.owner == "a" {
+			aOwned++
+		}
+	}
+	if aOwned == 0 {
+		t.Fatal("the test proves nothing: a ranks first for none of the IPs")
+	}
+
+	// Nobody has it: no owner, one reporter, the interface named.
+	w.ifaces = map[string]ifaceFacts{"a": lacks, "b": lacks, "c": lacks}
+	reporters := map[netip.Addr]string{}
+	for _, self := range []string{"a", "b", "c"} {
+		for _, d := range plan(w, self) {
+			if d.owner != "" || d.self == announce.Announcing {
+				t.Fatalf("%s: owner %q with no node having eth1", d.ip, d.owner)
+			}
+			if !slicesEqual(d.missing, []string{"eth1"}) || d.reporter == "" {
+				t.Fatalf("%s: missing %v reporter %q", d.ip, d.missing, d.reporter)
+			}
+			if prev, ok := reporters[d.ip]; ok && prev != d.reporter {
+				t.Fatalf("%s: nodes disagree on the reporter", d.ip)
+			}
+			reporters[d.ip] = d.reporter
+		}
+	}
+	// No endpoints is another reason: not reported as interfaces.
+	w.slices = nil
+	for _, d := range plan(w, "a") {
+		if len(d.missing) != 0 {
+			t.Fatalf("%s: no endpoints reported as missing interfaces", d.ip)
+		}
+	}
+}
+
+func slicesEqual(a, b []string) bool { return strings.Join(a, ",") == strings.Join(b, ",") }

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/pkg/announce"
@@ -80,23 +81,21 @@ func (s *Speaker) sync(ctx context.Context) error {
 			dpLater = apply
 		}
 	}
+	// What this node has of the interfaces advertisements name, told to
+	// the others before deciding: all elect among nodes that can answer.
+	local := localInterfaces(namedInterfaces(w.l2))
+	s.members.publishInterfaces(local)
+	w.ifaces = s.members.Interfaces()
+	w.ifaces[s.opts.NodeName] = local.facts()
 	decisions := plan(w, s.opts.NodeName)
 	want := map[string][]netip.Addr{}
-	var mine []announcement
-	var owned []ownedIP
 	var routes []bgp.Route
+	var owned []ownedIP
+	var problems []problem
 	for _, d := range decisions {
-		if len(d.bgp) > 0 {
-			var peers []string
-			for _, r := range d.bgp {
-				routes = append(routes, bgp.Route{Prefix: r.prefix, Peers: r.peers,
-					Communities: r.communities, LargeCommunities: r.large, LocalPref: r.localPref})
-				peers = append(peers, r.peers...)
-			}
-			slices.Sort(peers)
-			for _, svc := range d.services {
-				mine = append(mine, announcement{service: svc, ip: d.ip, protocol: ironlbv1alpha1.ProtocolBGP, peers: slices.Compact(peers)})
-			}
+		for _, r := range d.bgp {
+			routes = append(routes, bgp.Route{Prefix: r.prefix, Peers: r.peers,
+				Communities: r.communities, LargeCommunities: r.large, LocalPref: r.localPref})
 		}
 		if d.bgpOwner == s.opts.NodeName {
 			owned = append(owned, ownedIP{ip: d.ip, services: d.services, protocol: ironlbv1alpha1.ProtocolBGP})
@@ -108,6 +107,12 @@ func (s *Speaker) sync(ctx context.Context) error {
 		if d.owner == s.opts.NodeName {
 			owned = append(owned, ownedIP{ip: d.ip, services: d.services, protocol: ironlbv1alpha1.ProtocolL2})
 		}
+		if d.reporter == s.opts.NodeName {
+			for _, svc := range d.services {
+				problems = append(problems, problem{service: svc, ip: d.ip, reason: "NoInterface",
+					message: fmt.Sprintf("%s is not announced: every node an L2Advertisement selects lacks the interfaces it names (%s), or has them down", d.ip, strings.Join(d.missing, ", "))})
+			}
+		}
 		if d.self != announce.Announcing {
 			continue
 		}
@@ -118,9 +123,6 @@ func (s *Speaker) sync(ctx context.Context) error {
 		for _, i := range ifaces {
 			want[i] = append(want[i], d.ip)
 		}
-		for _, svc := range d.services {
-			mine = append(mine, announcement{service: svc, ip: d.ip, protocol: ironlbv1alpha1.ProtocolL2, interfaces: ifaces})
-		}
 	}
 	// Forget owners of IPs that went away.
 	for ip := range s.owners {
@@ -128,7 +130,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 			delete(s.owners, ip)
 		}
 	}
-	peers, problems := s.bgpPeers(ctx, w)
+	peers, peerProblems := s.bgpPeers(ctx, w)
 	bgpErr := s.bgp.Apply(ctx, peers, routes)
 	s.metrics.announced.WithLabelValues("BGP").Set(float64(len(routes)))
 	err := s.l2.Set(want)
@@ -137,16 +139,36 @@ func (s *Speaker) sync(ctx context.Context) error {
 		// the MAC of a node that answered while cut off.
 		s.l2.Reannounce()
 	}
+	// Status says what is on the wire, not what was wanted: an IP is
+	// recorded as announced only on the interfaces the announcer serves
+	// it on, and over BGP only once GoBGP holds the route and a session
+	// to one of its peers is up.
+	mine, failed := s.announced(decisions, err, bgpErr)
+	problems = append(problems, failed...)
 	n := 0
-	for _, ips := range want {
-		n += len(ips)
+	for _, ifs := range s.l2.Serving() {
+		if len(ifs) > 0 {
+			n++
+		}
 	}
 	s.metrics.announced.WithLabelValues("L2").Set(float64(n))
+	unannounced := map[string]int{}
+	for _, p := range problems {
+		unannounced[p.reason]++
+	}
+	for _, r := range []string{"NoInterface", "AnnounceFailed"} {
+		s.metrics.unannounced.WithLabelValues(r).Set(float64(unannounced[r]))
+	}
 	if dpLater != nil {
 		dpErr = dpLater()
 	}
 	s.writer.publish(mine, owned, w.alive)
-	s.writer.publishSessions(sessionsOf(peers, problems, s.bgp.States(), s.bgp.Exported()))
+	s.writer.publishProblems(problems)
+	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported()))
+	if dpErr != nil {
+		s.metrics.dataplaneErrors.Inc()
+	}
+	s.writer.publishDataplaneError(dpErr)
 	if err != nil {
 		return fmt.Errorf("layer 2: %w", err)
 	}
@@ -154,6 +176,95 @@ func (s *Speaker) sync(ctx context.Context) error {
 		return fmt.Errorf("bgp: %w", bgpErr)
 	}
 	return dpErr
+}
+
+// problem is an IP of a Service that should be announced and is not, and
+// why: a Warning Event on the Service.
+type problem struct {
+	service types.NamespacedName
+	ip      netip.Addr
+	reason  string
+	message string
+}
+
+// announced returns what this node really announces, from the decisions
+// and what the announcers accepted, and the IPs it should announce and
+// does not.
+func (s *Speaker) announced(decisions []decision, l2Err, bgpErr error) ([]announcement, []problem) {
+	serving := s.l2.Serving()
+	installed := s.bgp.Advertised()
+	states := s.bgp.States()
+	var mine []announcement
+	var failed []problem
+	for _, d := range decisions {
+		if len(d.bgp) > 0 {
+			var peers []string
+			for _, r := range d.bgp {
+				if !installed[r.prefix] {
+					continue
+				}
+				for _, p := range r.peers {
+					if states[p].State == bgp.Established {
+						peers = append(peers, p)
+					}
+				}
+			}
+			slices.Sort(peers)
+			peers = slices.Compact(peers)
+			if len(peers) > 0 {
+				for _, svc := range d.services {
+					mine = append(mine, announcement{service: svc, ip: d.ip, protocol: ironlbv1alpha1.ProtocolBGP, peers: peers})
+				}
+			} else if bgpErr != nil {
+				for _, svc := range d.services {
+					failed = append(failed, problem{service: svc, ip: d.ip, reason: "AnnounceFailed",
+						message: fmt.Sprintf("node %s cannot advertise %s over BGP: %v", s.opts.NodeName, d.ip, bgpErr)})
+				}
+			}
+		}
+		if d.self != announce.Announcing {
+			continue
+		}
+		ifaces := serving[d.ip.Unmap()]
+		if len(ifaces) == 0 {
+			why := "no interface to answer on"
+			if l2Err != nil {
+				why = l2Err.Error()
+			}
+			for _, svc := range d.services {
+				failed = append(failed, problem{service: svc, ip: d.ip, reason: "AnnounceFailed",
+					message: fmt.Sprintf("node %s owns %s but cannot answer for it: %s", s.opts.NodeName, d.ip, why)})
+			}
+			continue
+		}
+		for _, svc := range d.services {
+			mine = append(mine, announcement{service: svc, ip: d.ip, protocol: ironlbv1alpha1.ProtocolL2, interfaces: ifaces})
+		}
+	}
+	return mine, failed
+}
+
+// namedInterfaces are the interfaces any L2Advertisement names.
+func namedInterfaces(advs []ironlbv1alpha1.L2Advertisement) []string {
+	var out []string
+	for i := range advs {
+		out = append(out, advs[i].Spec.Interfaces...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// localInterfaces tells which of the named interfaces this node has up.
+func localInterfaces(named []string) nodeMeta {
+	var m nodeMeta
+	for _, name := range named {
+		if ifi, err := net.InterfaceByName(name); err == nil && ifi.Flags&net.FlagUp != 0 {
+			m.Has = append(m.Has, name)
+		} else {
+			m.Lacks = append(m.Lacks, name)
+		}
+	}
+	return m
 }
 
 // bgpPeers returns the sessions this node keeps: the BGPPeers that select

@@ -68,11 +68,70 @@ type writer struct {
 	written map[string]session
 	warned  map[string]bool
 	peerUp  map[string]bool // peers whose session was Established once
+	// problems are the IPs this node should announce and does not (or,
+	// as reporter, that nobody can), dpErr the data plane's last error;
+	// warnedAt rate-limits their Warning Events per key.
+	problems []problem
+	dpErr    error
+	warnedAt map[string]time.Time
+}
+
+// warnEvery is the least time between two Warning Events for the same
+// Service IP and reason: a lasting fault is repeated so that it outlives
+// Events' TTL, a flapping one does not flood the API server.
+const warnEvery = 10 * time.Minute
+
+// publishProblems hands over the IPs that are not announced, and why.
+func (w *writer) publishProblems(p []problem) {
+	w.mu.Lock()
+	w.problems = p
+	w.mu.Unlock()
+}
+
+// publishDataplaneError hands over the data plane's last error (nil: it
+// applied).
+func (w *writer) publishDataplaneError(err error) {
+	w.mu.Lock()
+	w.dpErr = err
+	w.mu.Unlock()
+}
+
+// warnProblems sends the Warning Events due.
+func (w *writer) warnProblems(ctx context.Context) {
+	w.mu.Lock()
+	problems, dpErr := w.problems, w.dpErr
+	w.mu.Unlock()
+	now := time.Now()
+	due := func(key string) bool {
+		if last, ok := w.warnedAt[key]; ok && now.Sub(last) < warnEvery {
+			return false
+		}
+		w.warnedAt[key] = now
+		return true
+	}
+	for _, p := range problems {
+		if !due(p.service.String() + "/" + p.ip.String() + "/" + p.reason) {
+			continue
+		}
+		var svc corev1.Service
+		if err := w.client.Get(ctx, p.service, &svc); err != nil {
+			continue
+		}
+		w.log.Info("IP not announced", "service", p.service, "ip", p.ip, "reason", p.reason, "message", p.message)
+		w.recorder.Eventf(&svc, nil, corev1.EventTypeWarning, p.reason, "Announce", "%s", p.message)
+	}
+	if dpErr != nil && due("dataplane/"+dpErr.Error()) {
+		var node corev1.Node
+		if err := w.client.Get(ctx, types.NamespacedName{Name: w.node}, &node); err == nil {
+			w.recorder.Eventf(&node, nil, corev1.EventTypeWarning, "DataplaneFailed", "Program",
+				"the XDP data plane of node %s could not be programmed; it forwards with its previous state: %v", w.node, dpErr)
+		}
+	}
 }
 
 func newWriter(log logr.Logger, c client.Client, rec recorder.EventRecorder, node string) *writer {
 	return &writer{log: log, client: c, recorder: rec, node: node, kick: make(chan struct{}, 1), evented: map[string]bool{},
-		written: map[string]session{}, warned: map[string]bool{}, peerUp: map[string]bool{}}
+		written: map[string]session{}, warned: map[string]bool{}, peerUp: map[string]bool{}, warnedAt: map[string]time.Time{}}
 }
 
 // publish hands over a new decision.
@@ -102,6 +161,7 @@ func (w *writer) run(ctx context.Context) {
 		if err := w.writeSessions(ctx); err != nil && ctx.Err() == nil {
 			w.log.Error(err, "write BGP session status")
 		}
+		w.warnProblems(ctx)
 	}
 }
 
