@@ -150,6 +150,9 @@ func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 	if err := (&PoolReconciler{state: st, recorder: rec}).setup(mgr); err != nil {
 		return nil, err
 	}
+	if err := (&AdvertisementReconciler{client: mgr.GetClient(), recorder: rec}).setup(mgr); err != nil {
+		return nil, err
+	}
 	return mgr, nil
 }
 
