@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net/http"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ironlb/ironlb/pkg/lab"
 )
 
 func ironlbctl(t *testing.T, ns string, args ...string) (string, string, int) {
@@ -51,9 +55,10 @@ func TestIronlbctl(t *testing.T) {
 		return nil
 	})
 	if cfg.Dataplane == "xdp" {
-		// From a node's namespace: it reaches the API server through the
-		// lab's forwarder and the other nodes' speakers over the fabric.
-		out, errOut, code := ironlbctl(t, "lab-node-a", "dataplane", "dump", "--node", "node-b")
+		// On the node itself (--local): the debug endpoint is on its
+		// loopback only. (Through the API server, ironlbctl
+		// port-forwards to the speaker pod, which needs a kubelet.)
+		out, errOut, code := ironlbctl(t, "lab-node-b", "dataplane", "dump", "--node", "node-b", "--local")
 		if code != 0 {
 			t.Fatalf("dataplane dump exited %d: %s", code, errOut)
 		}
@@ -61,6 +66,22 @@ func TestIronlbctl(t *testing.T) {
 			if !strings.Contains(out, want) {
 				t.Errorf("dump lacks %q:\n%s", want, out)
 			}
+		}
+		// From the network it is not there: not on the debug port, not
+		// beside /metrics.
+		b := nodeNamed(t, "node-b")
+		if c, err := lab.DialIn(t.Context(), lab.ClientNS, "tcp", netip.AddrPortFrom(b.IPv4, 7476).String()); err == nil {
+			_ = c.Close()
+			t.Error("lab-client connects to node-b's debug port")
+		}
+		hc := clientHTTP()
+		resp, err := hc.Get("http://" + netip.AddrPortFrom(b.IPv4, 7473).String() + "/debug/dataplane")
+		if err != nil {
+			t.Fatalf("metrics port: %v", err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("the metrics port answers /debug/dataplane with %s, want 404", resp.Status)
 		}
 	}
 	plugin := exec.CommandContext(t.Context(), filepath.Join(cfg.Bin, "kubectl-ironlb"), "--kubeconfig", cfg.Kubeconfig(), "status")

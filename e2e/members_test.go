@@ -266,3 +266,31 @@ func TestMemberlistKeyRotation(t *testing.T) {
 		t.Errorf("the retired key still joins: %d nodes, %d members", r.Joined, r.MaxMembers)
 	}
 }
+
+// TestSpeakerRefusesWithoutKey: a speaker whose memberlist Secret does not
+// exist exits, saying why and how to fix it, without joining anything or
+// touching the node's data plane.
+func TestSpeakerRefusesWithoutKey(t *testing.T) {
+	n := nodeNamed(t, "node-c")
+	bpffs := t.TempDir()
+	cmd := exec.CommandContext(t.Context(), "ip", "netns", "exec", n.NS, filepath.Join(cfg.Bin, "ironlb-speaker"),
+		"--kubeconfig", cfg.DaemonKubeconfig("ironlb-speaker"),
+		"--node-name", n.Name,
+		"--bpffs", bpffs,
+		"--interfaces", "eth0",
+		"--metrics-addr", "0", "--health-addr", "0", "--debug-addr", "0",
+		"--memberlist-secret-name", "no-such-secret",
+		"--memberlist-key-wait", "2s")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("the speaker ran without a key:\n%s", out)
+	}
+	for _, want := range []string{"no memberlist key", "no-such-secret", "--memberlist-insecure"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("its output does not say %q:\n%s", want, out)
+		}
+	}
+	if entries, _ := os.ReadDir(bpffs); len(entries) != 0 {
+		t.Errorf("it touched the data plane: %d entries in its bpffs", len(entries))
+	}
+}

@@ -21,12 +21,14 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/internal/kube"
 	"github.com/ironlb/ironlb/pkg/convert"
 	"github.com/ironlb/ironlb/pkg/ctl"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
 const usage = `usage: %[1]s [--kubeconfig FILE] COMMAND
@@ -34,9 +36,10 @@ const usage = `usage: %[1]s [--kubeconfig FILE] COMMAND
 commands:
   status                            pools and their use, Services with their IPs and who announces
                                     them, BGP sessions, warnings (exit status 3 when there are warnings)
-  dataplane dump --node NODE [--port 7473]
+  dataplane dump --node NODE [--port 7476] [--namespace ironlb-system] [--local]
                                     one node's XDP data plane: VIPs, Maglev ring shares, local
-                                    endpoints, conntrack fill (read from its speaker's metrics port)
+                                    endpoints, conntrack fill (its speaker's loopback debug endpoint,
+                                    through a port-forward; --local on the node itself)
   convert metallb FILE...           MetalLB's IPAddressPools, L2/BGPAdvertisements, BGPPeers,
                                     Communities and Service annotations as ironlb objects on stdout;
                                     what cannot be converted goes to stderr ("-" reads stdin)
@@ -97,20 +100,33 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 		fs := flag.NewFlagSet("dataplane dump", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		node := fs.String("node", "", "the node (required)")
-		port := fs.Int("port", 7473, "the speakers' metrics port")
+		port := fs.Int("port", 7476, "the speakers' debug port (--debug-addr)")
+		namespace := fs.String("namespace", "ironlb-system", "the speakers' namespace")
+		local := fs.Bool("local", false, "read the speaker on this machine (127.0.0.1) instead of port-forwarding through the API server: run it on the node")
 		if err := fs.Parse(rest[2:]); err != nil {
 			return 2, nil
 		}
 		if *node == "" {
 			return 2, errors.New("dataplane dump: --node is required")
 		}
-		c, err := connect(*kubeconfig)
-		if err != nil {
-			return 1, err
-		}
-		d, err := ctl.FetchDump(ctx, c, &http.Client{Timeout: 10 * time.Second}, *node, *port)
-		if err != nil {
-			return 1, err
+		var d *dataplane.Dump
+		if *local {
+			var err error
+			if d, err = ctl.LocalDump(ctx, &http.Client{Timeout: 30 * time.Second}, *port); err != nil {
+				return 1, err
+			}
+		} else {
+			cfg, err := restConfig(*kubeconfig)
+			if err != nil {
+				return 1, err
+			}
+			c, err := connect(*kubeconfig)
+			if err != nil {
+				return 1, err
+			}
+			if d, err = ctl.ForwardDump(ctx, cfg, c, *namespace, *node, *port); err != nil {
+				return 1, err
+			}
 		}
 		ctl.PrintDump(d, *node, stdout)
 		return 0, nil
@@ -153,7 +169,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 	}
 }
 
-func connect(kubeconfig string) (client.Client, error) {
+func restConfig(kubeconfig string) (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	if kubeconfig != "" {
 		rules.ExplicitPath = kubeconfig
@@ -163,6 +179,14 @@ func connect(kubeconfig string) (client.Client, error) {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "ironlbctl"
+	return cfg, nil
+}
+
+func connect(kubeconfig string) (client.Client, error) {
+	cfg, err := restConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
 	scheme, err := kube.Scheme()
 	if err != nil {
 		return nil, err

@@ -18,6 +18,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/httpstream" //nolint:staticcheck // client-go v0.37's spdy and portforward still take these types
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/portforward"
+	"k8s.io/client-go/transport/spdy"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -134,41 +140,90 @@ func family(c *ironlbv1alpha1.FamilyCount) string {
 	return fmt.Sprintf("%d/%d", c.Used, c.Total)
 }
 
-// FetchDump reads node's data plane from its speaker's metrics endpoint
-// (port), at the node's first InternalIP.
-func FetchDump(ctx context.Context, c client.Reader, hc *http.Client, node string, port int) (*dataplane.Dump, error) {
-	var n corev1.Node
-	if err := c.Get(ctx, client.ObjectKey{Name: node}, &n); err != nil {
+// SpeakerSelector selects the speaker pods (the DaemonSet's labels).
+const SpeakerSelector = "app.kubernetes.io/name=ironlb,app.kubernetes.io/component=speaker"
+
+// ForwardDump reads node's data plane through the API server: a
+// port-forward, as kubectl port-forward opens, to the speaker pod on that
+// node, whose debug endpoint listens on its loopback only. The caller
+// needs RBAC to create pods/portforward in the speakers' namespace.
+func ForwardDump(ctx context.Context, cfg *rest.Config, c client.Reader, namespace, node string, port int) (*dataplane.Dump, error) {
+	sel, err := labels.Parse(SpeakerSelector)
+	if err != nil {
 		return nil, err
 	}
-	var addr string
-	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
-			if ip, err := netip.ParseAddr(a.Address); err == nil && (addr == "" || ip.Is4()) {
-				addr = a.Address
-			}
+	var pods corev1.PodList
+	if err := c.List(ctx, &pods, client.InNamespace(namespace), client.MatchingLabelsSelector{Selector: sel}); err != nil {
+		return nil, fmt.Errorf("find the speaker of %s: %w", node, err)
+	}
+	var pod string
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == node && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			pod = p.Name
 		}
 	}
-	if addr == "" {
-		return nil, fmt.Errorf("node %s has no InternalIP", node)
+	if pod == "" {
+		return nil, fmt.Errorf("no running speaker pod on node %s in namespace %s (labels %s)", node, namespace, SpeakerSelector)
 	}
-	url := "http://" + net.JoinHostPort(addr, strconv.Itoa(port)) + "/debug/dataplane"
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	u := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(namespace).Name(pod).SubResource("portforward").URL()
+	transport, upgrader, err := spdy.RoundTripperFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var dialer httpstream.Dialer
+	dialer = spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
+	// As kubectl: websockets first, SPDY when the server lacks them.
+	if ws, err := portforward.NewSPDYOverWebsocketDialer(u, cfg); err == nil {
+		dialer = portforward.NewFallbackDialer(ws, dialer, func(err error) bool {
+			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+		})
+	}
+	stop, ready := make(chan struct{}), make(chan struct{})
+	defer close(stop)
+	fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, stop, ready, io.Discard, io.Discard)
+	if err != nil {
+		return nil, err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- fw.ForwardPorts() }()
+	select {
+	case <-ready:
+	case err := <-errc:
+		return nil, fmt.Errorf("port-forward to %s/%s: %w", namespace, pod, err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	fwd, err := fw.GetPorts()
+	if err != nil || len(fwd) != 1 {
+		return nil, fmt.Errorf("port-forward to %s/%s: %v", namespace, pod, err)
+	}
+	return LocalDump(ctx, &http.Client{Timeout: 30 * time.Second}, int(fwd[0].Local))
+}
+
+// LocalDump reads the data plane of the node it runs on, from the
+// speaker's debug endpoint on 127.0.0.1:port.
+func LocalDump(ctx context.Context, hc *http.Client, port int) (*dataplane.Dump, error) {
+	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) + "/debug/dataplane"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("the speaker of %s (%s): %w", node, url, err)
+		return nil, fmt.Errorf("the speaker's debug endpoint: %w", err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("the speaker of %s (%s): %s: %s", node, url, resp.Status, strings.TrimSpace(string(b)))
+		return nil, fmt.Errorf("the speaker's debug endpoint: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	var d dataplane.Dump
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&d); err != nil {
-		return nil, fmt.Errorf("the speaker of %s: %w", node, err)
+		return nil, fmt.Errorf("the speaker's debug endpoint: %w", err)
 	}
 	return &d, nil
 }

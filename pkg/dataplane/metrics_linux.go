@@ -80,8 +80,11 @@ func countKeys(m *ebpf.Map) int {
 	k := make([]byte, m.KeySize())
 	v := make([]byte, m.ValueSize())
 	n := 0
+	// Bounded: a hash map that changes under the walk can make the
+	// iterator start over; the table never holds more than its size.
+	limit := int(m.MaxEntries())
 	it := m.Iterate()
-	for it.Next(&k, &v) {
+	for n < limit && it.Next(&k, &v) {
 		n++
 	}
 	return n

@@ -182,7 +182,7 @@ func loadKeys(ctx context.Context, log logr.Logger, r client.Reader, key client.
 		if err == nil {
 			primary, all, err := keysFromSecret(sec.Data)
 			if err != nil {
-				return nil, "", errNoKey(key, fmt.Errorf("Secret %s: %w", key, err))
+				return nil, "", errNoKey(key, fmt.Errorf("the Secret %s: %w", key, err))
 			}
 			ring, err := newKeyring(primary, all, grace)
 			return ring, sec.ResourceVersion, err
@@ -191,7 +191,7 @@ func loadKeys(ctx context.Context, log logr.Logger, r client.Reader, key client.
 			log.Error(err, "read the memberlist key", "secret", key)
 		}
 		if time.Now().After(deadline) {
-			return nil, "", errNoKey(key, fmt.Errorf("read Secret %s: %w", key, err))
+			return nil, "", errNoKey(key, fmt.Errorf("read the Secret %s: %w", key, err))
 		}
 		if time.Now().After(next) {
 			log.Info("waiting for the memberlist key", "secret", key, "error", err.Error())

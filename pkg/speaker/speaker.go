@@ -9,10 +9,8 @@ package speaker
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -47,10 +45,6 @@ import (
 // +kubebuilder:rbac:groups="",namespace=ironlb-system,resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// DataplanePath is where the metrics endpoint also serves the data plane's
-// dump.
-const DataplanePath = "/debug/dataplane"
-
 // Options configure a speaker.
 type Options struct {
 	// NodeName is the Node this speaker runs on.
@@ -62,8 +56,11 @@ type Options struct {
 	Dataplane   string
 	MetricsAddr string
 	HealthAddr  string
-	Members     MemberOptions
-	Layer2      layer2.Options
+	// DebugAddr is the loopback address of the data plane dump; "0"
+	// turns it off.
+	DebugAddr string
+	Members   MemberOptions
+	Layer2    layer2.Options
 	// XDP configures the xdp data plane.
 	XDP dataplane.Options
 	// Resync recomputes everything this often even without events.
@@ -77,6 +74,7 @@ func DefaultOptions() Options {
 		Dataplane:   "xdp",
 		MetricsAddr: ":7473",
 		HealthAddr:  ":7475",
+		DebugAddr:   "127.0.0.1:7476",
 		Members:     DefaultMemberOptions(),
 		Layer2:      layer2.DefaultOptions(),
 		XDP:         dataplane.DefaultOptions(),
@@ -141,25 +139,14 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 	}
 	shutdown := 2 * time.Second
 	var s *Speaker
-	// /debug/dataplane, beside /metrics: what this node's data plane
-	// holds, as JSON (ironlbctl dataplane dump reads it).
-	debug := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		var dp *dataplane.Dataplane
-		if s != nil {
-			dp = s.dump.Load()
-		}
-		if dp == nil {
-			http.Error(w, "this speaker runs no xdp data plane", http.StatusNotFound)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(dp.Dump())
-	})
+	if err := checkLoopback(opts.DebugAddr); err != nil {
+		return nil, err
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		GracefulShutdownTimeout: &shutdown,
-		Metrics: metricsserver.Options{BindAddress: opts.MetricsAddr,
-			ExtraHandlers: map[string]http.Handler{DataplanePath: debug}},
+		// /metrics only: the dump is on loopback (debug.go).
+		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
 		HealthProbeBindAddress: opts.HealthAddr,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
@@ -191,6 +178,16 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 	}
 	s.writer = newWriter(log.WithName("status"), mgr.GetClient(), mgr.GetEventRecorder("ironlb-speaker"), opts.NodeName)
 	if err := mgr.Add(manager.RunnableFunc(s.run)); err != nil {
+		return nil, err
+	}
+	dbg := &debugServer{log: log.WithName("debug"), addr: opts.DebugAddr, dump: func() (any, bool) {
+		dp := s.dump.Load()
+		if dp == nil {
+			return nil, false
+		}
+		return dp.Dump(), true
+	}}
+	if err := mgr.Add(dbg); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -281,6 +278,23 @@ func (s *Speaker) run(ctx context.Context) error {
 	if advertise == "" || advertise == "0.0.0.0" || advertise == "::" {
 		advertise = nodeAddress(&self)
 	}
+	// The key first: a speaker that will not run touches nothing.
+	keyKey := client.ObjectKey{Namespace: s.opts.Namespace, Name: s.opts.Members.SecretName}
+	if s.opts.Members.Insecure {
+		s.log.Info("WARNING: --memberlist-insecure: member traffic is plaintext and unauthenticated; any host on the node network can join the member list and move IPs")
+	} else {
+		ring, version, err := loadKeys(ctx, s.log.WithName("keys"), s.mgr.GetAPIReader(), keyKey, s.opts.Members.KeyGrace, s.opts.Members.KeyWait)
+		if err != nil {
+			return err
+		}
+		s.opts.Members.keyring = ring.ring
+		keys := &memberKeys{log: s.log.WithName("keys"), reader: s.mgr.GetAPIReader(), rec: s.mgr.GetEventRecorder("ironlb-speaker"),
+			key: keyKey, node: s.opts.NodeName, ring: ring, m: s.keyMetrics, poke: make(chan struct{}, 1)}
+		s.keyMetrics.keys.Set(float64(len(ring.ring.GetKeys())))
+		s.keyMetrics.applied.WithLabelValues(version).Set(1)
+		s.keys.Store(keys)
+		go keys.run(ctx)
+	}
 	if s.opts.Dataplane == "xdp" {
 		dp, err := s.openDataplane(ctx, &self)
 		if err != nil {
@@ -302,22 +316,6 @@ func (s *Speaker) run(ctx context.Context) error {
 		return fmt.Errorf("BGP metrics: %w", err)
 	}
 	defer metrics.Registry.Unregister(s.bgp)
-	keyKey := client.ObjectKey{Namespace: s.opts.Namespace, Name: s.opts.Members.SecretName}
-	if s.opts.Members.Insecure {
-		s.log.Info("WARNING: --memberlist-insecure: member traffic is plaintext and unauthenticated; any host on the node network can join the member list and move IPs")
-	} else {
-		ring, version, err := loadKeys(ctx, s.log.WithName("keys"), s.mgr.GetAPIReader(), keyKey, s.opts.Members.KeyGrace, s.opts.Members.KeyWait)
-		if err != nil {
-			return err
-		}
-		s.opts.Members.keyring = ring.ring
-		keys := &memberKeys{log: s.log.WithName("keys"), reader: s.mgr.GetAPIReader(), rec: s.mgr.GetEventRecorder("ironlb-speaker"),
-			key: keyKey, node: s.opts.NodeName, ring: ring, m: s.keyMetrics, poke: make(chan struct{}, 1)}
-		s.keyMetrics.keys.Set(float64(len(ring.ring.GetKeys())))
-		s.keyMetrics.applied.WithLabelValues(version).Set(1)
-		s.keys.Store(keys)
-		go keys.run(ctx)
-	}
 	known := s.peers(ctx)
 	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, known, s.opts.Members, s.poke)
 	if err != nil {
