@@ -162,6 +162,16 @@ func (s *Speaker) sync(ctx context.Context) error {
 	if dpLater != nil {
 		dpErr = dpLater()
 	}
+	if dpErr != nil {
+		// The Services whose traffic enters here are the ones it hurts.
+		for _, m := range mine {
+			if len(problems) >= maxDataplaneWarnings {
+				break
+			}
+			problems = append(problems, problem{service: m.service, ip: m.ip, reason: "DataplaneFailed",
+				message: fmt.Sprintf("node %s announces %s but its XDP data plane could not be programmed (it forwards with its previous state): %v", s.opts.NodeName, m.ip, dpErr)})
+		}
+	}
 	s.writer.publish(mine, owned, w.alive)
 	s.writer.publishProblems(problems)
 	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported()))
@@ -177,6 +187,10 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	return dpErr
 }
+
+// maxDataplaneWarnings bounds the Services warned about one data plane
+// failure per sync (the Node's Event and the metric count it whole).
+const maxDataplaneWarnings = 50
 
 // problem is an IP of a Service that should be announced and is not, and
 // why: a Warning Event on the Service.
