@@ -46,6 +46,10 @@ generate: $(CONTROLLER_GEN) ## Regenerate deepcopy, CRDs, RBAC and the BPF objec
 	$(CONTROLLER_GEN) crd:crdVersions=v1 paths=./pkg/apis/... output:crd:dir=manifests/crd
 	$(CONTROLLER_GEN) rbac:roleName=ironlb-controller paths=./pkg/controller/... output:rbac:dir=manifests/rbac/controller
 	$(CONTROLLER_GEN) rbac:roleName=ironlb-speaker paths=./pkg/speaker/... output:rbac:dir=manifests/rbac/speaker
+	rm -rf charts/ironlb/crds charts/ironlb/files/rbac && mkdir -p charts/ironlb/crds charts/ironlb/files/rbac/controller charts/ironlb/files/rbac/speaker
+	cp manifests/crd/*.yaml charts/ironlb/crds/
+	cp manifests/rbac/controller/role.yaml charts/ironlb/files/rbac/controller/
+	cp manifests/rbac/speaker/role.yaml charts/ironlb/files/rbac/speaker/
 	@v=$$(clang -dumpversion 2>/dev/null | cut -d. -f1); [[ "$$v" == "$(CLANG_MAJOR)" ]] || { echo "generate: need clang $(CLANG_MAJOR) for reproducible BPF objects, found '$$v' (make deps installs it)"; exit 1; }
 	$(GO) generate ./bpf/...
 
@@ -62,6 +66,8 @@ lint: $(GOLANGCI_LINT) ## Run gofmt, go vet and golangci-lint.
 .PHONY: unit
 unit: ## Run the unit tests (no API server, no root).
 	$(GO) test -race $$($(GO) list ./... | grep -v -e /pkg/controller -e /pkg/apis/ -e /e2e)
+	cd hack/tools/images && $(GO) vet ./... && $(GO) test ./...
+	cd hack/tools/chart && $(GO) vet ./... && $(GO) test ./...
 
 .PHONY: integration
 integration: kube-binaries ## Run the tests against a real kube-apiserver and etcd.
@@ -104,8 +110,18 @@ bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Mag
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20} && $(BIN)/ironlb-lab bench bgp --runs $${BGP_RUNS:-10}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
 	$(BIN)/ironlb-lab bench pps --frames $${PPS_FRAMES:-2000000}
 
+IMAGE_REPO ?= ghcr.io/ironlb
+IMAGE_TAG ?= dev
+IMAGES := $(CURDIR)/_output/images
+
 .PHONY: images
-images: ## Build the controller and speaker images (docker, podman or buildah; says so when none works).
+images: ## Build the controller and speaker images as tarballs in _output/images without a container daemon (PUSH=1 pushes to IMAGE_REPO).
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w -buildid=' -o $(IMAGES)/bin/ ./cmd/ironlb-controller ./cmd/ironlb-speaker ./cmd/ironlbctl
+	cd hack/tools/images && SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(GO) run . --bin $(IMAGES)/bin --out $(IMAGES) \
+		--repo $(IMAGE_REPO) --tag $(IMAGE_TAG) --revision $$(git rev-parse HEAD) $(if $(PUSH),--push)
+
+.PHONY: images-docker
+images-docker: ## Build the same images from the Dockerfile (docker, podman or buildah).
 	hack/images.sh
 
 .PHONY: lab
