@@ -16,7 +16,7 @@ if ! git diff --quiet --exit-code -- . ; then
 	git diff --stat
 	exit 1
 fi
-untracked=$(git ls-files --others --exclude-standard -- manifests pkg/apis bpf)
+untracked=$(git ls-files --others --exclude-standard -- manifests pkg/apis bpf charts)
 if [[ -n "$untracked" ]]; then
 	echo "generated files not in git:"; echo "$untracked"
 	exit 1
