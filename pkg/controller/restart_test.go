@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -131,14 +132,37 @@ func TestRestartKeepsEveryIP(t *testing.T) {
 // while Services come and go, stops the leader half way, and checks at every
 // step that no IP is shown by two Services.
 func TestTwoReplicasNeverShareAnIP(t *testing.T) {
+	before := leaseHolder(t)
 	stopA := startController(t, testOptions())
-	startController(t, testOptions())
+	// A alone takes the Lease: its holder is then A's identity.
+	var idA string
+	eventually(t, "the first replica holds the Lease", func() (bool, string) {
+		idA = leaseHolder(t)
+		return idA != "" && idA != before, "holder " + idA
+	})
+	stopB := startController(t, testOptions())
 	ns := namespace(t, nil)
 	createPool(t, "replicas", poolFor(ns, "10.31.0.0/26"))
 	rng := rand.New(rand.NewPCG(1, 2))
 	live := map[int]bool{}
+	stopped := ""
 	deadline := time.Now().Add(20 * time.Second)
 	for step := 0; step < 200 && time.Now().Before(deadline); step++ {
+		if step >= 100 && stopped == "" {
+			// Stop the leader, whichever it is now: the other must take
+			// over cleanly.
+			holder := leaseHolder(t)
+			if holder == idA {
+				stopA()
+			} else {
+				stopB()
+			}
+			stopped = holder
+			eventually(t, "the other replica takes the Lease", func() (bool, string) {
+				h := leaseHolder(t)
+				return h != "" && h != stopped, "holder " + h
+			})
+		}
 		i := rng.IntN(40)
 		name := fmt.Sprintf("churn-%02d", i)
 		if live[i] {
@@ -161,12 +185,12 @@ func TestTwoReplicasNeverShareAnIP(t *testing.T) {
 			}
 			live[i] = true
 		}
-		if step == 100 {
-			stopA() // whichever was leader, the other must take over cleanly
-		}
 		if d := duplicates(listIPs(t, ns)); d != "" {
 			t.Fatalf("step %d: %s", step, d)
 		}
+	}
+	if stopped == "" {
+		t.Fatal("the churn ended before a leader was stopped: the test proved nothing about a takeover")
 	}
 	eventually(t, "every live Service has one IP, none shared", func() (bool, string) {
 		now := listIPs(t, ns)
@@ -194,4 +218,20 @@ func debugService(t *testing.T, ns, name string) string {
 		}
 	}
 	return out
+}
+
+// leaseHolder is the holder of the controllers' Lease ("" when none).
+func leaseHolder(t *testing.T) string {
+	t.Helper()
+	var l coordinationv1.Lease
+	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: "ironlb-controller"}, &l); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ""
+		}
+		t.Fatal(err)
+	}
+	if l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
 }
