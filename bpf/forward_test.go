@@ -289,8 +289,10 @@ func TestForwarding(t *testing.T) {
 			verdict: xdpPass,
 		},
 		{
-			name:  "tier-2 conntrack: the first flow keeps its endpoint (pod1) although only pod2 is ready now",
-			setup: func() { setRing(t, objs, 1, 1) },
+			// The flow went to pod2 above; now only pod1 is ready, and a
+			// new placement would pick it: conntrack keeps pod2.
+			name:  "tier-2 conntrack: the first flow keeps its endpoint (pod2) although only pod1 is ready now",
+			setup: func() { setRing(t, objs, 1, 1); setBackends(t, objs, 1, 8080, pod1) },
 			prog:  "xdp",
 			in: func() []byte {
 				p := client
