@@ -100,7 +100,11 @@ func TestDeliver(t *testing.T) {
 			out:     at(in(1002, 0), pod1, 63, macHost, macPod),
 		},
 		{
-			name:    "the same flow again: redirected by its conntrack entry",
+			// Two other endpoints now, pod1 gone from the set: a new
+			// placement could not give pod1, so only the flow's
+			// conntrack entry sends it there.
+			name:    "the same flow again, two other endpoints ready: redirected by its conntrack entry",
+			setup:   func() { setBackends(t, objs, 1, 8080, pod2, netip.MustParseAddr("10.89.1.4")) },
 			in:      in(1002, 0).frame(),
 			verdict: xdpRedirect,
 			out:     at(in(1002, 0), pod1, 63, macHost, macPod),
@@ -147,6 +151,7 @@ func TestDeliver(t *testing.T) {
 		},
 		{
 			name:    "TTL 1: to the kernel, which answers time exceeded",
+			setup:   func() { setBackends(t, objs, 1, 8080, pod1) },
 			in:      in(1003, 1).frame(),
 			verdict: xdpPass,
 			out:     at(in(1003, 1), pod1, 1, [6]byte{}, [6]byte{}),
