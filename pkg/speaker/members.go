@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -100,6 +101,8 @@ type members struct {
 	// this node's encoded nodeMeta.
 	ifaces map[string]ifaceFacts
 	meta   atomic.Pointer[[]byte]
+	// checking are the nodes whose "leaving" is being verified.
+	checking map[string]bool
 }
 
 // startMembers joins nothing yet; call join with the peers' addresses.
@@ -107,7 +110,7 @@ type members struct {
 // start.
 func startMembers(log logr.Logger, name, advertise string, peers map[string]string, opts MemberOptions, changed func()) (*members, error) {
 	m := &members{log: log, self: name, changed: changed, alive: map[string]bool{name: true},
-		down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{}, ifaces: map[string]ifaceFacts{}}
+		down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{}, ifaces: map[string]ifaceFacts{}, checking: map[string]bool{}}
 	m.probe = func(a netip.Addr) bool {
 		// Three tries: a live node wrongly found dead has its flows
 		// placed again, a dead one found late only delays new flows.
@@ -234,19 +237,32 @@ func (m *members) Dead() map[string]bool {
 }
 
 // leave tells the others we are going, so they take over at once, then
-// stops.
-func (m *members) leave(timeout time.Duration) {
+// stops. Each live member gets a direct "leaving" message (one encrypted
+// UDP packet), then the member list shuts down at once: the others believe
+// the message only when this node's member port refuses connections (see
+// verifyLeaving), so the sooner it closes, the sooner they take over.
+// Gossip (a metadata update, a leave broadcast) would make them wait for
+// its retransmissions first, and is not needed: a member that missed the
+// packet finds the node gone by failure detection.
+func (m *members) leave() {
 	m.leaving.Store(true)
-	if err := m.list.UpdateNode(timeout); err != nil {
-		m.log.Error(err, "announce leaving")
-	}
-	if err := m.list.Leave(timeout); err != nil {
-		m.log.Error(err, "leave memberlist")
+	msg := []byte(msgLeaving + m.self)
+	for _, n := range m.list.Members() {
+		if n.Name == m.self {
+			continue
+		}
+		if err := m.list.SendBestEffort(n, msg); err != nil {
+			m.log.V(1).Info("tell a member we leave", "peer", n.Name, "error", err.Error())
+		}
 	}
 	if err := m.list.Shutdown(); err != nil {
 		m.log.Error(err, "stop memberlist")
 	}
 }
+
+// msgLeaving starts the message a speaker sends each member as it stops,
+// followed by its node's name.
+const msgLeaving = "ironlb-leaving:"
 
 // metaLeaving is the metadata of a speaker that is shutting down.
 const metaLeaving = "leaving"
@@ -391,6 +407,19 @@ func (m *members) verifyLeaving(name string, _ net.Addr) {
 	if !ok {
 		return // no Node of that name: never a member
 	}
+	// One check per node at a time, however many messages say it.
+	m.mu.Lock()
+	if m.checking[name] {
+		m.mu.Unlock()
+		return
+	}
+	m.checking[name] = true
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.checking, name)
+		m.mu.Unlock()
+	}()
 	deadline := time.Now().Add(leavingFor)
 	for time.Now().Before(deadline) {
 		switch portState(addr) {
@@ -546,7 +575,13 @@ func (m *members) NodeMeta(limit int) []byte {
 
 // NotifyMsg, GetBroadcasts, LocalState and MergeRemoteState complete
 // memberlist.Delegate; speakers exchange no data of their own.
-func (m *members) NotifyMsg([]byte) {}
+func (m *members) NotifyMsg(b []byte) {
+	name, ok := strings.CutPrefix(string(b), msgLeaving)
+	if !ok || name == m.self {
+		return
+	}
+	go m.verifyLeaving(name, nil)
+}
 
 // GetBroadcasts returns nothing: see NotifyMsg.
 func (m *members) GetBroadcasts(int, int) [][]byte { return nil }

@@ -25,7 +25,7 @@ func TestGoneSpeakerDownOrDead(t *testing.T) {
 	answering := map[netip.Addr]bool{netip.MustParseAddr("10.0.0.12"): true}
 	changes := make(chan struct{}, 16)
 	m := &members{log: logr.Discard(), changed: func() { changes <- struct{}{} },
-		alive: map[string]bool{"a": true}, down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{},
+		alive: map[string]bool{"a": true}, down: map[string]time.Time{}, dead: map[string]bool{}, leavers: map[string]bool{}, checking: map[string]bool{},
 		probe: func(a netip.Addr) bool { mu.Lock(); defer mu.Unlock(); return answering[a] }}
 	m.addrs.Store(map[string]net.Addr{
 		"b": &net.UDPAddr{IP: net.ParseIP("10.0.0.12"), Port: 7946},
@@ -173,6 +173,14 @@ func TestForgedLeaving(t *testing.T) {
 	// a must have heard "b is leaving" (else the test proves nothing),
 	// and still count b.
 	waitFor(t, "a hears the forged leaving", func() bool { return a.saidLeaving("b") })
+	// And the direct message a stopping speaker sends.
+	for _, n := range f.Members() {
+		if n.Name == "a" {
+			if err := f.SendBestEffort(n, []byte(msgLeaving+"b")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	for range 30 {
 		if !a.Alive()["b"] {
 			t.Fatal("a forged leaving made a hand b over while b answers")
@@ -182,7 +190,7 @@ func TestForgedLeaving(t *testing.T) {
 	_ = f.Shutdown()
 
 	// b really leaves: handed over.
-	b.leave(500 * time.Millisecond)
+	b.leave()
 	waitFor(t, "a hands b over when b leaves", func() bool { return !a.Alive()["b"] })
 }
 

@@ -349,7 +349,7 @@ func (s *Speaker) run(ctx context.Context) error {
 			cancel()
 			stopL2()
 			<-l2done
-			m.leave(500 * time.Millisecond)
+			m.leave()
 			s.log.Info("stopped announcing and left the member list")
 			return nil
 		case <-s.trigger:
