@@ -43,12 +43,7 @@ func TestPlan(t *testing.T) {
 		t.Errorf("ring nodes %v, want %v (node-c has no ready endpoint)", a[0].RingNodes, want)
 	}
 	// Weighted by ready endpoints: node-a holds two of three.
-	n := 0
-	for _, s := range a[0].Ring {
-		if s == 0 {
-			n++
-		}
-	}
+	n := slotsOf(t, a[0], nodes[0].Addrs[0])
 	if share := float64(n) / 251; share < 0.62 || share > 0.71 {
 		t.Errorf("node-a holds %.2f of the ring, want about 2/3", share)
 	}
@@ -220,12 +215,7 @@ func TestPlanManyLocal(t *testing.T) {
 	if len(e.Backends) != MaxLocalBackends || e.Ready != MaxLocalBackends || e.Truncated != 36 {
 		t.Errorf("backends %d ready %d truncated %d; want 64 64 36", len(e.Backends), e.Ready, e.Truncated)
 	}
-	n := 0
-	for _, s := range e.Ring {
-		if s == 0 {
-			n++
-		}
-	}
+	n := slotsOf(t, e, nodes[0].Addrs[0])
 	if share := float64(n) / 16381; share < 0.47 || share > 0.53 {
 		t.Errorf("node-a holds %.2f of the ring; it serves 64 endpoints like node-b, want about half", share)
 	}
@@ -262,4 +252,21 @@ func TestPlannerReuse(t *testing.T) {
 	if first[1].RingID == second[1].RingID {
 		t.Error("a touched ring kept its id")
 	}
+}
+
+// slotsOf counts the ring slots of the node at addr, which must be in the
+// ring: an index it does not hold would count nothing, or another node.
+func slotsOf(t *testing.T, e Entry, addr netip.Addr) int {
+	t.Helper()
+	idx := slices.Index(e.RingNodes, addr)
+	if idx < 0 {
+		t.Fatalf("%s is not among the ring's nodes %v", addr, e.RingNodes)
+	}
+	n := 0
+	for _, s := range e.Ring {
+		if int(s) == idx {
+			n++
+		}
+	}
+	return n
 }
