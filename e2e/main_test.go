@@ -145,18 +145,21 @@ func oneAnnouncer(t *testing.T, svc string, ip netip.Addr, want func(string) err
 }
 
 // forbidden returns the lines of the daemons' logs where the API server
-// refused them.
-func forbidden(dir string) []string {
-	logs, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+// refused them. Every daemon's log must be there: a log that cannot be
+// read would otherwise count as a clean one.
+func forbidden(dir string, nodes []lab.Node) ([]string, error) {
+	names := []string{"controller.log"}
+	for _, n := range nodes {
+		names = append(names, lab.SpeakerName(n)+".log")
+	}
 	var out []string
-	for _, f := range logs {
-		base := filepath.Base(f)
-		if !strings.HasPrefix(base, "controller") && !strings.HasPrefix(base, "speaker-") {
-			continue
-		}
-		b, err := os.ReadFile(f)
+	for _, base := range names {
+		b, err := os.ReadFile(filepath.Join(dir, "logs", base))
 		if err != nil {
-			continue
+			return nil, err
+		}
+		if len(b) == 0 {
+			return nil, fmt.Errorf("%s is empty", base)
 		}
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.Contains(line, "is forbidden") {
@@ -164,5 +167,5 @@ func forbidden(dir string) []string {
 			}
 		}
 	}
-	return out
+	return out, nil
 }

@@ -18,7 +18,11 @@ import (
 // logs, even where no test noticed. Checked before the outage: a
 // restarted API server refuses everyone until its RBAC caches fill.
 func TestNoRBACRefusals(t *testing.T) {
-	if bad := forbidden(cfg.Dir); len(bad) > 0 {
+	bad, err := forbidden(cfg.Dir, cfg.NodeList())
+	if err != nil {
+		t.Fatalf("the daemons' logs: %v", err)
+	}
+	if len(bad) > 0 {
 		t.Errorf("the daemons were refused by RBAC:\n%s", strings.Join(bad, "\n"))
 	}
 }
