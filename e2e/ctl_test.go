@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os/exec"
@@ -104,8 +106,10 @@ func TestConvertMetalLB(t *testing.T) {
 	n := 0
 	for {
 		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); err != nil {
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
 			break
+		} else if err != nil {
+			t.Fatalf("after %d objects, the output does not decode: %v\n%s", n, err, out)
 		}
 		if len(u.Object) == 0 {
 			continue

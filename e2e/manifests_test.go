@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -49,14 +52,22 @@ func TestManifests(t *testing.T) {
 			t.Fatal(err)
 		}
 		dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(string(b)), 4096)
+		n := 0
 		for {
 			u := &unstructured.Unstructured{}
-			if err := dec.Decode(&u.Object); err != nil {
+			if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
 				break
+			} else if err != nil {
+				t.Fatalf("%s: after %d objects: %v", f, n, err)
 			}
 			if len(u.Object) > 0 {
 				objs = append(objs, u)
+				n++
 			}
+		}
+		// Every document the file has, none dropped.
+		if want := len(regexp.MustCompile(`(?m)^kind: `).FindAll(b, -1)); n != want {
+			t.Errorf("%s: decoded %d objects, the file has %d", f, n, want)
 		}
 	}
 	accepted := 0
