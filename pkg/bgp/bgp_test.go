@@ -122,16 +122,27 @@ func (b *bird) birdc(args ...string) (string, error) {
 }
 
 // route returns BIRD's "show route all" for a prefix, "" when it has none.
+// A birdc that fails is the test's failure, never "no route".
 func (b *bird) route(pfx string) string {
+	b.t.Helper()
 	out, err := b.birdc("show", "route", "for", pfx, "all")
-	if err != nil || strings.Contains(out, "Network not found") {
+	if strings.Contains(out, "Network not found") {
 		return ""
+	}
+	if err != nil {
+		b.t.Fatalf("birdc show route for %s: %v: %s", pfx, err, out)
 	}
 	return out
 }
 
+// established tells whether BIRD's session with the node is up; a birdc
+// that fails is the test's failure, never "down".
 func (b *bird) established() bool {
-	out, _ := b.birdc("show", "protocols", "node")
+	b.t.Helper()
+	out, err := b.birdc("show", "protocols", "node")
+	if err != nil || !strings.Contains(out, "node") {
+		b.t.Fatalf("birdc show protocols node: %v: %s", err, out)
+	}
 	return strings.Contains(out, "Established")
 }
 
