@@ -88,20 +88,29 @@ func clientHTTP() *http.Client {
 // address it saw.
 func get(t *testing.T, hc *http.Client, vip netip.Addr) (pod, client string) {
 	t.Helper()
-	resp, err := hc.Get("http://" + netip.AddrPortFrom(vip, 80).String() + "/")
+	pod, client, err := tryGet(hc, vip)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return pod, client
+}
+
+// tryGet is get for polling: a failure is an error to retry on.
+func tryGet(hc *http.Client, vip netip.Addr) (pod, client string, err error) {
+	resp, err := hc.Get("http://" + netip.AddrPortFrom(vip, 80).String() + "/")
+	if err != nil {
+		return "", "", err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	f := strings.Fields(string(b))
 	if len(f) != 2 {
-		t.Fatalf("answer %q, want <pod> <client>", b)
+		return "", "", fmt.Errorf("answer %q, want <pod> <client>", b)
 	}
-	return f[0], f[1]
+	return f[0], f[1], nil
 }
 
 // TestDataplaneDistributionAndClientAddress: 1 000 new connections spread
@@ -311,7 +320,11 @@ func TestConnectionsSurvive(t *testing.T) {
 	// it, a change of director (docs/architecture.md, known limits).
 	eventually(t, 20*time.Second, func() error {
 		for range 40 {
-			if p, _ := get(t, clientHTTP(), vip); strings.HasPrefix(p, "demo-c-") {
+			p, _, err := tryGet(clientHTTP(), vip)
+			if err != nil {
+				return err
+			}
+			if strings.HasPrefix(p, "demo-c-") {
 				return fmt.Errorf("%s, on node-c, still takes new connections", p)
 			}
 		}
@@ -359,7 +372,11 @@ func TestConnectionsSurvive(t *testing.T) {
 		// The new endpoint takes new connections once every node knows.
 		eventually(t, 20*time.Second, func() error {
 			for range 40 {
-				if p, _ := get(t, clientHTTP(), vip); p == "demo-c-0" {
+				p, _, err := tryGet(clientHTTP(), vip)
+				if err != nil {
+					return err
+				}
+				if p == "demo-c-0" {
 					return nil
 				}
 			}
@@ -386,7 +403,11 @@ func TestConnectionsSurvive(t *testing.T) {
 		}
 		eventually(t, 20*time.Second, func() error {
 			for range 40 {
-				if p, _ := get(t, clientHTTP(), vip); p == gone {
+				p, _, err := tryGet(clientHTTP(), vip)
+				if err != nil {
+					return err
+				}
+				if p == gone {
 					return fmt.Errorf("%s still takes new connections", gone)
 				}
 			}

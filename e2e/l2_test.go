@@ -67,11 +67,20 @@ var arpReply = regexp.MustCompile(`bytes from ([0-9a-f:]{17}) \(`)
 // MACs that answered.
 func arpingMACs(t *testing.T, vip netip.Addr) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	macs, err := tryArping(t.Context(), vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return macs
+}
+
+// tryArping is arpingMACs for polling: a failure is an error to retry on.
+func tryArping(ctx context.Context, vip netip.Addr) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", lab.ClientNS, "arping", "-c", "3", "-w", "1", "-I", "eth0", vip.String()).CombinedOutput()
 	if err != nil {
-		t.Fatalf("arping %s: %v\n%s", vip, err, out)
+		return nil, fmt.Errorf("arping %s: %v\n%s", vip, err, out)
 	}
 	var macs []string
 	for _, m := range arpReply.FindAllStringSubmatch(string(out), -1) {
@@ -79,7 +88,7 @@ func arpingMACs(t *testing.T, vip netip.Addr) []string {
 			macs = append(macs, m[1])
 		}
 	}
-	return macs
+	return macs, nil
 }
 
 // expectedOwner ranks the eligible nodes the way every speaker does.
@@ -259,7 +268,10 @@ func TestExcludedNodeNeverAnnounces(t *testing.T) {
 		return nil
 	})
 	eventually(t, 10*time.Second, func() error {
-		macs := arpingMACs(t, vip4)
+		macs, err := tryArping(t.Context(), vip4)
+		if err != nil {
+			return err
+		}
 		if w := macOf(t, want); len(macs) != 1 || macs[0] != w {
 			return fmt.Errorf("arping saw %v, want only %s of %s", macs, w, want)
 		}

@@ -241,7 +241,10 @@ func TestMemberlistKeyRotation(t *testing.T) {
 	start := time.Now()
 	eventually(t, 60*time.Second, func() error {
 		for _, n := range cfg.NodeList() {
-			m := scrape(t, n.NS, "127.0.0.1:7473")
+			m, err := tryScrape(n.NS, "127.0.0.1:7473")
+			if err != nil {
+				return err
+			}
 			if v, _ := value(m, "ironlb_members"); v != float64(cfg.Nodes) {
 				t.Errorf("during the rotation %s counts %v members", n.Name, v)
 			}

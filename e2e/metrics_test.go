@@ -46,6 +46,15 @@ func documented(t *testing.T, heading string) []string {
 // scrape GETs a metrics endpoint, from inside namespace ns when not empty.
 func scrape(t *testing.T, ns, addr string) string {
 	t.Helper()
+	s, err := tryScrape(ns, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// tryScrape is scrape for polling: a failure is an error to retry on.
+func tryScrape(ns, addr string) (string, error) {
 	tr := &http.Transport{}
 	if ns != "" {
 		tr.DialContext = func(ctx context.Context, network, a string) (net.Conn, error) {
@@ -55,14 +64,14 @@ func scrape(t *testing.T, ns, addr string) string {
 	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	resp, err := hc.Get("http://" + addr + "/metrics")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	return string(b)
+	return string(b), nil
 }
 
 // value returns the value of the first sample of name whose labels
@@ -105,7 +114,10 @@ func TestMetrics(t *testing.T) {
 
 	var sp string
 	eventually(t, 20*time.Second, func() error {
-		sp = scrape(t, "lab-node-a", "127.0.0.1:7473")
+		var err error
+		if sp, err = tryScrape("lab-node-a", "127.0.0.1:7473"); err != nil {
+			return err
+		}
 		if v, _ := value(sp, "ironlb_bgp_session_up", `peer="router-v4"`); v != 1 {
 			return fmt.Errorf("ironlb_bgp_session_up{peer=router-v4} = %v", v)
 		}

@@ -245,7 +245,11 @@ func TestNodeDeathLeavesRings(t *testing.T) {
 	// Back in the rings: its endpoints take new connections again.
 	eventually(t, 10*time.Second, func() error {
 		for range 40 {
-			if p, _ := get(t, clientHTTP(), vip); strings.HasPrefix(p, "demo-"+strings.TrimPrefix(victim.Name, "node-")+"-") {
+			p, _, err := tryGet(clientHTTP(), vip)
+			if err != nil {
+				return err
+			}
+			if strings.HasPrefix(p, "demo-"+strings.TrimPrefix(victim.Name, "node-")+"-") {
 				return nil
 			}
 		}
