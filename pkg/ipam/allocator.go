@@ -234,6 +234,11 @@ func (a *Allocator) Assign(s Service) ([]Address, error) {
 			// clash.
 			for _, ad := range h.addrs {
 				if err := a.canShare(ad.IP, &s); err != nil {
+					// Whatever the clash (a sharing key dropped
+					// counts too), it is one of sharing terms.
+					if e, ok := err.(*Error); ok && e.Reason != SharingConflict {
+						err = fail(SharingConflict, "%s, and no longer under a common sharing key", e.Message)
+					}
 					h.svc, h.conflict = cloneService(s), err
 					return slices.Clone(h.addrs), err
 				}
@@ -418,7 +423,9 @@ func (a *Allocator) fits(h *holding, s *Service) bool {
 			return false
 		}
 		for _, ip := range s.RequestedIPs {
-			if !slices.ContainsFunc(h.addrs, func(ad Address) bool { return ad.IP == ip }) {
+			// A request that contradicts its own families is not
+			// answered by holding the IP: it is an invalid request.
+			if !slices.Contains(s.Families, FamilyOf(ip)) || !slices.ContainsFunc(h.addrs, func(ad Address) bool { return ad.IP == ip }) {
 				return false
 			}
 		}

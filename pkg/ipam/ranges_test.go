@@ -3,6 +3,7 @@ package ipam
 import (
 	"math"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -126,7 +127,13 @@ func FuzzAllocator(f *testing.F) {
 			{{Name: "b", AutoAssign: true, Deleting: true, Addresses: mustRanges(t, "10.0.0.0/28")}, pool(t, "d", "fd00::/125")},
 		}
 		a := New()
-		a.SetPools(poolSets[0])
+		cur := poolSets[0]
+		a.SetPools(cur)
+		assign := func(s Service) {
+			before := a.Assigned(s.Key)
+			got, err := a.Assign(s)
+			checkAssign(t, cur, s, before, got, err)
+		}
 		addrs := ips("10.0.0.1", "10.0.0.3", "10.0.0.7", "fd00::1", "fd00::3", "10.9.9.9")
 		for i := 0; i+1 < len(ops); i += 2 {
 			op, arg := ops[i], ops[i+1]
@@ -140,21 +147,83 @@ func FuzzAllocator(f *testing.F) {
 			}
 			switch op % 8 {
 			case 0, 1, 2:
-				_, _ = a.Assign(s)
+				assign(s)
 			case 3:
 				s.RequestedIPs = []netip.Addr{addrs[int(arg)%len(addrs)]}
-				_, _ = a.Assign(s)
+				assign(s)
 			case 4:
 				s.Pool = []string{"a", "b", "c", "d"}[arg%4]
-				_, _ = a.Assign(s)
+				assign(s)
 			case 5:
 				a.Release(s.Key)
 			case 6:
 				_ = a.Restore(s, []netip.Addr{addrs[int(arg)%len(addrs)]})
 			case 7:
-				a.SetPools(poolSets[int(arg)%len(poolSets)])
+				cur = poolSets[int(arg)%len(poolSets)]
+				a.SetPools(cur)
 			}
 			checkInvariants(t, a)
 		}
 	})
+}
+
+// checkAssign checks what one Assign returned against the request and the
+// pools: the families asked for, one address per family, from a pool that
+// holds it (the named one when named), exactly the requested IPs when
+// requested, and nothing new from a pool being deleted.
+func checkAssign(t *testing.T, pools []Pool, s Service, before, got []Address, err error) {
+	t.Helper()
+	if err != nil && ReasonOf(err) != SharingConflict {
+		if len(got) != 0 {
+			t.Fatalf("Assign failed (%v) but returned %v", err, got)
+		}
+		return
+	}
+	seen := map[Family]bool{}
+	for _, ad := range got {
+		f := FamilyOf(ad.IP)
+		if len(s.Families) > 0 && !slices.Contains(s.Families, f) {
+			t.Fatalf("%s: %s is not of the families %v", s.Key, ad.IP, s.Families)
+		}
+		if seen[f] {
+			t.Fatalf("%s: two addresses of one family: %v", s.Key, got)
+		}
+		seen[f] = true
+		// An address it held stays, even when its pool shrank or went
+		// (the controller reports it); a new one must come from a pool
+		// that holds it, is not being deleted, and is the one named.
+		if slices.ContainsFunc(before, func(b Address) bool { return b.IP == ad.IP }) {
+			continue
+		}
+		i := slices.IndexFunc(pools, func(p Pool) bool { return p.Name == ad.Pool })
+		if i < 0 || !slices.ContainsFunc(pools[i].Addresses, func(r Range) bool { return r.Contains(ad.IP) }) {
+			t.Fatalf("%s: a new address %s from pool %q, which does not hold it", s.Key, ad.IP, ad.Pool)
+		}
+		if pools[i].Deleting {
+			t.Fatalf("%s: a new address %s from pool %s, which is being deleted", s.Key, ad.IP, ad.Pool)
+		}
+		if s.Pool != "" && ad.Pool != s.Pool {
+			t.Fatalf("%s: a new address %s from pool %s, the Service names %s", s.Key, ad.IP, ad.Pool, s.Pool)
+		}
+	}
+	if err != nil {
+		return // a clash: the old addresses, under the old terms
+	}
+	if len(s.RequestedIPs) > 0 {
+		var ips []netip.Addr
+		for _, ad := range got {
+			ips = append(ips, ad.IP)
+		}
+		if !slices.Equal(ips, s.RequestedIPs) {
+			t.Fatalf("%s: got %v, requested %v", s.Key, ips, s.RequestedIPs)
+		}
+	}
+	switch {
+	case len(got) == 0:
+		t.Fatalf("%s: Assign succeeded with no address", s.Key)
+	case s.Policy == SingleStack && len(got) != 1:
+		t.Fatalf("%s: single-stack with %v", s.Key, got)
+	case s.Policy == RequireDualStack && len(s.RequestedIPs) == 0 && len(s.Families) == 2 && len(got) != 2:
+		t.Fatalf("%s: require-dual-stack with %v", s.Key, got)
+	}
 }
