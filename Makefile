@@ -110,8 +110,10 @@ bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Mag
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20} && $(BIN)/ironlb-lab bench bgp --runs $${BGP_RUNS:-10}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
 	$(BIN)/ironlb-lab bench pps --frames $${PPS_FRAMES:-2000000}
 
+# The tag the kustomize base (manifests/kustomization.yaml) and the chart's
+# appVersion name.
 IMAGE_REPO ?= ghcr.io/ironlb
-IMAGE_TAG ?= dev
+IMAGE_TAG ?= v0.1.0
 IMAGES := $(CURDIR)/_output/images
 
 .PHONY: images
