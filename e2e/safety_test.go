@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -411,5 +412,49 @@ func TestMemberlistCoexistsWithMetalLB(t *testing.T) {
 	}
 	if len(mine) != 2 || !strings.HasSuffix(mine[0], " "+want) || !strings.HasSuffix(mine[1], " "+want) {
 		t.Errorf("the member list listens on %v, want UDP and TCP on %s only", mine, want)
+	}
+}
+
+// TestCleanupLeavesNothing: ironlb-speaker --cleanup, as an uninstall runs
+// it, leaves on the node no XDP or TC program of ours, no pinned map and
+// no managed neighbour entry.
+func TestCleanupLeavesNothing(t *testing.T) {
+	needXDP(t)
+	n := nodeNamed(t, "node-c")
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(t.Context(), "ip", append([]string{"netns", "exec", n.NS}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	// bpftool names the TC program; ip link shows an attached XDP one.
+	progs := func() string { return run("bpftool", "net", "show", "dev", "eth0") + run("ip", "-d", "link", "show", "dev", "eth0") }
+	managed := func() string { return run("ip", "-d", "neigh", "show", "dev", "eth0") }
+	if p := progs(); !strings.Contains(p, "ironlb") || !strings.Contains(p, "prog/xdp") {
+		t.Fatalf("node-c's eth0 lacks our XDP or TC program to begin with:\n%s", p)
+	}
+	if m := managed(); !strings.Contains(m, "managed") {
+		t.Fatalf("node-c has no managed neighbour entry to begin with:\n%s", m)
+	}
+	if err := cfg.Stop(lab.SpeakerName(n), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := cfg.StartSpeaker(n); err != nil {
+			t.Fatal(err)
+		}
+		waitMembers(t)
+	}()
+	run(filepath.Join(cfg.Bin, "ironlb-speaker"), "--cleanup", "--bpffs", filepath.Dir(cfg.PinDir(n)))
+	if p := progs(); strings.Contains(p, "ironlb") || strings.Contains(p, "prog/xdp") {
+		t.Errorf("a program is still attached after --cleanup:\n%s", p)
+	}
+	if m := managed(); strings.Contains(m, "managed") {
+		t.Errorf("managed neighbour entries remain after --cleanup:\n%s", m)
+	}
+	if _, err := os.Stat(cfg.PinDir(n)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the pins are still there (%v)", err)
 	}
 }

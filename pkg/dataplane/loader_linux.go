@@ -313,12 +313,13 @@ func (d *Dataplane) Close() error {
 	return d.objs.Close()
 }
 
-// Cleanup detaches the programs and removes every pin under dir: what
+// Cleanup detaches the programs, removes every pin under dir and the
+// managed neighbour entries the data plane asked the kernel for: what
 // `ironlb-speaker --cleanup` does when ironlb is uninstalled.
 func Cleanup(dir string) error {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return forgetManaged()
 	}
 	if err != nil {
 		return err
@@ -335,7 +336,7 @@ func Cleanup(dir string) error {
 		}
 		errs = append(errs, os.Remove(p))
 	}
-	errs = append(errs, os.Remove(dir))
+	errs = append(errs, os.Remove(dir), forgetManaged())
 	return errors.Join(errs...)
 }
 

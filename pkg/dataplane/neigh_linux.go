@@ -50,6 +50,30 @@ func keepResolved(addr netip.Addr) error {
 	return nil
 }
 
+// forgetManaged removes the managed neighbour entries keepResolved made
+// (external-learned and managed: the pair it alone sets here), so an
+// uninstall leaves no neighbour entry behind.
+func forgetManaged() error {
+	var errs []error
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		ns, err := netlink.NeighList(0, fam)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for i := range ns {
+			n := &ns[i]
+			if n.FlagsExt&netlink.NTF_EXT_MANAGED == 0 || n.Flags&netlink.NTF_EXT_LEARNED == 0 {
+				continue
+			}
+			if err := netlink.NeighDel(n); err != nil {
+				errs = append(errs, fmt.Errorf("managed neighbour %s: %w", n.IP, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // endpointLinks returns the indexes of the veth links the kernel routes
 // the endpoints through: the links a packet DNAT-ed to them may be
 // redirected to in XDP.
