@@ -235,3 +235,32 @@ func leaseHolder(t *testing.T) string {
 	}
 	return *l.Spec.HolderIdentity
 }
+
+// TestLeaseReleasedOnStop: a leader that stops (SIGTERM) releases its
+// Lease, so the standby takes over at its next retry, long before the
+// Lease would have expired.
+func TestLeaseReleasedOnStop(t *testing.T) {
+	opts := testOptions()
+	opts.LeaseDuration, opts.RenewDeadline = 30*time.Second, 20*time.Second
+	before := leaseHolder(t)
+	stopA := startController(t, opts)
+	var idA string
+	eventually(t, "the first replica holds the Lease", func() (bool, string) {
+		idA = leaseHolder(t)
+		return idA != "" && idA != before, "holder " + idA
+	})
+	startController(t, opts)
+	stopA()
+	stopped := time.Now()
+	var idB string
+	eventually(t, "the standby takes the Lease", func() (bool, string) {
+		idB = leaseHolder(t)
+		return idB != "" && idB != idA, "holder " + idB
+	})
+	// Without the release it would wait out the 30 s Lease.
+	if took := time.Since(stopped); took > opts.LeaseDuration/3 {
+		t.Errorf("the standby took over %s after the leader stopped: the Lease was not released", took.Round(time.Millisecond))
+	} else {
+		t.Logf("the standby took over %s after the leader stopped", took.Round(time.Millisecond))
+	}
+}
