@@ -430,7 +430,9 @@ func TestCleanupLeavesNothing(t *testing.T) {
 		return string(out)
 	}
 	// bpftool names the TC program; ip link shows an attached XDP one.
-	progs := func() string { return run("bpftool", "net", "show", "dev", "eth0") + run("ip", "-d", "link", "show", "dev", "eth0") }
+	progs := func() string {
+		return run("bpftool", "net", "show", "dev", "eth0") + run("ip", "-d", "link", "show", "dev", "eth0")
+	}
 	managed := func() string { return run("ip", "-d", "neigh", "show", "dev", "eth0") }
 	if p := progs(); !strings.Contains(p, "ironlb") || !strings.Contains(p, "prog/xdp") {
 		t.Fatalf("node-c's eth0 lacks our XDP or TC program to begin with:\n%s", p)
