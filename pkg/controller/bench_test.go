@@ -16,11 +16,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	toolscache "k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	servicehelper "k8s.io/cloud-provider/service/helpers"
 
@@ -51,10 +54,16 @@ func buildController(b *testing.B) string {
 
 func startProcess(b *testing.B, bin string) *controllerProcess {
 	b.Helper()
-	cmd := exec.Command(bin, "--kubeconfig", env.Kubeconfig,
+	return startCommand(b, bin, "--kubeconfig", env.Kubeconfig,
 		"--leader-elect-namespace", "default", "--leader-elect-lease-duration", "4s",
 		"--leader-elect-renew-deadline", "2s", "--leader-elect-retry-period", "200ms",
 		"--metrics-addr", "0", "--health-addr", "0")
+}
+
+// startCommand runs a controller binary with args as a process.
+func startCommand(b *testing.B, bin string, args ...string) *controllerProcess {
+	b.Helper()
+	cmd := exec.Command(bin, args...)
 	if os.Getenv("IRONLB_TEST_LOG") != "" {
 		cmd.Stderr = os.Stderr
 	} else {
@@ -125,9 +134,12 @@ func (p *controllerProcess) terminate(b *testing.B) time.Duration {
 	select {
 	case <-done:
 		return time.Since(start)
-	case <-time.After(30 * time.Second):
-		b.Fatal("controller did not exit within 30s of SIGTERM")
-		return 0
+	case <-time.After(90 * time.Second):
+		// Reported as is (a lower bound), then killed.
+		b.Logf("%s did not exit within 90s of SIGTERM; killed", p.cmd.Path)
+		_ = p.cmd.Process.Kill()
+		<-done
+		return time.Since(start)
 	}
 }
 
@@ -204,9 +216,10 @@ func (iw *ipWatch) wait(b *testing.B, n int, limit time.Duration) map[string]tim
 	return out
 }
 
-// createParallel creates n Services from workers goroutines and returns
-// when each create call returned.
-func createParallel(b *testing.B, ns string, n, workers int) map[string]time.Time {
+// createParallel creates n Services of the given loadBalancerClass ("" for
+// none) from workers goroutines and returns, for each, the time just
+// before its create was sent.
+func createParallel(b *testing.B, ns, class string, n, workers int) map[string]time.Time {
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	var mu sync.Mutex
 	created := make(map[string]time.Time, n)
@@ -219,12 +232,19 @@ func createParallel(b *testing.B, ns string, n, workers int) map[string]time.Tim
 				s.Name = fmt.Sprintf("svc-%04d", i)
 				s.Spec.Type = corev1.ServiceTypeLoadBalancer
 				s.Spec.Ports = []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}
+				// No NodePorts: two controllers' 3 000 Services would
+				// fill the API server's NodePort range.
+				s.Spec.AllocateLoadBalancerNodePorts = new(false)
+				if class != "" {
+					s.Spec.LoadBalancerClass = &class
+				}
+				sent := time.Now()
 				if _, err := cs.CoreV1().Services(ns).Create(context.Background(), s, metav1.CreateOptions{}); err != nil {
 					b.Error(err)
 					continue
 				}
 				mu.Lock()
-				created[s.Name] = time.Now()
+				created[s.Name] = sent
 				mu.Unlock()
 			}
 		})
@@ -278,82 +298,166 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return d[min(len(d)-1, int(float64(len(d))*p))]
 }
 
-// BenchmarkControllerLoad measures ironlb-controller as a process against
-// the real API server, the way MetalLB's was measured on this machine kind:
-// 1 000 Services created by 50 workers, once the controller serves, while a
-// watch timestamps each IP; then
-// a backlog of 1 000 Services waiting for a controller that starts; peak RSS;
-// and how long the process takes to exit on SIGTERM. Run it once
-// (-benchtime=1x): each figure is a ReportMetric.
+// BenchmarkControllerLoad measures ironlb-controller and, in the same run
+// against the same API server, MetalLB's controller (the peer, v0.15.2
+// built from hack/tools/metallb), each as a process: 1 000 Services
+// created by 50 workers once the controller serves, while a watch
+// timestamps each IP (latency from just before each create is sent);
+// then a backlog of 1 000 Services waiting for a controller that starts;
+// peak RSS; and how long the process takes to exit on SIGTERM. Both are
+// also given as ratios to the same run's floor: a bare client writing the
+// same 1 000 status patches. Run it once (-benchtime=1x): each figure is a
+// ReportMetric, prefixed with the controller's name.
+//
+// MetalLB runs with --lb-class and its Services carry that class, so the
+// two never touch each other's Services (ironlb leaves other classes
+// alone); MetalLB has no leader election (one replica), ironlb runs with
+// its own on, as installed.
 func BenchmarkControllerLoad(b *testing.B) {
 	const n, workers = 1000, 50
-	bin := buildController(b)
+	peers := []*benchPeer{ironlbPeer(b), metallbPeer(b)}
 	for b.Loop() {
-		ctx, cancel := context.WithCancel(context.Background())
-		live := fmt.Sprintf("bench-live-%d", time.Now().UnixNano())
-		backlog := fmt.Sprintf("bench-backlog-%d", time.Now().UnixNano())
-		for _, ns := range []string{live, backlog} {
-			if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		var floor time.Duration
+		for i, p := range peers {
+			backlog := loadPhase(b, p, n, workers, fmt.Sprintf("10.%d", 40+i))
+			if floor == 0 {
+				floor = patchFloor(b, backlog, n, controller.DefaultOptions().Workers)
+				b.ReportMetric(floor.Seconds(), "s-floor-1000-patches")
+			}
+		}
+		for _, p := range peers {
+			b.ReportMetric(p.backlog.Seconds()/floor.Seconds(), p.name+"-x-backlog-over-floor")
+		}
+		if peers[1].backlog > 0 {
+			b.ReportMetric(peers[0].backlog.Seconds()/peers[1].backlog.Seconds(), "x-ironlb-backlog-over-metallb")
+		}
+	}
+}
+
+// benchPeer is a controller under load: how to start it, how to give it a
+// pool for a namespace, and the class its Services carry.
+type benchPeer struct {
+	name    string
+	class   string
+	start   func(b *testing.B) *controllerProcess
+	pool    func(b *testing.B, name, ns, cidr string)
+	backlog time.Duration
+}
+
+func ironlbPeer(b *testing.B) *benchPeer {
+	bin := buildController(b)
+	return &benchPeer{name: "ironlb", start: func(b *testing.B) *controllerProcess { return startProcess(b, bin) },
+		pool: createBenchPool}
+}
+
+// metallbClass is the class MetalLB serves in the benchmark.
+const metallbClass = "metallb.test/bench"
+
+func metallbPeer(b *testing.B) *benchPeer {
+	dir := filepath.Join(testenv.RepoRoot(), "hack", "tools", "metallb")
+	bin := filepath.Join(b.TempDir(), "metallb-controller")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "go.universe.tf/metallb/controller")
+	build.Dir, build.Env = dir, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build MetalLB's controller: %v\n%s", err, out)
+	}
+	list := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "go.universe.tf/metallb")
+	list.Dir = dir
+	src, err := list.Output()
+	if err != nil {
+		b.Fatalf("find MetalLB's module: %v", err)
+	}
+	crds := filepath.Join(strings.TrimSpace(string(src)), "config", "crd", "bases")
+	if _, err := envtest.InstallCRDs(env.Config, envtest.CRDInstallOptions{Paths: []string{crds}, ErrorIfPathMissing: true}); err != nil {
+		b.Fatalf("install MetalLB's CRDs: %v", err)
+	}
+	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "metallb-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		b.Fatal(err)
+	}
+	return &benchPeer{name: "metallb", class: metallbClass,
+		start: func(b *testing.B) *controllerProcess {
+			return startCommand(b, bin, "--kubeconfig", env.Kubeconfig, "--namespace", "metallb-system",
+				"--webhook-mode", "disabled", "--disable-cert-rotation", "--lb-class", metallbClass,
+				"--port", "0", "--log-level", "warn")
+		},
+		pool: func(b *testing.B, name, ns, cidr string) {
+			u := &unstructured.Unstructured{}
+			u.SetAPIVersion("metallb.io/v1beta1")
+			u.SetKind("IPAddressPool")
+			u.SetNamespace("metallb-system")
+			u.SetName(name)
+			_ = unstructured.SetNestedStringSlice(u.Object, []string{cidr}, "spec", "addresses")
+			_ = unstructured.SetNestedStringSlice(u.Object, []string{ns}, "spec", "serviceAllocation", "namespaces")
+			if err := k8s.Create(context.Background(), u); err != nil {
 				b.Fatal(err)
 			}
-		}
-		warm := fmt.Sprintf("bench-warm-%d", time.Now().UnixNano())
-		if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: warm}}); err != nil {
+		}}
+}
+
+// loadPhase runs one controller through the load and returns its backlog
+// namespace (whose Services the floor is measured on).
+func loadPhase(b *testing.B, p *benchPeer, n, workers int, prefix string) string {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stamp := time.Now().UnixNano()
+	live := fmt.Sprintf("bench-%s-live-%d", p.name, stamp)
+	backlog := fmt.Sprintf("bench-%s-backlog-%d", p.name, stamp)
+	warm := fmt.Sprintf("bench-%s-warm-%d", p.name, stamp)
+	for _, ns := range []string{live, backlog, warm} {
+		if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			b.Fatal(err)
 		}
-		createBenchPool(b, live+"-pool", live, "10.40.0.0/20")
-		createBenchPool(b, backlog+"-pool", backlog, "10.41.0.0/20")
-		createBenchPool(b, warm+"-pool", warm, "10.42.0.0/28")
-
-		proc := startProcess(b, bin)
-		// Per-Service latency is measured on a running controller: one
-		// Service served first shows it has its Lease and its caches. The
-		// start-up cost is what the backlog figure below measures.
-		ww := watchIPs(b, ctx, warm)
-		createParallel(b, warm, 1, 1)
-		ww.wait(b, 1, 60*time.Second)
-		iw := watchIPs(b, ctx, live)
-		start := time.Now()
-		created := createParallel(b, live, n, workers)
-		got := iw.wait(b, n, 120*time.Second)
-		var last time.Time
-		lat := make([]time.Duration, 0, n)
-		for name, at := range got {
-			lat = append(lat, max(0, at.Sub(created[name])))
-			if at.After(last) {
-				last = at
-			}
-		}
-		b.ReportMetric(last.Sub(start).Seconds(), "s-first-create-to-last-ip")
-		b.ReportMetric(percentile(lat, 0.50).Seconds(), "s-create-to-ip-p50")
-		b.ReportMetric(percentile(lat, 0.99).Seconds(), "s-create-to-ip-p99")
-		b.ReportMetric(proc.terminate(b).Seconds(), "s-sigterm-exit")
-
-		// The backlog: Services that exist before the controller starts.
-		createParallel(b, backlog, n, workers)
-		iw2 := watchIPs(b, ctx, backlog)
-		started := time.Now()
-		proc = startProcess(b, bin)
-		got = iw2.wait(b, n, 120*time.Second)
-		first, last := time.Time{}, time.Time{}
-		for _, at := range got {
-			if at.After(last) {
-				last = at
-			}
-			if first.IsZero() || at.Before(first) {
-				first = at
-			}
-		}
-		b.ReportMetric(last.Sub(started).Seconds(), "s-backlog-1000")
-		b.ReportMetric(first.Sub(started).Seconds(), "s-backlog-first-ip")
-		b.ReportMetric(proc.peakRSS(b), "MiB-peak-rss")
-		b.ReportMetric(proc.cpuSeconds(b), "cpu-s-backlog")
-		b.ReportMetric(proc.terminate(b).Seconds(), "s-sigterm-exit-2")
-		floor := patchFloor(b, backlog, n, controller.DefaultOptions().Workers)
-		b.ReportMetric(floor.Seconds(), "s-floor-1000-patches")
-		b.ReportMetric(last.Sub(started).Seconds()/floor.Seconds(), "x-backlog-over-floor")
-		cancel()
 	}
+	p.pool(b, live+"-pool", live, prefix+".0.0/20")
+	p.pool(b, backlog+"-pool", backlog, prefix+".16.0/20")
+	p.pool(b, warm+"-pool", warm, prefix+".32.0/28")
+
+	proc := p.start(b)
+	// Per-Service latency is measured on a running controller: one
+	// Service served first shows it has its Lease and its caches. The
+	// start-up cost is what the backlog figure below measures.
+	ww := watchIPs(b, ctx, warm)
+	createParallel(b, warm, p.class, 1, 1)
+	ww.wait(b, 1, 60*time.Second)
+	iw := watchIPs(b, ctx, live)
+	start := time.Now()
+	created := createParallel(b, live, p.class, n, workers)
+	got := iw.wait(b, n, 120*time.Second)
+	var last time.Time
+	lat := make([]time.Duration, 0, n)
+	for name, at := range got {
+		lat = append(lat, at.Sub(created[name])) // never clamped: a negative one would be a bug here
+		if at.After(last) {
+			last = at
+		}
+	}
+	b.ReportMetric(last.Sub(start).Seconds(), p.name+"-s-first-create-to-last-ip")
+	b.ReportMetric(percentile(lat, 0.50).Seconds(), p.name+"-s-create-to-ip-p50")
+	b.ReportMetric(percentile(lat, 0.99).Seconds(), p.name+"-s-create-to-ip-p99")
+	b.ReportMetric(proc.terminate(b).Seconds(), p.name+"-s-sigterm-exit")
+
+	// The backlog: Services that exist before the controller starts.
+	createParallel(b, backlog, p.class, n, workers)
+	iw2 := watchIPs(b, ctx, backlog)
+	started := time.Now()
+	proc = p.start(b)
+	got = iw2.wait(b, n, 120*time.Second)
+	first, last := time.Time{}, time.Time{}
+	for _, at := range got {
+		if at.After(last) {
+			last = at
+		}
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	p.backlog = last.Sub(started)
+	b.ReportMetric(p.backlog.Seconds(), p.name+"-s-backlog-1000")
+	b.ReportMetric(first.Sub(started).Seconds(), p.name+"-s-backlog-first-ip")
+	b.ReportMetric(proc.peakRSS(b), p.name+"-MiB-peak-rss")
+	b.ReportMetric(proc.cpuSeconds(b), p.name+"-cpu-s-backlog")
+	b.ReportMetric(proc.terminate(b).Seconds(), p.name+"-s-sigterm-exit-2")
+	return backlog
 }
 
 func createBenchPool(b *testing.B, name, ns, cidr string) {
