@@ -36,6 +36,10 @@ deps: ## Install the Debian packages the lab and BPF build need (idempotent; roo
 kube-binaries: ## Build kube-apiserver, kube-proxy and etcd into bin/k8s (first time only).
 	hack/kube-binaries.sh >/dev/null
 
+.PHONY: kubelet-binaries
+kubelet-binaries: ## Also build kubelet, kube-controller-manager, kube-scheduler, containerd and the CNI plugins (for the coming kubelet lab).
+	hack/kube-binaries.sh --kubelet >/dev/null
+
 # The BPF objects are committed; they are byte-identical only when built by
 # the same clang major version, so generate insists on it.
 CLANG_MAJOR := 14

@@ -28,4 +28,25 @@ build() { # name version module-dir package
 build kube-apiserver "$kube_version" kubernetes k8s.io/kubernetes/cmd/kube-apiserver
 build kube-proxy "$kube_version" kubernetes k8s.io/kubernetes/cmd/kube-proxy
 build etcd "$etcd_version" etcd go.etcd.io/etcd/server/v3
+
+# With --kubelet, what a node with a real kubelet runs (the kubelet lab,
+# issue 13): kubelet, kube-controller-manager and kube-scheduler, containerd
+# with its runc shim and ctr, and the CNI plugins (into cni/). About 5
+# minutes more the first time on two cores.
+if [[ "${1:-}" == "--kubelet" ]]; then
+	containerd_version=$(cd "$root/hack/tools/containerd" && go list -m -f '{{.Version}}' github.com/containerd/containerd/v2)
+	cni_version=$(cd "$root/hack/tools/cni" && go list -m -f '{{.Version}}' github.com/containernetworking/plugins)
+	for c in kubelet kube-controller-manager kube-scheduler; do
+		build "$c" "$kube_version" kubernetes "k8s.io/kubernetes/cmd/$c"
+	done
+	ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version"
+	for c in containerd containerd-shim-runc-v2 ctr; do
+		GOFLAGS="-tags=no_btrfs,no_devmapper,no_zfs" build "$c" "$containerd_version" containerd "github.com/containerd/containerd/v2/cmd/$c"
+	done
+	ldflags="-s -w"
+	mkdir -p "$out/cni"
+	for c in ipam/host-local main/bridge main/loopback meta/portmap; do
+		build "cni/${c#*/}" "$cni_version" cni "github.com/containernetworking/plugins/plugins/$c"
+	done
+fi
 echo "$out"
