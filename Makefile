@@ -91,8 +91,9 @@ fuzz: ## Run each fuzz target for a fixed number of executions (about 10 s each)
 	$(GO) test ./bpf -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZ_XDP_EXECS) -timeout 5m
 
 .PHONY: e2e
-e2e: deps build kube-binaries ## Run the end-to-end suites in the lab (root).
+e2e: deps build kube-binaries ## Run the end-to-end suites in the lab (root): with the XDP data plane, then with --dataplane=kernel (tests that need XDP skip).
 	$(GO) test ./e2e/... -count=1 -v -timeout 15m
+	IRONLB_E2E_DATAPLANE=kernel $(GO) test ./e2e/... -count=1 -v -timeout 15m
 
 .PHONY: test
 test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.

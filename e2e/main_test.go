@@ -50,6 +50,12 @@ func run(m *testing.M) int {
 	if v := os.Getenv("IRONLB_K8S_BIN"); v != "" {
 		cfg.K8sBin = v
 	}
+	// IRONLB_E2E_DATAPLANE=kernel runs the suite with the speakers only
+	// announcing and kube-proxy forwarding (the fallback users are
+	// offered); tests that need the XDP data plane skip.
+	if v := os.Getenv("IRONLB_E2E_DATAPLANE"); v != "" {
+		cfg.Dataplane = v
+	}
 	ctx := context.Background()
 	ips, err := cfg.Up(ctx, root, os.Stdout)
 	if err != nil {
