@@ -532,3 +532,52 @@ func TestInterfaceMissing(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestIPv6Failover: the IPv6 VIP's owner is killed; another node takes it
+// over by NDP (the client's neighbour entry moves to its MAC) and, with
+// the XDP data plane, IPv6 connections opened before go on.
+func TestIPv6Failover(t *testing.T) {
+	ctx := t.Context()
+	waitMembers(t)
+	owner := oneAnnouncer(t, lab.DemoService, vip6, nil)
+	var conns []*echoConn
+	if cfg.Dataplane == "xdp" {
+		conns = openEchoes(t, vip6, 10)
+	}
+	n := nodeNamed(t, owner)
+	rest := slices.DeleteFunc(allNodes(), func(s string) bool { return s == owner })
+	want := expectedOwner(vip6, rest)
+	if err := cfg.Kill(lab.SpeakerName(n)); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	defer func() {
+		if err := cfg.StartSpeaker(n); err != nil {
+			t.Fatal(err)
+		}
+		waitMembers(t)
+	}()
+	eventually(t, 10*time.Second, func() error {
+		if _, err := udpExchange(ctx, vip6, "ndp", 1); err != nil {
+			return err
+		}
+		out, err := exec.CommandContext(ctx, "ip", "-n", lab.ClientNS, "-6", "neigh", "show", vip6.String()).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if m := macOf(t, want); !strings.Contains(string(out), "lladdr "+m) {
+			return fmt.Errorf("the client's neighbour entry for %s is %q, want %s's %s", vip6, strings.TrimSpace(string(out)), want, m)
+		}
+		return nil
+	})
+	t.Logf("kill -9 of %s's speaker: %s answers through %s after %s", owner, vip6, want, time.Since(killed).Round(time.Millisecond))
+	oneAnnouncer(t, lab.DemoService, vip6, func(got string) error {
+		if got != want {
+			return fmt.Errorf("announced by %s, want %s", got, want)
+		}
+		return nil
+	})
+	if conns != nil {
+		checkEchoes(t, conns, "an IPv6 failover")
+	}
+}
