@@ -456,3 +456,24 @@ func waitIPsAny(t *testing.T, ns, name string) *corev1.Service {
 	})
 	return s
 }
+
+// TestGrowingPoolMovesNothing: a pool that grows serves a waiting Service
+// from its new addresses and moves none of the IPs already given.
+func TestGrowingPoolMovesNothing(t *testing.T) {
+	startController(t, testOptions())
+	ns := namespace(t, nil)
+	pool := createPool(t, "grow", poolFor(ns, "10.24.0.0/31"))
+	createService(t, ns, "a")
+	waitIPs(t, ns, "a", "10.24.0.0")
+	createService(t, ns, "b")
+	waitIPs(t, ns, "b", "10.24.0.1")
+	createService(t, ns, "c")
+	waitEvent(t, ns, "c", "PoolExhausted")
+	update(t, pool, func() { pool.Spec.Addresses = addresses("10.24.0.0/30") })
+	waitIPs(t, ns, "c", "10.24.0.2")
+	for name, ip := range map[string]string{"a": "10.24.0.0", "b": "10.24.0.1"} {
+		if got := ingressIPs(getService(t, ns, name)); !slices.Equal(got, []string{ip}) {
+			t.Errorf("%s moved from %s to %v when the pool grew", name, ip, got)
+		}
+	}
+}
