@@ -384,7 +384,11 @@ func bgpOutage(t *testing.T) func() {
 	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
 	return func() {
 		t.Helper()
-		until := time.Now().Add(3 * lab.BGPHoldTime)
+		// Three hold times, and at least one full resync (10 s): a sync
+		// without the API server must keep each session's TCP MD5
+		// password (read before the outage), or BIRD, which wants it,
+		// would drop the session and its routes.
+		until := time.Now().Add(max(3*lab.BGPHoldTime, 12*time.Second))
 		for time.Now().Before(until) {
 			got, err := birdNextHops(t.Context(), pfx)
 			if err != nil {
