@@ -168,6 +168,5 @@ func BenchmarkXDP(b *testing.B) {
 		b.ReportMetric(float64(res["new-flow-remote"]-floor)/float64(res["trivial-pass"]), "x-new-flow-remote-net/trivial")
 		b.ReportMetric(float64(res["non-VIP"])/float64(res["trivial-pass"]), "x-non-VIP/trivial")
 		b.ReportMetric(float64(res["non-VIP"])/float64(res["parse-lookup-floor"]), "x-non-VIP/floor")
-		b.ReportMetric(float64(res["established-remote"])/float64(res["trivial-pass"]), "x-established-remote/trivial")
 	}
 }
