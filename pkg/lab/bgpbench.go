@@ -11,7 +11,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/pkg/config"
 )
@@ -63,23 +62,35 @@ func (c Config) WaitBirdSessions(ctx context.Context, limit time.Duration) error
 
 // birdFrom tells whether BIRD has a route to prefix from each node, by
 // next hop.
-func (c Config) birdFrom(ctx context.Context, prefix string) map[string]bool {
+func (c Config) birdFrom(ctx context.Context, prefix string) (map[string]bool, error) {
 	out := map[string]bool{}
-	r := c.BirdRoute(ctx, prefix)
+	r, err := c.Birdc(ctx, "show", "route", "for", prefix, "all")
+	if strings.Contains(r, "Network not found") {
+		return out, nil
+	}
+	if err != nil {
+		// A birdc that fails says nothing about the route: an error,
+		// never an instant withdrawal.
+		return nil, fmt.Errorf("birdc show route for %s: %w", prefix, err)
+	}
 	for _, n := range c.NodeList() {
 		if strings.Contains(r, "BGP.next_hop: "+n.IPv4.String()+"\n") || strings.Contains(r, "BGP.next_hop: "+n.IPv6.String()+" ") ||
 			strings.Contains(r, "BGP.next_hop: "+n.IPv6.String()+"\n") {
 			out[n.Name] = true
 		}
 	}
-	return out
+	return out, nil
 }
 
 // pollBird polls BIRD every 10 ms until cond holds for prefix's routes.
 func (c Config) pollBird(ctx context.Context, prefix string, limit time.Duration, cond func(map[string]bool) bool) (time.Time, error) {
 	deadline := time.Now().Add(limit)
 	for {
-		if cond(c.birdFrom(ctx, prefix)) {
+		m, err := c.birdFrom(ctx, prefix)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if cond(m) {
 			return time.Now(), nil
 		}
 		if time.Now().After(deadline) {
@@ -103,20 +114,22 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 	var appear, gone []time.Duration
 	for i := range runs {
 		name := fmt.Sprintf("bgp-bench-%d", i)
+		// A fixed IP, so BIRD is polled from the create on, not from
+		// when the Service's status shows it.
+		ip := netip.MustParsePrefix(BGPPoolIPv4).Addr()
+		for range 100 + i {
+			ip = ip.Next()
+		}
+		pfx := netip.PrefixFrom(ip, 32).String()
 		t0 := time.Now()
 		err := c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-			s.Annotations = map[string]string{config.AnnotationPool: BGPPool}
+			s.Annotations = map[string]string{config.AnnotationPool: BGPPool, config.AnnotationIPs: ip.String()}
 			s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 		})
 		if err != nil {
 			return nil, err
 		}
-		ips, err := WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 1, 10*time.Second)
-		if err != nil {
-			return nil, err
-		}
-		pfx := netip.PrefixFrom(ips[0], 32).String()
 		at, err := c.pollBird(ctx, pfx, 10*time.Second, func(m map[string]bool) bool { return len(m) > 0 })
 		if err != nil {
 			return nil, err
