@@ -144,7 +144,7 @@ func TestBGPAdvertise(t *testing.T) {
 		t.Errorf("the router's route to %s has %d next hops, want %d:\n%s", ips[0], n, cfg.Nodes, out)
 	}
 	for _, ip := range ips {
-		pod, client := get(t, clientHTTP(), ip)
+		pod, client := getSoon(t, ip)
 		// kube-proxy (--dataplane=kernel) masquerades a Cluster
 		// Service's traffic to another node, as it does everywhere: the
 		// client's address is kept by the XDP data plane only.
@@ -221,7 +221,7 @@ func TestBGPLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBirdNodes(t, hostPrefix(ips[0]), 20*time.Second, "node-b", "node-c")
-	if pod, _ := get(t, clientHTTP(), ips[0]); strings.HasPrefix(pod, "demo-a-") {
+	if pod, _ := getSoon(t, ips[0]); strings.HasPrefix(pod, "demo-a-") {
 		t.Errorf("%s answered a Local Service from a node without a ready endpoint", pod)
 	}
 }
@@ -403,4 +403,18 @@ func bgpOutage(t *testing.T) func() {
 			t.Errorf("without an API server %s answered %q", ips[0], pod)
 		}
 	}
+}
+
+// getSoon is get through the router, retried for a few seconds: with
+// --dataplane=kernel the route can reach the router before kube-proxy has
+// written the Service's rules (the XDP data plane is programmed before a
+// node announces).
+func getSoon(t *testing.T, ip netip.Addr) (pod, client string) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		var err error
+		pod, client, err = tryGet(clientHTTP(), ip)
+		return err
+	})
+	return pod, client
 }
