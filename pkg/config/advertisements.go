@@ -273,33 +273,36 @@ func sharedPeer(a, b *ironlbv1alpha1.BGPAdvertisement, peers []ironlbv1alpha1.BG
 func sharedNode(a, b *ironlbv1alpha1.BGPAdvertisement, nodes []corev1.Node) (string, bool) {
 	for i := range nodes {
 		n := &nodes[i]
-		if selectsLabels(a.Spec.NodeSelector, n.Labels) && selectsLabels(b.Spec.NodeSelector, n.Labels) {
+		if Selects(a.Spec.NodeSelector, n.Labels) && Selects(b.Spec.NodeSelector, n.Labels) {
 			return n.Name, true
 		}
 	}
 	return "", false
 }
 
-// SelectedPools returns the pools a selection admits: by name, by label,
-// or all when it names none.
+// SelectsPool tells whether an advertisement's pool selection admits the
+// pool: by name, by label, or every pool when it names none.
+func SelectsPool(sel ironlbv1alpha1.PoolSelection, pool *ironlbv1alpha1.IPPool) bool {
+	return len(sel.IPPools) == 0 && sel.IPPoolSelector == nil ||
+		slices.Contains(sel.IPPools, pool.Name) ||
+		sel.IPPoolSelector != nil && Selects(sel.IPPoolSelector, pool.Labels)
+}
+
+// SelectedPools returns the pools a selection admits, by name.
 func SelectedPools(sel ironlbv1alpha1.PoolSelection, pools []ironlbv1alpha1.IPPool) []*ironlbv1alpha1.IPPool {
 	var out []*ironlbv1alpha1.IPPool
 	for i := range pools {
-		p := &pools[i]
-		switch {
-		case len(sel.IPPools) == 0 && sel.IPPoolSelector == nil,
-			slices.Contains(sel.IPPools, p.Name),
-			sel.IPPoolSelector != nil && selectsLabels(sel.IPPoolSelector, p.Labels):
-			out = append(out, p)
+		if SelectsPool(sel, &pools[i]) {
+			out = append(out, &pools[i])
 		}
 	}
 	slices.SortFunc(out, func(a, b *ironlbv1alpha1.IPPool) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 
-// selectsLabels evaluates a label selector; nil selects everything and an
+// Selects evaluates a label selector; nil selects everything and an
 // invalid one nothing.
-func selectsLabels(sel *metav1.LabelSelector, set map[string]string) bool {
+func Selects(sel *metav1.LabelSelector, set map[string]string) bool {
 	if sel == nil {
 		return true
 	}

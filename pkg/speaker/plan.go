@@ -8,12 +8,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/ipam"
 )
 
@@ -157,7 +156,7 @@ func plan(w world, self string) []decision {
 			bn := an
 			for j := range w.l2 {
 				adv := &w.l2[j]
-				if !selectsPool(adv.Spec.PoolSelection, st.pool) || !selects(adv.Spec.NodeSelector, n.Labels) {
+				if !config.SelectsPool(adv.Spec.PoolSelection, st.pool) || !config.Selects(adv.Spec.NodeSelector, n.Labels) {
 					continue
 				}
 				present := adv.Spec.Interfaces
@@ -181,7 +180,7 @@ func plan(w world, self string) []decision {
 			}
 			for j := range w.bgpAdvs {
 				adv := &w.bgpAdvs[j]
-				if selectsPool(adv.Spec.PoolSelection, st.pool) && selects(adv.Spec.NodeSelector, n.Labels) {
+				if config.SelectsPool(adv.Spec.PoolSelection, st.pool) && config.Selects(adv.Spec.NodeSelector, n.Labels) {
 					bn.Advertised = true
 				}
 			}
@@ -255,31 +254,6 @@ func nodeReady(n *corev1.Node) bool {
 	return true
 }
 
-// selectsPool tells whether an advertisement's pool selection admits the
-// pool: by name, by label, or all pools when it names none.
-func selectsPool(sel ironlbv1alpha1.PoolSelection, pool *ironlbv1alpha1.IPPool) bool {
-	if len(sel.IPPools) == 0 && sel.IPPoolSelector == nil {
-		return true
-	}
-	if slices.Contains(sel.IPPools, pool.Name) {
-		return true
-	}
-	return sel.IPPoolSelector != nil && selects(sel.IPPoolSelector, pool.Labels)
-}
-
-// selects evaluates a label selector; nil selects everything and an invalid
-// one nothing.
-func selects(sel *metav1.LabelSelector, set map[string]string) bool {
-	if sel == nil {
-		return true
-	}
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	if err != nil {
-		return false
-	}
-	return s.Matches(labels.Set(set))
-}
-
 // bgpRoutes returns the routes a node with the given labels advertises for
 // ip: one per BGPAdvertisement that selects the pool and the node, to the
 // peers it names (all when none) that peer with the node, the prefix cut
@@ -291,7 +265,7 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 	var out []bgpRoute
 	for i := range sorted {
 		adv := &sorted[i]
-		if !selectsPool(adv.Spec.PoolSelection, pool) || !selects(adv.Spec.NodeSelector, nodeLabels) {
+		if !config.SelectsPool(adv.Spec.PoolSelection, pool) || !config.Selects(adv.Spec.NodeSelector, nodeLabels) {
 			continue
 		}
 		bits := ip.BitLen()
@@ -313,7 +287,7 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 			if len(adv.Spec.Peers) > 0 && !slices.Contains(adv.Spec.Peers, p.Name) {
 				continue
 			}
-			if !selects(p.Spec.NodeSelector, nodeLabels) {
+			if !config.Selects(p.Spec.NodeSelector, nodeLabels) {
 				continue
 			}
 			// A route goes over sessions of its own family.

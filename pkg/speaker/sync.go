@@ -19,6 +19,7 @@ import (
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/bgp"
+	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
@@ -300,7 +301,7 @@ func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string
 	defer s.secretRefs.Store(&refs)
 	for i := range w.bgpPeers {
 		p := &w.bgpPeers[i]
-		if !selects(p.Spec.NodeSelector, self.Labels) {
+		if !config.Selects(p.Spec.NodeSelector, self.Labels) {
 			continue
 		}
 		if r := p.Spec.PasswordSecretRef; r != nil {
