@@ -101,8 +101,10 @@ type members struct {
 	// this node's encoded nodeMeta.
 	ifaces map[string]ifaceFacts
 	meta   atomic.Pointer[[]byte]
-	// checking are the nodes whose "leaving" is being verified.
-	checking map[string]bool
+	// checking are the nodes whose "leaving" is being verified;
+	// leavingClaims counts the "leaving" metadata heard.
+	checking      map[string]bool
+	leavingClaims atomic.Int64
 }
 
 // startMembers joins nothing yet; call join with the peers' addresses.
@@ -289,6 +291,9 @@ func (m *members) noteMeta(n *memberlist.Node) bool {
 		if err := json.Unmarshal(n.Meta, &meta); err == nil {
 			facts = meta.facts()
 		}
+	}
+	if leaving {
+		m.leavingClaims.Add(1)
 	}
 	m.mu.Lock()
 	if leaving {

@@ -172,7 +172,9 @@ func TestForgedLeaving(t *testing.T) {
 	}
 	// a must have heard "b is leaving" (else the test proves nothing),
 	// and still count b.
-	waitFor(t, "a hears the forged leaving", func() bool { return a.saidLeaving("b") })
+	// The forged metadata may be refuted by b within milliseconds: what
+	// counts is that a heard it.
+	waitFor(t, "a hears the forged leaving", func() bool { return a.leavingClaims.Load() > 0 })
 	// And the direct message a stopping speaker sends.
 	for _, n := range f.Members() {
 		if n.Name == "a" {
