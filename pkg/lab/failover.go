@@ -449,7 +449,12 @@ func (c Config) RestartSpeakers(ctx context.Context) error {
 			return err
 		}
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	return c.WaitAllMembers(ctx, 60*time.Second)
+}
+
+// WaitAllMembers polls until every speaker sees every node.
+func (c Config) WaitAllMembers(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
 	for _, n := range c.NodeList() {
 		for {
 			m, err := c.Members(ctx, n)
@@ -457,7 +462,7 @@ func (c Config) RestartSpeakers(ctx context.Context) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("after a restart %s's speaker sees %d members (%v)", n.Name, m, err)
+				return fmt.Errorf("speaker on %s sees %d members (%v)", n.Name, m, err)
 			}
 			select {
 			case <-ctx.Done():

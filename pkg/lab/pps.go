@@ -53,18 +53,8 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	// A settled lab: every speaker sees every node (right after start-up
 	// the announcer may still move), and one exchange so the client knows
 	// the announcer's MAC.
-	deadline := time.Now().Add(30 * time.Second)
-	for _, n := range c.NodeList() {
-		for {
-			m, err := c.Members(ctx, n)
-			if err == nil && m == c.Nodes {
-				break
-			}
-			if time.Now().After(deadline) {
-				return PPSResult{}, fmt.Errorf("speaker on %s sees %d members (%v)", n.Name, m, err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+	if err := c.WaitAllMembers(ctx, 30*time.Second); err != nil {
+		return PPSResult{}, err
 	}
 	if _, err := c.WaitHTTP(ctx, vip, 20*time.Second); err != nil {
 		return PPSResult{}, err
@@ -219,7 +209,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	}
 	// Let the last frames arrive: poll until the count stops moving.
 	var after uint64
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for prev := uint64(0); time.Now().Before(deadline); prev = after {
 		if after, err = podsReceived(); err != nil {
 			return PPSResult{}, err

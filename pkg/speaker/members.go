@@ -273,7 +273,7 @@ const metaLeaving = "leaving"
 // (memberlist holds its lock around the callbacks: n is read here only.)
 func (m *members) NotifyJoin(n *memberlist.Node) {
 	if m.noteMeta(n) {
-		go m.verifyLeaving(n.Name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)})
+		go m.verifyLeaving(n.Name)
 		return
 	}
 	m.set(n.Name, true)
@@ -395,7 +395,7 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 // it is leaving is gone as soon as it stops answering (see verifyLeaving).
 func (m *members) NotifyUpdate(n *memberlist.Node) {
 	if m.noteMeta(n) {
-		go m.verifyLeaving(n.Name, &net.UDPAddr{IP: n.Addr, Port: int(n.Port)})
+		go m.verifyLeaving(n.Name)
 	}
 }
 
@@ -406,7 +406,7 @@ func (m *members) NotifyUpdate(n *memberlist.Node) {
 // goes unanswered. A forged "leaving" about a live node, from whoever
 // holds the key or crafted the message, is answered by the real node and
 // changes nothing.
-func (m *members) verifyLeaving(name string, _ net.Addr) {
+func (m *members) verifyLeaving(name string) {
 	addrs, _ := m.addrs.Load().(map[string]net.Addr)
 	addr, ok := addrs[name]
 	if !ok {
@@ -585,7 +585,7 @@ func (m *members) NotifyMsg(b []byte) {
 	if !ok || name == m.self {
 		return
 	}
-	go m.verifyLeaving(name, nil)
+	go m.verifyLeaving(name)
 }
 
 // GetBroadcasts returns nothing: see NotifyMsg.

@@ -102,6 +102,13 @@ func (w *writer) warnProblems(ctx context.Context) {
 	problems, dpErr := w.problems, w.dpErr
 	w.mu.Unlock()
 	now := time.Now()
+	// Keys past their wait are forgotten: the map holds only recent
+	// warnings, however many Services come and go.
+	for k, at := range w.warnedAt {
+		if now.Sub(at) >= warnEvery {
+			delete(w.warnedAt, k)
+		}
+	}
 	due := func(key string) bool {
 		if last, ok := w.warnedAt[key]; ok && now.Sub(last) < warnEvery {
 			return false
