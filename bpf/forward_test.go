@@ -623,3 +623,40 @@ func TestICMPErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestOnlyFramesForThisHost: with the interface's MAC recorded (as the
+// speaker records it when it attaches), a VIP packet in a frame addressed
+// to another host (what a switch floods while it does not know that
+// host's port) or to a broadcast or multicast MAC goes to the kernel
+// untouched, which drops it as not ours; the same packet to this host's
+// MAC is forwarded. Without the check every flooded copy would be
+// forwarded by every node that received it.
+func TestOnlyFramesForThisHost(t *testing.T) {
+	objs := load(t)
+	ifindex := testNet(t)
+	world(t, objs)
+	setRing(t, objs, 1, 1)
+	setBackends(t, objs, 1, 8080, pod1)
+	var m LbIfMac
+	copy(m.Addr[:], macSelf[:])
+	must(t, objs.IfMacs.Put(uint32(ifindex), m))
+	base := pkt{src: client4, dst: vip4, proto: 6, sport: 40000, dport: 80, flags: tcpSYN, mss: 1460}
+	other := base
+	other.dstMAC = [6]byte{0x02, 0, 0, 0, 0, 0x12}
+	bcast := base
+	bcast.dstMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	mcast := base
+	mcast.dstMAC = [6]byte{0x01, 0x00, 0x5e, 0, 0, 1}
+	for name, p := range map[string]pkt{"another host's MAC": other, "broadcast": bcast, "multicast": mcast} {
+		in := p.frame()
+		ret, out := runXDP(t, objs.IronlbXdp, in, ifindex)
+		if ret != xdpPass || !bytes.Equal(out[:len(in)], in) {
+			t.Errorf("%s: verdict %d, modified %v; want XDP_PASS, unchanged", name, ret, !bytes.Equal(out[:len(in)], in))
+		}
+	}
+	in := base.frame()
+	ret, out := runXDP(t, objs.IronlbXdp, in, ifindex)
+	if ret != xdpPass || bytes.Equal(out[:len(in)], in) {
+		t.Fatalf("to this host's MAC: verdict %d, modified %v; want DNAT to the local endpoint", ret, !bytes.Equal(out[:len(in)], in))
+	}
+}

@@ -800,6 +800,26 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
 	return encap(ctx, cfg, outer, node.node, node.idx);
 }
 
+/* for_this_host tells whether a frame is addressed to the receiving
+ * interface's own MAC. Frames for another host's MAC, and multicast or
+ * broadcast frames, go to the kernel, which applies its own rules: the
+ * data plane forwards only what was sent to this node. An interface the
+ * speaker has not recorded (a test run) takes every frame. */
+static __always_inline int for_this_host(struct xdp_md *ctx, void *data, void *data_end)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return 1; /* parse_flow sends it on */
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct if_mac *m = bpf_map_lookup_elem(&if_macs, &ifindex);
+	if (!m)
+		return 1;
+	if (eth->h_dest[0] & 1)
+		return 0;
+	return *(__u32 *)&eth->h_dest[0] == *(__u32 *)&m->addr[0] &&
+	       *(__u16 *)&eth->h_dest[4] == *(__u16 *)&m->addr[4];
+}
+
 SEC("xdp")
 int ironlb_xdp(struct xdp_md *ctx)
 {
@@ -808,6 +828,9 @@ int ironlb_xdp(struct xdp_md *ctx)
 	struct flow f = {};
 	struct hdrs h = {};
 	__u32 zero = 0;
+
+	if (!for_this_host(ctx, data, data_end))
+		return XDP_PASS;
 
 	int r = parse_flow(data, data_end, &f, &h, 1);
 	if (r == PARSE_OTHER)

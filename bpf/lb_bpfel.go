@@ -86,6 +86,12 @@ type LbFlow struct {
 	Pad    uint16
 }
 
+type LbIfMac struct {
+	_    structs.HostLayout
+	Addr [6]uint8
+	Pad  uint16
+}
+
 type LbMemberKey struct {
 	_         structs.HostLayout
 	ServiceId uint32
@@ -175,6 +181,7 @@ const (
 	LbMapCt2             = "ct2"
 	LbMapDrops           = "drops"
 	LbMapEndpointLinks   = "endpoint_links"
+	LbMapIfMacs          = "if_macs"
 	LbMapNexthops        = "nexthops"
 	LbMapNodes           = "nodes"
 	LbMapRevnat          = "revnat"
@@ -246,6 +253,7 @@ type LbMapSpecs struct {
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
 	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
+	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
@@ -291,6 +299,7 @@ type LbMaps struct {
 	Ct2           *ebpf.Map `ebpf:"ct2"`
 	Drops         *ebpf.Map `ebpf:"drops"`
 	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
+	IfMacs        *ebpf.Map `ebpf:"if_macs"`
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
@@ -312,6 +321,7 @@ func (m *LbMaps) Close() error {
 		m.Ct2,
 		m.Drops,
 		m.EndpointLinks,
+		m.IfMacs,
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,

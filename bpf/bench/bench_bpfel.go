@@ -103,6 +103,12 @@ type BenchFlow struct {
 	Pad    uint16
 }
 
+type BenchIfMac struct {
+	_    structs.HostLayout
+	Addr [6]uint8
+	Pad  uint16
+}
+
 type BenchMemberKey struct {
 	_         structs.HostLayout
 	ServiceId uint32
@@ -193,6 +199,7 @@ const (
 	BenchMapCt2             = "ct2"
 	BenchMapDrops           = "drops"
 	BenchMapEndpointLinks   = "endpoint_links"
+	BenchMapIfMacs          = "if_macs"
 	BenchMapNexthops        = "nexthops"
 	BenchMapNodes           = "nodes"
 	BenchMapRevnat          = "revnat"
@@ -269,6 +276,7 @@ type BenchMapSpecs struct {
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
 	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
+	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
@@ -315,6 +323,7 @@ type BenchMaps struct {
 	Ct2           *ebpf.Map `ebpf:"ct2"`
 	Drops         *ebpf.Map `ebpf:"drops"`
 	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
+	IfMacs        *ebpf.Map `ebpf:"if_macs"`
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
@@ -337,6 +346,7 @@ func (m *BenchMaps) Close() error {
 		m.Ct2,
 		m.Drops,
 		m.EndpointLinks,
+		m.IfMacs,
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,

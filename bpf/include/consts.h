@@ -26,6 +26,9 @@
 #endif
 
 /* Most links in front of local endpoints (pods' veths). */
+#ifndef MAX_IF_MACS
+#define MAX_IF_MACS 256
+#endif
 #ifndef MAX_ENDPOINT_LINKS
 #define MAX_ENDPOINT_LINKS 4096
 #endif

@@ -105,6 +105,21 @@ struct {
 	__type(value, struct service_stats);
 } stats SEC(".maps");
 
+/* The MAC address of every interface the program is attached to
+ * (ifindex -> address); the speaker fills it when it attaches. A unicast
+ * frame for another host's MAC is not this node's to forward: a switch
+ * floods such frames while it does not know that host's port (a dead
+ * node, an aged-out entry: with direct server return the announcing node
+ * rarely sends from its MAC), and the kernel drops them as
+ * PACKET_OTHERHOST. Forwarding them would duplicate every packet on
+ * every node the switch floods to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_IF_MACS);
+	__type(key, __u32);
+	__type(value, struct if_mac);
+} if_macs SEC(".maps");
+
 /* Links in front of local endpoints that DNAT-ed packets may be
  * redirected to (ifindex -> ifindex); the speaker fills it. */
 struct {

@@ -9,6 +9,12 @@
 #include "consts.h"
 
 /* A VIP as the packet shows it. */
+/* if_macs value: an interface's own MAC address. */
+struct if_mac {
+	__u8 addr[6];
+	__u16 pad;
+};
+
 struct vip_key {
 	__u32 addr[4];
 	__u16 port;

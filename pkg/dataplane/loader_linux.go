@@ -266,6 +266,14 @@ func (d *Dataplane) attach(name string) error {
 	if err != nil {
 		return fmt.Errorf("interface %s: %w", name, err)
 	}
+	// The program forwards only frames sent to this interface's MAC.
+	if len(iface.HardwareAddr) == 6 {
+		var m bpf.LbIfMac
+		copy(m.Addr[:], iface.HardwareAddr)
+		if err := d.objs.IfMacs.Put(uint32(iface.Index), m); err != nil {
+			return fmt.Errorf("record the MAC of %s: %w", name, err)
+		}
+	}
 	for _, a := range []struct {
 		pin    string
 		prog   *ebpf.Program
