@@ -37,7 +37,7 @@ kube-binaries: ## Build kube-apiserver, kube-proxy and etcd into bin/k8s (first 
 	hack/kube-binaries.sh >/dev/null
 
 .PHONY: kubelet-binaries
-kubelet-binaries: ## Also build kubelet, kube-controller-manager, kube-scheduler, containerd and the CNI plugins (for the coming kubelet lab).
+kubelet-binaries: ## Also build kubelet, kube-controller-manager, kube-scheduler, containerd and the CNI plugins (for the kubelet lab).
 	hack/kube-binaries.sh --kubelet >/dev/null
 
 # The BPF objects are committed; they are byte-identical only when built by
@@ -125,9 +125,9 @@ IMAGES := $(CURDIR)/_output/images
 
 .PHONY: images
 images: ## Build the controller and speaker images as tarballs in _output/images without a container daemon (PUSH=1 pushes to IMAGE_REPO).
-	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w -buildid=' -o $(IMAGES)/bin/ ./cmd/ironlb-controller ./cmd/ironlb-speaker ./cmd/ironlbctl
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w -buildid=' -o $(IMAGES)/bin/ ./cmd/ironlb-controller ./cmd/ironlb-speaker ./cmd/ironlbctl ./cmd/ironlb-lab
 	cd hack/tools/images && SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(GO) run . --bin $(IMAGES)/bin --out $(IMAGES) \
-		--repo $(IMAGE_REPO) --tag $(IMAGE_TAG) --revision $$(git rev-parse HEAD) $(if $(PUSH),--push)
+		--repo $(IMAGE_REPO) --tag $(IMAGE_TAG) --revision $$(git rev-parse HEAD) --lab $(if $(PUSH),--push)
 
 .PHONY: images-docker
 images-docker: ## Build the same images from the Dockerfile (docker, podman or buildah).
@@ -136,6 +136,10 @@ images-docker: ## Build the same images from the Dockerfile (docker, podman or b
 .PHONY: lab
 lab: deps build kube-binaries ## Build everything and bring up the one-machine lab (root).
 	$(BIN)/ironlb-lab up
+
+.PHONY: kubelet-lab
+kubelet-lab: deps build kubelet-binaries images ## Bring up the lab with a real containerd and kubelet per node and ironlb installed from manifests/ (root).
+	$(BIN)/ironlb-lab up --kubelet
 
 .PHONY: clean
 clean: ## Remove built binaries (keeps the Kubernetes binaries cache).

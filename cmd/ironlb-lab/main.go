@@ -35,8 +35,10 @@ import (
 const usage = `usage: ironlb-lab [--dir DIR] COMMAND
 
 commands:
-  up [--nodes N] [--dataplane xdp|kernel] [--bgp]
-                                        build the lab (cleans an earlier one first)
+  up [--nodes N] [--dataplane xdp|kernel] [--bgp] [--kubelet]
+                                        build the lab (cleans an earlier one first); --kubelet:
+                                        real containerd and kubelet per node, ironlb installed
+                                        from manifests/ with the images of make images
   down                                  remove every namespace, process and state file of the lab
   status                                show processes, the demo Service and who announces it
   exec NS -- CMD...                     run CMD in a lab namespace (client, router, fabric, a, node-a, demo-a-0)
@@ -74,8 +76,8 @@ func repoRoot() string {
 }
 
 func run() error {
-	// envtest's CRD installer logs through controller-runtime; the lab
-	// prints its own progress.
+	// controller-runtime's client would log on its own; the lab prints
+	// its own progress.
 	ctrllog.SetLogger(logr.Discard())
 	root := repoRoot()
 	global := flag.NewFlagSet("ironlb-lab", flag.ContinueOnError)
@@ -102,6 +104,8 @@ func run() error {
 		fs := flag.NewFlagSet("up", flag.ContinueOnError)
 		fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of nodes (1-20)")
 		fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "xdp: ironlb forwards in XDP (no kube-proxy); kernel: kube-proxy forwards")
+		fs.BoolVar(&cfg.Kubelet, "kubelet", false, "run a real containerd and kubelet in every node and install ironlb from the kustomize base with the images of make images (see docs/lab.md)")
+		images := fs.String("images", filepath.Join(root, "_output", "images"), "image tarballs for --kubelet (make images)")
 		fs.BoolVar(&cfg.BGP, "bgp", false, "put the demo Service in the BGP pool: the client reaches it through lab-router (BIRD, ECMP over the nodes)")
 		pool := fs.String("pool", strings.Join(cfg.Pool, ","), "addresses of the sample IPPool")
 		if err := fs.Parse(rest); err != nil {
@@ -111,6 +115,7 @@ func run() error {
 			return fmt.Errorf("--nodes %d: want 1 to 20", cfg.Nodes)
 		}
 		cfg.Pool = strings.Split(*pool, ",")
+		cfg.Images = *images
 		cfg.Bin = filepath.Join(root, "bin")
 		cfg.K8sBin = envOr("IRONLB_K8S_BIN", filepath.Join(root, "bin", "k8s"))
 		ips, err := cfg.Up(ctx, root, os.Stdout)
@@ -158,6 +163,29 @@ func run() error {
 			return err
 		}
 		return cfg.RunAgent(ctx)
+	case "hold":
+		// Internal: a kubelet lab node's mount namespace holder.
+		fs := flag.NewFlagSet("hold", flag.ContinueOnError)
+		node := fs.String("node", "", "the node")
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		cfg, err := lab.Load(abs)
+		if err != nil {
+			return err
+		}
+		return cfg.Hold(ctx, *node)
+	case "backend":
+		// The kubelet lab's demo pods (image localhost/ironlb-lab).
+		name := os.Getenv("POD_NAME")
+		if name == "" {
+			name, _ = os.Hostname()
+		}
+		return lab.ServeBackend(ctx, name)
+	case "pause":
+		// The kubelet lab's pod sandbox (image localhost/ironlb-lab-pause).
+		<-ctx.Done()
+		return nil
 	case "bench":
 		if len(rest) >= 1 && rest[0] == "pps" {
 			fs := flag.NewFlagSet("bench pps", flag.ContinueOnError)
@@ -318,6 +346,12 @@ func status(ctx context.Context, cfg lab.Config) error {
 	names := []string{"etcd", "kube-apiserver", "agent", "controller"}
 	for _, n := range cfg.NodeList() {
 		names = append(names, "kube-proxy-"+n.Name, lab.SpeakerName(n))
+	}
+	if cfg.Kubelet {
+		names = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "agent"}
+		for _, n := range cfg.NodeList() {
+			names = append(names, "containerd-"+n.Name, "kubelet-"+n.Name, "kube-proxy-"+n.Name)
+		}
 	}
 	for _, n := range names {
 		state := "stopped"

@@ -74,6 +74,21 @@ func (c Config) RunAgent(ctx context.Context) error {
 		wg.Wait()
 	}()
 	api := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.APIPort))
+	if c.Kubelet {
+		// The kubelet lab's API server lives in lab-control; the root
+		// namespace's 127.0.0.1:APIPort leads there.
+		l, err := net.Listen("tcp", api)
+		if err != nil {
+			return fmt.Errorf("API forwarder: %w", err)
+		}
+		closers = append(closers, l)
+		to := net.JoinHostPort(ControlIPv4, strconv.Itoa(ControlAPIPort))
+		wg.Go(func() {
+			forward(l, func() (net.Conn, error) { return DialIn(ctx, ControlNS, "tcp", to) })
+		})
+		<-ctx.Done()
+		return nil
+	}
 	for _, n := range c.NodeList() {
 		var l net.Listener
 		if err := InNamespace(n.NS, func() error {
@@ -84,7 +99,7 @@ func (c Config) RunAgent(ctx context.Context) error {
 			return fmt.Errorf("API forwarder in %s: %w", n.NS, err)
 		}
 		closers = append(closers, l)
-		wg.Go(func() { forward(l, api) })
+		wg.Go(func() { forward(l, func() (net.Conn, error) { return net.DialTimeout("tcp", api, 5*time.Second) }) })
 	}
 	for _, p := range c.Pods() {
 		var httpL, echoL net.Listener
@@ -102,26 +117,58 @@ func (c Config) RunAgent(ctx context.Context) error {
 		}); err != nil {
 			return fmt.Errorf("backend %s: %w", p.Name, err)
 		}
-		closers = append(closers, httpL, echoL, udp)
-		srv := &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				host, _, _ := net.SplitHostPort(r.RemoteAddr)
-				_, _ = fmt.Fprintf(w, "%s %s\n", p.Name, host)
-			}),
-			ReadHeaderTimeout: 5 * time.Second,
-			ErrorLog:          log.New(io.Discard, "", 0),
-		}
-		closers = append(closers, srv)
-		wg.Go(func() { _ = srv.Serve(httpL) })
-		wg.Go(func() { echoTCP(echoL, p.Name) })
-		wg.Go(func() { echoUDP(udp, p.Name) })
+		closers = append(closers, serveBackend(&wg, p.Name, httpL, echoL, udp)...)
 	}
 	<-ctx.Done()
 	return nil
 }
 
-// forward copies connections from l to the API server.
-func forward(l net.Listener, to string) {
+// serveBackend answers on a pod's listeners: HTTP with the pod name and
+// the client's address, echo lines and datagrams prefixed with the pod
+// name. It returns what to close to stop.
+func serveBackend(wg *sync.WaitGroup, name string, httpL, echoL net.Listener, udp net.PacketConn) []io.Closer {
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			_, _ = fmt.Fprintf(w, "%s %s\n", name, host)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	wg.Go(func() { _ = srv.Serve(httpL) })
+	wg.Go(func() { echoTCP(echoL, name) })
+	wg.Go(func() { echoUDP(udp, name) })
+	return []io.Closer{httpL, echoL, udp, srv}
+}
+
+// ServeBackend is a kubelet lab pod (`ironlb-lab backend`): the same
+// backends as the process lab's, in the pod's own network namespace,
+// until ctx ends.
+func ServeBackend(ctx context.Context, name string) error {
+	httpL, err := net.Listen("tcp", ":80")
+	if err != nil {
+		return err
+	}
+	echoL, err := net.Listen("tcp", ":7")
+	if err != nil {
+		return err
+	}
+	udp, err := net.ListenPacket("udp", ":7")
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	closers := serveBackend(&wg, name, httpL, echoL, udp)
+	<-ctx.Done()
+	for _, cl := range closers {
+		_ = cl.Close()
+	}
+	wg.Wait()
+	return nil
+}
+
+// forward copies connections from l to what dial opens.
+func forward(l net.Listener, dial func() (net.Conn, error)) {
 	for {
 		in, err := l.Accept()
 		if err != nil {
@@ -129,7 +176,7 @@ func forward(l net.Listener, to string) {
 		}
 		go func() {
 			defer func() { _ = in.Close() }()
-			out, err := net.DialTimeout("tcp", to, 5*time.Second)
+			out, err := dial()
 			if err != nil {
 				return
 			}

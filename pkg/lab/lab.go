@@ -64,6 +64,13 @@ type Config struct {
 	// MemberlistInsecure runs the speakers without the memberlist key
 	// (the failover benchmark's baseline).
 	MemberlistInsecure bool `json:"memberlistInsecure,omitempty"`
+	// Kubelet runs a real containerd and kubelet in every node, the
+	// control plane (with kube-controller-manager and kube-scheduler) in
+	// lab-control, and installs ironlb from the kustomize base: see
+	// kubelet.go.
+	Kubelet bool `json:"kubelet,omitempty"`
+	// Images holds the image tarballs `make images` writes (kubelet lab).
+	Images string `json:"images,omitempty"`
 }
 
 // DefaultConfig is a three-node lab with the kernel data plane.
@@ -127,8 +134,12 @@ func (c Config) NodeList() []Node {
 	return out
 }
 
-// Pods returns the backends, PodsPerNode behind each node.
+// Pods returns the process lab's backends, PodsPerNode behind each node
+// (none in the kubelet lab, whose backends are real pods).
 func (c Config) Pods() []Pod {
+	if c.Kubelet {
+		return nil
+	}
 	var out []Pod
 	for _, n := range c.NodeList() {
 		for j := range PodsPerNode {
@@ -194,6 +205,10 @@ func (c Config) NamespaceFor(name string) (string, error) {
 		return RouterNS, nil
 	case "fabric", FabricNS:
 		return FabricNS, nil
+	case "control", ControlNS:
+		if c.Kubelet {
+			return ControlNS, nil
+		}
 	}
 	if n, ok := c.NodeByName(name); ok {
 		return n.NS, nil
@@ -203,5 +218,5 @@ func (c Config) NamespaceFor(name string) (string, error) {
 			return p.NS, nil
 		}
 	}
-	return "", fmt.Errorf("no lab namespace %q: try client, router, fabric, a node (a, node-a) or a pod (demo-a-0)", name)
+	return "", fmt.Errorf("no lab namespace %q: try client, router, fabric, control (kubelet lab), a node (a, node-a) or a pod (demo-a-0)", name)
 }

@@ -54,6 +54,9 @@ func (c Config) buildNetwork(ctx context.Context) error {
 	nodes := c.NodeList()
 	pods := c.Pods()
 	all := []string{FabricNS, ClientNS, RouterNS}
+	if c.Kubelet {
+		all = append(all, ControlNS)
+	}
 	for _, n := range nodes {
 		all = append(all, n.NS)
 	}
@@ -121,6 +124,23 @@ func (c Config) buildNetwork(ctx context.Context) error {
 	}
 	if err := sysctl(ctx, RouterNS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
 		return err
+	}
+	if c.Kubelet {
+		// The control plane: on the fabric, with routes to every node's
+		// pods (the controller pods reach the API server from there).
+		if err := attach(ControlNS, "fab-control", ControlIPv4, ControlIPv6); err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			for _, r := range [][]string{
+				{"route", "add", n.PodCIDR4.String(), "via", n.IPv4.String()},
+				{"-6", "route", "add", n.PodCIDR6.String(), "via", n.IPv6.String()},
+			} {
+				if err := ipn(ctx, ControlNS, r...); err != nil {
+					return err
+				}
+			}
+		}
 	}
 
 	for _, n := range nodes {

@@ -16,7 +16,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -59,18 +58,12 @@ func (c Config) Client() (client.Client, error) {
 // createObjects installs the CRDs, the Nodes, the sample pool,
 // advertisement and Service with its EndpointSlices.
 func (c Config) createObjects(ctx context.Context, crdDir string) error {
-	cfg, err := c.RESTConfig()
-	if err != nil {
-		return err
-	}
-	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{
-		Paths: []string{crdDir}, ErrorIfPathMissing: true, MaxTime: 30 * time.Second, PollInterval: 100 * time.Millisecond,
-	}); err != nil {
-		return fmt.Errorf("install CRDs from %s: %w", crdDir, err)
-	}
 	cl, err := c.Client()
 	if err != nil {
 		return err
+	}
+	if err := installCRDs(ctx, cl, crdDir); err != nil {
+		return fmt.Errorf("install CRDs from %s: %w", crdDir, err)
 	}
 	if err := cl.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: SystemNS}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
@@ -83,24 +76,7 @@ func (c Config) createObjects(ctx context.Context, crdDir string) error {
 			return err
 		}
 	}
-	pool := &ironlbv1alpha1.IPPool{
-		ObjectMeta: metav1.ObjectMeta{Name: DemoPool},
-		Spec:       ironlbv1alpha1.IPPoolSpec{AvoidBuggyIPs: true},
-	}
-	for _, a := range c.Pool {
-		pool.Spec.Addresses = append(pool.Spec.Addresses, ironlbv1alpha1.AddressRange(a))
-	}
-	if err := cl.Create(ctx, pool); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create pool: %w", err)
-	}
-	adv := &ironlbv1alpha1.L2Advertisement{
-		ObjectMeta: metav1.ObjectMeta{Name: "lab"},
-		Spec:       ironlbv1alpha1.L2AdvertisementSpec{PoolSelection: ironlbv1alpha1.PoolSelection{IPPools: []string{DemoPool}}},
-	}
-	if err := cl.Create(ctx, adv); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create L2Advertisement: %w", err)
-	}
-	if err := c.createBGPObjects(ctx, cl); err != nil {
+	if err := c.createSamplePools(ctx, cl); err != nil {
 		return err
 	}
 	return c.CreateDemoService(ctx, cl, DemoService, func(s *corev1.Service) {
@@ -142,6 +118,29 @@ func (c Config) createNode(ctx context.Context, cl client.Client, n Node) error 
 	return nil
 }
 
+// createSamplePools makes the sample pool and its L2Advertisement and the
+// BGP pool, peers and advertisement.
+func (c Config) createSamplePools(ctx context.Context, cl client.Client) error {
+	pool := &ironlbv1alpha1.IPPool{
+		ObjectMeta: metav1.ObjectMeta{Name: DemoPool},
+		Spec:       ironlbv1alpha1.IPPoolSpec{AvoidBuggyIPs: true},
+	}
+	for _, a := range c.Pool {
+		pool.Spec.Addresses = append(pool.Spec.Addresses, ironlbv1alpha1.AddressRange(a))
+	}
+	if err := cl.Create(ctx, pool); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create pool: %w", err)
+	}
+	adv := &ironlbv1alpha1.L2Advertisement{
+		ObjectMeta: metav1.ObjectMeta{Name: "lab"},
+		Spec:       ironlbv1alpha1.L2AdvertisementSpec{PoolSelection: ironlbv1alpha1.PoolSelection{IPPools: []string{DemoPool}}},
+	}
+	if err := cl.Create(ctx, adv); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create L2Advertisement: %w", err)
+	}
+	return c.createBGPObjects(ctx, cl)
+}
+
 // DemoPorts are the sample Service's ports.
 var DemoPorts = []corev1.ServicePort{
 	{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(80)},
@@ -154,16 +153,8 @@ var DemoPorts = []corev1.ServicePort{
 // the EndpointSlice controller would write them; mutate, when not nil,
 // adjusts the Service before it is created.
 func (c Config) CreateDemoService(ctx context.Context, cl client.Client, name string, mutate func(*corev1.Service)) error {
-	policy := corev1.IPFamilyPolicyPreferDualStack
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
-		Spec: corev1.ServiceSpec{
-			Type:           corev1.ServiceTypeLoadBalancer,
-			IPFamilyPolicy: &policy,
-			IPFamilies:     []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
-			Ports:          DemoPorts,
-		},
-	}
+	svc := DemoServiceObject(name)
+	svc.Spec.Selector = nil
 	if mutate != nil {
 		mutate(svc)
 	}
@@ -177,6 +168,23 @@ func (c Config) CreateDemoService(ctx context.Context, cl client.Client, name st
 		}
 	}
 	return nil
+}
+
+// DemoServiceObject is the demo's dual-stack LoadBalancer Service in the
+// default namespace, selecting the demo Deployment's pods (the process
+// lab drops the selector and writes EndpointSlices itself).
+func DemoServiceObject(name string) *corev1.Service {
+	policy := corev1.IPFamilyPolicyPreferDualStack
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: corev1.ServiceSpec{
+			Type:           corev1.ServiceTypeLoadBalancer,
+			IPFamilyPolicy: &policy,
+			IPFamilies:     []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			Ports:          DemoPorts,
+			Selector:       map[string]string{"app": DemoService},
+		},
+	}
 }
 
 // endpointSlice builds a Service's slice for one family over all pods;

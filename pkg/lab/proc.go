@@ -156,3 +156,38 @@ func waitGone(pid int, limit time.Duration) error {
 	}
 	return fmt.Errorf("process %d still running after %s", pid, limit)
 }
+
+// killMarked kills every process that carries this lab's marker, recorded
+// or not (containerd's shims, which outlive a killed containerd).
+func (c Config) killMarked() {
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	var pids []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err != nil || pid == os.Getpid() || pid <= 1 {
+			continue
+		}
+		if c.ours(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	killAll(pids, 2*time.Second)
+}
+
+// killAll sends SIGTERM to every pid (SIGKILL at once when grace is 0),
+// then SIGKILL to those still there after grace, and waits for them.
+func killAll(pids []int, grace time.Duration) {
+	sig := syscall.SIGTERM
+	if grace == 0 {
+		sig = syscall.SIGKILL
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, sig)
+	}
+	for _, pid := range pids {
+		if waitGone(pid, grace) != nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			_ = waitGone(pid, 5*time.Second)
+		}
+	}
+}

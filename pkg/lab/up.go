@@ -55,6 +55,12 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 	}
 	step := func(what string) { _, _ = fmt.Fprintf(out, "lab: %s\n", what) }
 
+	if c.Kubelet {
+		if err := c.upKubelet(ctx, root, step); err != nil {
+			return nil, err
+		}
+		return c.waitDemo(ctx, step)
+	}
 	step("starting etcd and kube-apiserver on 127.0.0.1:" + strconv.Itoa(c.APIPort))
 	if err := c.startControlPlane(ctx); err != nil {
 		return nil, err
@@ -103,6 +109,12 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 			return nil, err
 		}
 	}
+	return c.waitDemo(ctx, step)
+}
+
+// waitDemo waits for the demo Service's IPs and for the first to answer
+// over HTTP from the client.
+func (c Config) waitDemo(ctx context.Context, step func(string)) ([]netip.Addr, error) {
 	cl, err := c.Client()
 	if err != nil {
 		return nil, err
@@ -112,7 +124,7 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 		return nil, err
 	}
 	step("waiting for the VIP to answer from lab-client")
-	if _, err := c.WaitHTTP(ctx, ips[0], 60*time.Second); err != nil {
+	if _, err := c.WaitHTTP(ctx, ips[0], 90*time.Second); err != nil {
 		return nil, err
 	}
 	return ips, nil
@@ -120,8 +132,12 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 
 // StartKubeProxy runs kube-proxy (nftables mode) in a node's namespace.
 func (c Config) StartKubeProxy(n Node) error {
+	kubeconfig := c.Kubeconfig()
+	if c.Kubelet {
+		kubeconfig = c.pkiPath("kube-proxy.kubeconfig")
+	}
 	return c.Start("kube-proxy-"+n.Name, n.NS, filepath.Join(c.K8sBin, "kube-proxy"),
-		"--kubeconfig", c.Kubeconfig(),
+		"--kubeconfig", kubeconfig,
 		"--hostname-override", n.Name,
 		"--proxy-mode", "nftables",
 		"--conntrack-max-per-core=0",
@@ -241,14 +257,28 @@ func (c Config) WaitHTTP(ctx context.Context, vip netip.Addr, limit time.Duratio
 // namespace. It is safe to run when nothing is up.
 func Down(ctx context.Context, dir string) error {
 	var errs []error
-	if c, err := Load(dir); err == nil {
-		errs = append(errs, c.stopAll(3*time.Second))
-	} else {
+	c, err := Load(dir)
+	if err != nil {
 		// No config: still stop what the pid files name.
-		errs = append(errs, Config{Dir: dir}.stopAll(3*time.Second))
+		c = Config{Dir: dir}
 	}
+	errs = append(errs, c.stopAll(3*time.Second))
+	// What the kubelet lab leaves running beyond its recorded processes:
+	// containerd's shims (they carry the lab's marker) and the
+	// containers, in the lab's cgroups.
+	c.killMarked()
+	errs = append(errs, kubeletDown())
 	errs = append(errs, deleteNetwork(ctx))
 	errs = append(errs, unmountBPFFS(filepath.Join(dir, "bpffs")))
+	// The nodes' folders hold containerd's snapshots, which were mounted
+	// only in the nodes' own mount namespaces, gone with their processes.
+	// Refuse to remove anything that is still a mount point here.
+	nodes := filepath.Join(dir, "nodes")
+	if mps, err := mountsUnder(nodes); err != nil || len(mps) > 0 {
+		errs = append(errs, fmt.Errorf("not removing %s: still mounted: %v %v", nodes, mps, err))
+	} else {
+		errs = append(errs, os.RemoveAll(nodes))
+	}
 	for _, sub := range []string{"pids", "etcd", "pki", "lab.json", "kubeconfig"} {
 		errs = append(errs, os.RemoveAll(filepath.Join(dir, sub)))
 	}
@@ -268,6 +298,17 @@ func Leftovers(ctx context.Context, dir string) ([]string, error) {
 	}
 	if onBPFFS(filepath.Join(dir, "bpffs")) {
 		out = append(out, "bpffs mount "+filepath.Join(dir, "bpffs"))
+	}
+	for _, cg := range labCgroups() {
+		out = append(out, "cgroup "+cg)
+	}
+	if mps, err := mountsUnder(dir); err == nil {
+		for _, mp := range mps {
+			out = append(out, "mount "+mp)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nodes")); err == nil {
+		out = append(out, "folder "+filepath.Join(dir, "nodes"))
 	}
 	procs, err := filepath.Glob("/proc/[0-9]*")
 	if err != nil {

@@ -50,6 +50,10 @@ type Spec struct {
 	Binaries []string
 	// User is the user the image runs as ("" is root).
 	User string
+	// Cmd is the image's default arguments to the entrypoint.
+	Cmd []string
+	// Repo, when set, replaces --repo for this image.
+	Repo string
 }
 
 // Specs are the images ironlb ships, as the Dockerfile's targets.
@@ -58,6 +62,14 @@ var Specs = []Spec{
 	// The speaker runs as root with a few capabilities (see
 	// manifests/speaker.yaml); ironlbctl comes along for debugging.
 	{Name: "ironlb-speaker", Binaries: []string{"ironlb-speaker", "ironlbctl"}},
+}
+
+// LabSpecs are the images only the kubelet lab uses (--lab), named under
+// localhost/ so that nothing tries to pull them: the demo's backends and
+// the pods' sandbox, both the lab's own binary.
+var LabSpecs = []Spec{
+	{Name: "ironlb-lab", Binaries: []string{"ironlb-lab"}, User: "65532:65532", Repo: "localhost"},
+	{Name: "ironlb-lab-pause", Binaries: []string{"ironlb-lab"}, User: "65532:65532", Repo: "localhost", Cmd: []string{"pause"}},
 }
 
 // Options are the inputs of a build.
@@ -83,6 +95,7 @@ func run(args []string, out io.Writer) error {
 	epoch := fs.Int64("epoch", 0, "Unix time of every file and of the image (SOURCE_DATE_EPOCH; the commit time)")
 	fs.StringVar(&o.Arch, "arch", runtime.GOARCH, "architecture of the binaries")
 	push := fs.Bool("push", false, "also push the images to --repo (credentials from the docker config)")
+	withLab := fs.Bool("lab", false, "also build the kubelet lab's images (localhost/ironlb-lab, localhost/ironlb-lab-pause; never pushed)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -97,12 +110,20 @@ func run(args []string, out io.Writer) error {
 	if err := os.MkdirAll(*outDir, 0o755); err != nil {
 		return err
 	}
-	for _, s := range Specs {
+	specs := Specs
+	if *withLab {
+		specs = append(append([]Spec(nil), Specs...), LabSpecs...)
+	}
+	for _, s := range specs {
 		img, err := Build(s, o)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.Name, err)
 		}
-		ref, err := name.NewTag(*repo + "/" + s.Name + ":" + o.Version)
+		r := *repo
+		if s.Repo != "" {
+			r = s.Repo
+		}
+		ref, err := name.NewTag(r + "/" + s.Name + ":" + o.Version)
 		if err != nil {
 			return err
 		}
@@ -115,7 +136,7 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		_, _ = fmt.Fprintf(out, "%s@%s -> %s\n", ref, digest, file)
-		if *push {
+		if *push && s.Repo == "" {
 			if err := remote.Write(ref, img, remote.WithAuthFromKeychain(authn.DefaultKeychain)); err != nil {
 				return fmt.Errorf("push %s: %w", ref, err)
 			}
@@ -153,6 +174,7 @@ func Build(s Spec, o Options) (v1.Image, error) {
 	cf.Created = v1.Time{Time: o.Epoch}
 	cf.Config.Entrypoint = []string{"/" + s.Binaries[0]}
 	cf.Config.User = s.User
+	cf.Config.Cmd = s.Cmd
 	cf.Config.Env = []string{"PATH=/", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
 	cf.Config.Labels = map[string]string{
 		"org.opencontainers.image.title":    s.Name,
