@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"os"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/ironlb/ironlb/internal/flagenv"
+	"github.com/ironlb/ironlb/internal/uninstall"
 	"github.com/ironlb/ironlb/pkg/controller"
 )
 
@@ -40,6 +42,7 @@ func run() error {
 	fs.StringVar(&opts.Namespace, "namespace", envOr("POD_NAMESPACE", opts.Namespace), "the controller's namespace, where it keeps the memberlist key Secret (env POD_NAMESPACE)")
 	fs.StringVar(&opts.MemberlistSecret, "memberlist-secret-name", opts.MemberlistSecret, "Secret holding the speakers' memberlist key; created with a random key when absent, kept when present; empty creates none")
 	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Services reconciled in parallel")
+	deployment := fs.String("deployment-name", "ironlb-controller", "the controller's Deployment in --namespace: when it (or the namespace) is deleted, the install is being removed and the controller lets go of every Service and pool; empty turns this off")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -69,11 +72,19 @@ func run() error {
 	// than for the API server, whose priority and fairness protect it.
 	cfg.QPS, cfg.Burst = 1000, 2000
 	cfg.UserAgent = "ironlb-controller"
+	ctx := ctrl.SetupSignalHandler()
+	if *deployment != "" {
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		opts.Uninstall = uninstall.Start(ctx, cs, opts.Namespace, uninstall.Deployment, *deployment)
+	}
 	mgr, err := controller.NewManager(cfg, opts)
 	if err != nil {
 		return err
 	}
-	return mgr.Start(ctrl.SetupSignalHandler())
+	return mgr.Start(ctx)
 }
 
 func envOr(name, def string) string {

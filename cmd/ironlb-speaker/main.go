@@ -4,17 +4,22 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/ironlb/ironlb/internal/flagenv"
+	"github.com/ironlb/ironlb/internal/uninstall"
 	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/speaker"
 )
@@ -54,6 +59,7 @@ func run() error {
 	flows := fs.Uint("conntrack-size", uint(opts.XDP.Flows), "flows each conntrack table keeps")
 	fs.BoolVar(&opts.XDP.EndpointRedirect, "xdp-endpoint-redirect", false, "send packets for this node's endpoints to the pods' veths in XDP rather than through the kernel's forwarding; needs NAPI on the pods' ends of the veths (GRO on, or an XDP program), which the CNI sets")
 	fs.DurationVar(&opts.XDP.StaleAfter, "dataplane-stale-after", opts.XDP.StaleAfter, "how long the data plane forwards without its speaker; after that VIP traffic goes to the kernel untouched (0: forever)")
+	daemonset := fs.String("daemonset-name", "ironlb-speaker", "the speaker's DaemonSet in --namespace: when it (or the namespace) is deleted, the install is being removed and a stopping speaker detaches its data plane (as --cleanup); empty turns this off")
 	cleanup := fs.Bool("cleanup", false, "detach the data plane, remove its pinned maps and exit (run when uninstalling)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -91,7 +97,30 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	return s.Start(ctrl.SetupSignalHandler())
+	// The uninstall watch outlives the speaker's own context: it must
+	// still answer after SIGTERM.
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	var w *uninstall.Watch
+	if *daemonset != "" && opts.Dataplane != "kernel" {
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		w = uninstall.Start(wctx, cs, opts.Namespace, uninstall.DaemonSet, *daemonset)
+	}
+	ctx := ctrl.SetupSignalHandler()
+	err = s.Start(ctx)
+	// A restart or an upgrade leaves the data plane forwarding for the
+	// next speaker; an uninstall leaves nothing. The deletion that sent
+	// SIGTERM may still be on its way: give it a moment.
+	if ctx.Err() != nil && w != nil && w.Settle(500*time.Millisecond) {
+		ctrl.Log.WithName("uninstall").Info("the install is being removed: detaching the data plane and removing its pins", "pins", opts.XDP.PinDir)
+		if cerr := dataplane.Cleanup(opts.XDP.PinDir); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("uninstall: %w", cerr))
+		}
+	}
+	return err
 }
 
 func envOr(name, def string) string {

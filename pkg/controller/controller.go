@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,6 +25,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/ironlb/ironlb/internal/kube"
+	"github.com/ironlb/ironlb/internal/uninstall"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/ipam"
@@ -67,6 +69,10 @@ type Options struct {
 	// SeveralPerProcess allows more than one manager in a process (tests,
 	// benchmarks); controller names are otherwise unique per process.
 	SeveralPerProcess bool
+	// Uninstall, when set, tells whether the install is being removed:
+	// the leader then lets go of every Service and pool (finalizers and
+	// the statuses it wrote), so that nothing is left holding them.
+	Uninstall *uninstall.Watch
 }
 
 // DefaultOptions returns the options the binary starts with.
@@ -144,11 +150,18 @@ func NewManager(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 		}
 	}
 	st := newState(mgr.GetClient(), mgr.GetAPIReader())
-	if err := (&ServiceReconciler{state: st, opts: opts, recorder: rec, patcher: newPatcher(mgr)}).setup(mgr); err != nil {
+	sr := &ServiceReconciler{state: st, opts: opts, recorder: rec, patcher: newPatcher(mgr)}
+	if err := sr.setup(mgr); err != nil {
 		return nil, err
 	}
-	if err := (&PoolReconciler{state: st, recorder: rec}).setup(mgr); err != nil {
+	pr := &PoolReconciler{state: st, recorder: rec}
+	if err := pr.setup(mgr); err != nil {
 		return nil, err
+	}
+	if opts.Uninstall != nil {
+		if err := mgr.Add(&uninstaller{watch: opts.Uninstall, state: st, services: sr, pools: pr, log: mgr.GetLogger().WithName("uninstall")}); err != nil {
+			return nil, err
+		}
 	}
 	if err := (&AdvertisementReconciler{client: mgr.GetClient(), recorder: rec}).setup(mgr); err != nil {
 		return nil, err
@@ -164,6 +177,9 @@ type state struct {
 	// live reads from the API server, not the cache: a new leader must
 	// see every address the old one wrote before it allocates.
 	live client.Reader
+
+	// uninstalling makes every reconcile let go instead of allocate.
+	uninstalling atomic.Bool
 
 	mu     sync.Mutex
 	alloc  *ipam.Allocator

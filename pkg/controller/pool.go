@@ -84,6 +84,17 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
+	if r.state.uninstalling.Load() {
+		// Uninstalling: nothing may be left holding the pool.
+		if pool.Name != "" && controllerutil.ContainsFinalizer(pool, config.PoolProtectionFinalizer) {
+			patch := client.MergeFrom(pool.DeepCopy())
+			controllerutil.RemoveFinalizer(pool, config.PoolProtectionFinalizer)
+			if err := r.patchPool(ctx, pool, patch); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+		return ctrl.Result{}, nil
+	}
 
 	r.state.mu.Lock()
 	if err := r.state.load(ctx, true); err != nil {

@@ -73,7 +73,7 @@ func (r *ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		r.release(ctx, req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
-	if !config.IsOurs(svc, r.opts.DefaultClass) || svc.DeletionTimestamp != nil {
+	if !config.IsOurs(svc, r.opts.DefaultClass) || svc.DeletionTimestamp != nil || r.state.uninstalling.Load() {
 		return ctrl.Result{}, r.letGo(ctx, svc)
 	}
 
