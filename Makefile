@@ -94,11 +94,15 @@ fuzz: ## Run each fuzz target for a fixed number of executions (about 10 s each)
 
 .PHONY: e2e
 e2e: deps build kube-binaries ## Run the end-to-end suites in the lab (root): with the XDP data plane, then with --dataplane=kernel (tests that need XDP skip).
-	$(GO) test ./e2e/... -count=1 -v -timeout 15m
-	IRONLB_E2E_DATAPLANE=kernel $(GO) test ./e2e/... -count=1 -v -timeout 15m
+	$(GO) test ./e2e -count=1 -v -timeout 15m
+	IRONLB_E2E_DATAPLANE=kernel $(GO) test ./e2e -count=1 -v -timeout 15m
+
+.PHONY: e2e-kubelet
+e2e-kubelet: deps build kubelet-binaries images ## Run the kubelet lab's suite (root): ironlb installed from manifests/ on real kubelets, dump through the API server, rolling update, node death.
+	$(GO) test ./e2e/kubelet -count=1 -v -timeout 20m
 
 .PHONY: test
-test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.
+test: ## Everything CI runs: verify, lint, unit, fuzz, integration, e2e and the kubelet lab's e2e.
 	$(MAKE) deps
 	$(MAKE) verify
 	$(MAKE) lint
@@ -106,6 +110,7 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration and e2e.
 	$(MAKE) fuzz
 	$(MAKE) integration
 	$(MAKE) e2e
+	$(MAKE) e2e-kubelet
 
 .PHONY: bench
 bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Maglev, XDP per packet, data plane at scale, controller load, lab failover, BGP and pps.

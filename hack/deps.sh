@@ -19,6 +19,9 @@ declare -A want=(
   [tcpdump]=tcpdump
   [socat]=socat
   [conntrack]=conntrack
+  [runc]=runc
+  [nsenter]=util-linux
+  [unshare]=util-linux
 )
 missing=()
 for cmd in "${!want[@]}"; do

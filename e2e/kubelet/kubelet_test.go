@@ -24,12 +24,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/client-go/kubernetes"
@@ -46,6 +48,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard())
 	if os.Geteuid() != 0 {
 		fmt.Println("e2e/kubelet: skipped: the lab needs root; CI runs it as root")
 		os.Exit(0)
@@ -198,7 +201,8 @@ func TestInstalledAsShipped(t *testing.T) {
 	if err := lab.WaitInstalled(ctx, cl, cfg.Nodes, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	ctrl := procIn(t, "ironlb-controll", "")
+	// comm holds the first 15 bytes of the name.
+	ctrl := procIn(t, "ironlb-controller"[:15], "")
 	if len(ctrl) != 2 {
 		t.Fatalf("%d ironlb-controller processes on the machine, want the Deployment's 2", len(ctrl))
 	}
@@ -645,4 +649,115 @@ func TestNodeDeath(t *testing.T) {
 	if err := lab.WaitInstalled(ctx, cl, cfg.Nodes, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestUninstall (last: it removes ironlb): `kubectl delete -k manifests/`
+// leaves nothing behind. The speakers see their namespace terminating and,
+// as they stop, detach XDP and TC and remove their pins and neighbour
+// entries; BGP routes are withdrawn; the controller lets go of every
+// Service (finalizer and status) and pool, so the CRDs and the namespace
+// go away and a Service can be deleted afterwards.
+func TestUninstall(t *testing.T) {
+	ctx := t.Context()
+	// A Service in the BGP pool, so that there are routes to withdraw.
+	bgp := lab.DemoServiceObject("bgp")
+	bgp.Annotations = map[string]string{"ironlb.dev/ip-pool": lab.BGPPool}
+	bgp.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
+	bgp.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+	if err := cl.Create(ctx, bgp); err != nil {
+		t.Fatal(err)
+	}
+	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: "bgp"}, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := ips[0].String() + "/32"
+	eventually(t, 30*time.Second, func() error {
+		if cfg.BirdRoute(ctx, route) == "" {
+			return fmt.Errorf("BIRD has no route to %s", route)
+		}
+		return nil
+	})
+	start := time.Now()
+	if err := lab.DeleteKustomize(ctx, cfg, filepath.Join(root, "manifests")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, func() error {
+		var ns corev1.Namespace
+		if err := cl.Get(ctx, types.NamespacedName{Name: lab.SystemNS}, &ns); err == nil {
+			return fmt.Errorf("namespace %s is still there (%s)", lab.SystemNS, ns.Status.Phase)
+		}
+		var pools ironlbv1alpha1.IPPoolList
+		if err := cl.List(ctx, &pools); err == nil {
+			var held []string
+			for _, p := range pools.Items {
+				held = append(held, fmt.Sprintf("%s %v", p.Name, p.Finalizers))
+			}
+			return fmt.Errorf("the IPPool CRD is still served; pools: %v", held)
+		}
+		return nil
+	})
+	t.Logf("FIGURE uninstall: namespace and CRDs gone %s after kubectl delete -k", time.Since(start).Round(100*time.Millisecond))
+	for _, name := range []string{lab.DemoService, "bgp"} {
+		var svc corev1.Service
+		if err := cl.Get(ctx, types.NamespacedName{Namespace: "default", Name: name}, &svc); err != nil {
+			t.Fatal(err)
+		}
+		if len(svc.Finalizers) > 0 || len(svc.Status.LoadBalancer.Ingress) > 0 {
+			t.Errorf("Service %s after the uninstall: finalizers %v, ingress %v; want none (nobody serves it)", name, svc.Finalizers, svc.Status.LoadBalancer.Ingress)
+		}
+	}
+	for _, n := range cfg.NodeList() {
+		eventually(t, 30*time.Second, func() error {
+			if pids := procIn(t, "ironlb-speaker", n.NS); len(pids) > 0 {
+				return fmt.Errorf("a speaker still runs on %s", n.Name)
+			}
+			return nil
+		})
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, "bpftool", "net", "show", "dev", "eth0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool net on %s: %v: %s", n.Name, err, out)
+		}
+		if strings.Contains(string(out), "ironlb") {
+			t.Errorf("%s: programs still attached to eth0:\n%s", n.Name, out)
+		}
+		if _, err := os.Stat(cfg.PinDir(n)); !os.IsNotExist(err) {
+			t.Errorf("%s: pins left in %s (%v)", n.Name, cfg.PinDir(n), err)
+		}
+		for _, args := range [][]string{{"neigh", "show"}, {"-6", "neigh", "show"}, {"addr", "show"}} {
+			out, err := exec.CommandContext(ctx, "ip", append([]string{"-n", n.NS}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, vip := range append([]netip.Addr{vip4, vip6}, ips...) {
+				if strings.Contains(string(out), vip.String()+" ") {
+					t.Errorf("%s: %s still mentions %s:\n%s", n.Name, strings.Join(args, " "), vip, out)
+				}
+			}
+		}
+	}
+	eventually(t, 30*time.Second, func() error {
+		if r := cfg.BirdRoute(ctx, route); r != "" {
+			return fmt.Errorf("BIRD still has a route to %s:\n%s", route, r)
+		}
+		return nil
+	})
+	// Without a finalizer left, Services delete at once.
+	for _, name := range []string{lab.DemoService, "bgp"} {
+		if err := cl.Delete(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, func() error {
+		var svcs corev1.ServiceList
+		if err := cl.List(ctx, &svcs, client.InNamespace("default")); err != nil {
+			return err
+		}
+		for _, s := range svcs.Items {
+			if s.Spec.Type == corev1.ServiceTypeLoadBalancer {
+				return fmt.Errorf("Service %s is still there (finalizers %v)", s.Name, s.Finalizers)
+			}
+		}
+		return nil
+	})
 }

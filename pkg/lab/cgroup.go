@@ -57,7 +57,7 @@ func makeCgroups(n Node) error {
 					if err != nil {
 						return err
 					}
-					if err := os.WriteFile(filepath.Join(dir, f), v, 0o644); err != nil {
+					if err := os.WriteFile(filepath.Join(dir, f), v, 0o644); err != nil { //nolint:gosec // G703: the lab's own cgroup, under /sys/fs/cgroup
 						return fmt.Errorf("cgroup %s/%s: %w", dir, f, err)
 					}
 				}

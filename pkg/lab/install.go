@@ -181,7 +181,7 @@ func WaitInstalled(ctx context.Context, cl client.Client, nodes int, limit time.
 			want = *dep.Spec.Replicas
 		}
 		if dep.Status.ObservedGeneration < dep.Generation || dep.Status.UpdatedReplicas < want || dep.Status.AvailableReplicas < want {
-			return fmt.Errorf("Deployment ironlb-controller: %d of %d updated and available", min(dep.Status.UpdatedReplicas, dep.Status.AvailableReplicas), want)
+			return fmt.Errorf("deployment ironlb-controller: %d of %d updated and available", min(dep.Status.UpdatedReplicas, dep.Status.AvailableReplicas), want)
 		}
 		return DaemonSetRolledOut(ctx, cl, nodes)
 	})
@@ -196,7 +196,7 @@ func DaemonSetRolledOut(ctx context.Context, cl client.Client, nodes int) error 
 	}
 	st := ds.Status
 	if st.ObservedGeneration < ds.Generation || int(st.DesiredNumberScheduled) != nodes || st.UpdatedNumberScheduled != st.DesiredNumberScheduled || st.NumberReady != st.DesiredNumberScheduled || st.NumberAvailable != st.DesiredNumberScheduled {
-		return fmt.Errorf("DaemonSet ironlb-speaker: %d desired, %d updated, %d ready", st.DesiredNumberScheduled, st.UpdatedNumberScheduled, st.NumberReady)
+		return fmt.Errorf("daemonset ironlb-speaker: %d desired, %d updated, %d ready", st.DesiredNumberScheduled, st.UpdatedNumberScheduled, st.NumberReady)
 	}
 	return nil
 }

@@ -571,12 +571,16 @@ func (c Config) Hold(ctx context.Context, node string) error {
 func (c Config) waitReady(ctx context.Context, name, file string, limit time.Duration) (int, error) {
 	deadline := time.Now().Add(limit)
 	for {
+		// The recorded pid goes through nsenter and unshare before it
+		// is the program: only a pid that no longer exists has exited.
 		if pid, ok := c.pid(name); ok {
 			if _, err := os.Stat(file); err == nil {
 				return pid, nil
 			}
-		} else if _, err := os.Stat(c.path("pids", name+".pid")); err == nil {
-			return 0, fmt.Errorf("%s exited (see %s)", name, c.path("logs", name+".log"))
+		} else if b, err := os.ReadFile(c.path("pids", name+".pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && unix.Kill(pid, 0) == unix.ESRCH {
+				return 0, fmt.Errorf("%s exited (see %s)", name, c.path("logs", name+".log"))
+			}
 		}
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("%s not ready after %s (see %s)", name, limit, c.path("logs", name+".log"))
