@@ -113,7 +113,7 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration, e2e and the 
 	$(MAKE) e2e-kubelet
 
 .PHONY: bench
-bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Maglev, XDP per packet, data plane at scale, controller load, lab failover, BGP and pps.
+bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Maglev, XDP per packet, data plane at scale, controller load, lab failover, BGP, pps and the kubelet lab's figures.
 	$(GO) test ./pkg/ipam ./pkg/announce ./pkg/maglev -run '^$$' -bench . -benchmem
 	$(GO) test ./bpf -run '^$$' -bench XDP -benchtime 1x
 	$(GO) test ./pkg/dataplane -run '^$$' -bench ApplyScale -benchtime 1x
@@ -121,6 +121,11 @@ bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Mag
 	$(BIN)/ironlb-lab up >/dev/null
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20} && $(BIN)/ironlb-lab bench bgp --runs $${BGP_RUNS:-10}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
 	$(BIN)/ironlb-lab bench pps --frames $${PPS_FRAMES:-2000000}
+	$(MAKE) bench-kubelet
+
+.PHONY: bench-kubelet
+bench-kubelet: deps build kubelet-binaries images ## Kubelet lab figures: kubectl apply -k to Ready and to the first VIP answer, speaker rolling update with 50 connections, failover against NotReady on node death, uninstall, helm install.
+	$(GO) test ./e2e/kubelet -count=1 -v -timeout 20m | grep -E 'FIGURE|kubectl apply -k began|^(ok|FAIL|--- FAIL)'
 
 # The tag the kustomize base (manifests/kustomization.yaml) and the chart's
 # appVersion name.

@@ -683,10 +683,6 @@ func TestUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Minute, func() error {
-		var ns corev1.Namespace
-		if err := cl.Get(ctx, types.NamespacedName{Name: lab.SystemNS}, &ns); err == nil {
-			return fmt.Errorf("namespace %s is still there (%s)", lab.SystemNS, ns.Status.Phase)
-		}
 		var pools ironlbv1alpha1.IPPoolList
 		if err := cl.List(ctx, &pools); err == nil {
 			var held []string
@@ -707,35 +703,7 @@ func TestUninstall(t *testing.T) {
 			t.Errorf("Service %s after the uninstall: finalizers %v, ingress %v; want none (nobody serves it)", name, svc.Finalizers, svc.Status.LoadBalancer.Ingress)
 		}
 	}
-	for _, n := range cfg.NodeList() {
-		eventually(t, 30*time.Second, func() error {
-			if pids := procIn(t, "ironlb-speaker", n.NS); len(pids) > 0 {
-				return fmt.Errorf("a speaker still runs on %s", n.Name)
-			}
-			return nil
-		})
-		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, "bpftool", "net", "show", "dev", "eth0").CombinedOutput()
-		if err != nil {
-			t.Fatalf("bpftool net on %s: %v: %s", n.Name, err, out)
-		}
-		if strings.Contains(string(out), "ironlb") {
-			t.Errorf("%s: programs still attached to eth0:\n%s", n.Name, out)
-		}
-		if _, err := os.Stat(cfg.PinDir(n)); !os.IsNotExist(err) {
-			t.Errorf("%s: pins left in %s (%v)", n.Name, cfg.PinDir(n), err)
-		}
-		for _, args := range [][]string{{"neigh", "show"}, {"-6", "neigh", "show"}, {"addr", "show"}} {
-			out, err := exec.CommandContext(ctx, "ip", append([]string{"-n", n.NS}, args...)...).CombinedOutput()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, vip := range append([]netip.Addr{vip4, vip6}, ips...) {
-				if strings.Contains(string(out), vip.String()+" ") {
-					t.Errorf("%s: %s still mentions %s:\n%s", n.Name, strings.Join(args, " "), vip, out)
-				}
-			}
-		}
-	}
+	nothingLeftOnNodes(t, append([]netip.Addr{vip4, vip6}, ips...))
 	eventually(t, 30*time.Second, func() error {
 		if r := cfg.BirdRoute(ctx, route); r != "" {
 			return fmt.Errorf("BIRD still has a route to %s:\n%s", route, r)
@@ -760,4 +728,117 @@ func TestUninstall(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// nothingLeftOnNodes checks that no speaker runs and that no node keeps an
+// ironlb program on eth0, a pin, or a neighbour entry or address of vips.
+func nothingLeftOnNodes(t *testing.T, vips []netip.Addr) {
+	t.Helper()
+	ctx := t.Context()
+	for _, n := range cfg.NodeList() {
+		eventually(t, 30*time.Second, func() error {
+			if pids := procIn(t, "ironlb-speaker", n.NS); len(pids) > 0 {
+				return fmt.Errorf("a speaker still runs on %s", n.Name)
+			}
+			return nil
+		})
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, "bpftool", "net", "show", "dev", "eth0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool net on %s: %v: %s", n.Name, err, out)
+		}
+		if strings.Contains(string(out), "ironlb") {
+			t.Errorf("%s: programs still attached to eth0:\n%s", n.Name, out)
+		}
+		if _, err := os.Stat(cfg.PinDir(n)); !os.IsNotExist(err) {
+			t.Errorf("%s: pins left in %s (%v)", n.Name, cfg.PinDir(n), err)
+		}
+		for _, args := range [][]string{{"neigh", "show"}, {"-6", "neigh", "show"}, {"addr", "show"}} {
+			out, err := exec.CommandContext(ctx, "ip", append([]string{"-n", n.NS}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, vip := range vips {
+				if strings.Contains(string(out), vip.String()+" ") {
+					t.Errorf("%s: %s still mentions %s:\n%s", n.Name, strings.Join(args, " "), vip, out)
+				}
+			}
+		}
+	}
+}
+
+// TestHelm (after TestUninstall): the chart, installed with Helm's own
+// library on the same cluster (helm install --create-namespace; the pool
+// and advertisement from its values), serves a VIP through XDP; helm
+// uninstall then leaves nothing: no speaker, program, pin, neighbour
+// entry, pool or finalizer. Helm keeps, by design, the CRDs and a
+// namespace it created with --create-namespace.
+func TestHelm(t *testing.T) {
+	ctx := t.Context()
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	v := fmt.Sprintf(`ipPools:
+- name: helm
+  spec: {addresses: [%q, %q], avoidBuggyIPs: true}
+l2Advertisements:
+- name: helm
+  spec: {ipPools: [helm]}
+`, lab.PoolIPv4, "fd89:100::1-fd89:100::ff")
+	if err := os.WriteFile(values, []byte(v), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	helm := func(args ...string) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, "go", append([]string{"run", "./helm"}, append(args, "--kubeconfig", cfg.Kubeconfig(), "--namespace", lab.SystemNS, "--release", "ironlb")...)...)
+		cmd.Dir = filepath.Join(root, "hack", "tools", "chart")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm %s: %v\n%s", args[0], err, out)
+		}
+		t.Logf("%s", bytes.TrimSpace(out))
+	}
+	start := time.Now()
+	helm("install", "--create-namespace", "--chart", filepath.Join(root, "charts", "ironlb"), "--values", values)
+	if err := lab.WaitInstalled(ctx, cl, cfg.Nodes, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Create(ctx, lab.DemoServiceObject(lab.DemoService)); err != nil {
+		t.Fatal(err)
+	}
+	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: lab.DemoService}, 2, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range ips {
+		body, err := cfg.WaitHTTP(ctx, ip, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(body, lab.DemoService+"-") {
+			t.Fatalf("http://%s/ answered %q", ip, body)
+		}
+	}
+	t.Logf("FIGURE helm install: the VIP answered %s after helm install began", time.Since(start).Round(100*time.Millisecond))
+	for _, n := range cfg.NodeList() {
+		if _, err := os.Stat(filepath.Join(cfg.PinDir(n), "link_xdp_eth0")); err != nil {
+			t.Fatalf("%s: no XDP link pinned after helm install: %v", n.Name, err)
+		}
+	}
+	helm("uninstall")
+	eventually(t, 2*time.Minute, func() error {
+		var pools ironlbv1alpha1.IPPoolList
+		if err := cl.List(ctx, &pools); err != nil {
+			return err
+		}
+		if len(pools.Items) > 0 {
+			return fmt.Errorf("pool %s is still there (finalizers %v)", pools.Items[0].Name, pools.Items[0].Finalizers)
+		}
+		return nil
+	})
+	var svc corev1.Service
+	if err := cl.Get(ctx, types.NamespacedName{Namespace: "default", Name: lab.DemoService}, &svc); err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.Finalizers) > 0 || len(svc.Status.LoadBalancer.Ingress) > 0 {
+		t.Errorf("Service after helm uninstall: finalizers %v, ingress %v; want none", svc.Finalizers, svc.Status.LoadBalancer.Ingress)
+	}
+	nothingLeftOnNodes(t, ips)
 }

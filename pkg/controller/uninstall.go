@@ -17,7 +17,7 @@ import (
 	"github.com/ironlb/ironlb/pkg/config"
 )
 
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=deployments,resourceNames=ironlb-controller,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 
 // uninstaller lets go of everything once the install is being removed:

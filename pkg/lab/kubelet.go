@@ -74,7 +74,7 @@ func (c Config) pkiPath(name string) string { return c.path("pki", name) }
 // then per node a mount namespace holder, containerd, kubelet and
 // kube-proxy, the images imported, and ironlb installed from the
 // kustomize base as `kubectl apply --server-side -k` would.
-func (c Config) upKubelet(ctx context.Context, root string, step func(string)) error {
+func (c Config) upKubelet(ctx context.Context, root string, step func(string), applied *time.Time) error {
 	for _, b := range []string{"kubelet", "kube-controller-manager", "kube-scheduler", "containerd", "containerd-shim-runc-v2", "ctr", "cni/bridge", "cni/host-local", "cni/loopback"} {
 		if _, err := os.Stat(filepath.Join(c.K8sBin, b)); err != nil {
 			return fmt.Errorf("%s is missing: run make kubelet-binaries (or make kubelet-lab)", filepath.Join(c.K8sBin, b))
@@ -135,12 +135,14 @@ func (c Config) upKubelet(ctx context.Context, root string, step func(string)) e
 		return err
 	}
 	step("installing ironlb: kubectl apply --server-side -k manifests/")
+	*applied = time.Now()
 	if err := ApplyKustomize(ctx, c, filepath.Join(root, "manifests")); err != nil {
 		return err
 	}
 	if err := WaitInstalled(ctx, cl, c.Nodes, 3*time.Minute); err != nil {
 		return err
 	}
+	step(fmt.Sprintf("ironlb-controller (2 replicas) and ironlb-speaker (%d nodes) Ready %s after kubectl apply -k began", c.Nodes, time.Since(*applied).Round(100*time.Millisecond)))
 	step("creating the sample pool, advertisements, demo Deployment and Service")
 	if err := c.createKubeletObjects(ctx, cl); err != nil {
 		return err

@@ -56,10 +56,15 @@ func (c Config) Up(ctx context.Context, root string, out io.Writer) ([]netip.Add
 	step := func(what string) { _, _ = fmt.Fprintf(out, "lab: %s\n", what) }
 
 	if c.Kubelet {
-		if err := c.upKubelet(ctx, root, step); err != nil {
+		var applied time.Time
+		if err := c.upKubelet(ctx, root, step, &applied); err != nil {
 			return nil, err
 		}
-		return c.waitDemo(ctx, step)
+		ips, err := c.waitDemo(ctx, step)
+		if err == nil {
+			step(fmt.Sprintf("the demo VIP answered %s after kubectl apply -k began (rollout, sample objects and demo pods included)", time.Since(applied).Round(100*time.Millisecond)))
+		}
+		return ips, err
 	}
 	step("starting etcd and kube-apiserver on 127.0.0.1:" + strconv.Itoa(c.APIPort))
 	if err := c.startControlPlane(ctx); err != nil {

@@ -42,8 +42,11 @@ import (
 // +kubebuilder:rbac:groups=ironlb.dev,resources=ippools;l2advertisements;bgppeers;bgpadvertisements,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ironlb.dev,resources=announcements,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=ironlb.dev,resources=bgppeers/status,verbs=get;patch;update
-// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// Its own namespace and DaemonSet only (a list or watch with a
+// metadata.name field selector is authorized by name), to tell an
+// uninstall from a restart.
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,resourceNames=ironlb-speaker,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,resourceNames=ironlb-system,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",namespace=ironlb-system,resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
