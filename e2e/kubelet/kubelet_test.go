@@ -275,6 +275,70 @@ func TestInstalledAsShipped(t *testing.T) {
 	}
 }
 
+// TestImagesReproducible: the speaker and controller images that run on
+// the nodes are the ones the source gives. The binaries are built again
+// from this tree and packed again by the image tool with the same inputs
+// as make images (the commit's time and hash); the image IDs (config
+// digests) must equal those of the images the pods run, as the kubelet
+// reports them.
+func TestImagesReproducible(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	gobuild := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", bin+"/",
+		"./cmd/ironlb-controller", "./cmd/ironlb-speaker", "./cmd/ironlbctl")
+	gobuild.Dir = root
+	gobuild.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := gobuild.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	git := func(args ...string) string {
+		cmd := exec.CommandContext(ctx, "git", args...)
+		cmd.Dir = root
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("git %v: %v", args, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	tool := exec.CommandContext(ctx, "go", "run", ".", "--bin", bin, "--out", filepath.Join(dir, "out"),
+		"--repo", "ghcr.io/ironlb", "--tag", lab.ImageTag, "--revision", git("rev-parse", "HEAD"))
+	tool.Dir = filepath.Join(root, "hack", "tools", "images")
+	tool.Env = append(os.Environ(), "SOURCE_DATE_EPOCH="+git("log", "-1", "--format=%ct"))
+	out, err := tool.CombinedOutput()
+	if err != nil {
+		t.Fatalf("images tool: %v: %s", err, out)
+	}
+	want := map[string]string{} // image name -> image ID
+	for _, line := range strings.Split(string(out), "\n") {
+		ref, _, ok := strings.Cut(line, "@")
+		_, id, ok2 := strings.Cut(line, "(image ID ")
+		if ok && ok2 {
+			want[ref] = strings.TrimSuffix(id, ")")
+		}
+	}
+	var pods corev1.PodList
+	if err := cl.List(ctx, &pods, client.InNamespace(lab.SystemNS)); err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, p := range pods.Items {
+		for _, cs := range p.Status.ContainerStatuses {
+			w, ok := want[strings.TrimPrefix(cs.Image, "docker.io/")]
+			if !ok {
+				continue
+			}
+			checked++
+			if got := cs.ImageID[strings.LastIndex(cs.ImageID, "sha256:"):]; got != w {
+				t.Errorf("%s runs %s as %s; rebuilt from the source it is %s", p.Name, cs.Image, cs.ImageID, w)
+			}
+		}
+	}
+	if checked < cfg.Nodes+2 {
+		t.Fatalf("compared %d containers (images %v), want the %d speakers and 2 controllers", checked, want, cfg.Nodes)
+	}
+}
+
 // TestDataplaneDumpThroughAPIServer: `ironlbctl dataplane dump --node N`
 // reaches the speaker's loopback-only debug endpoint through the API
 // server and the node's kubelet, as kubectl port-forward does, with the

@@ -135,7 +135,13 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		_, _ = fmt.Fprintf(out, "%s@%s -> %s\n", ref, digest, file)
+		// The image ID (the config's digest) is what a container runtime
+		// shows for an imported tarball, whose manifest it rewrites.
+		id, err := img.ConfigName()
+		if err != nil {
+			return err
+		}
+		_, _ = fmt.Fprintf(out, "%s@%s -> %s (image ID %s)\n", ref, digest, file, id)
 		if *push && s.Repo == "" {
 			if err := remote.Write(ref, img, remote.WithAuthFromKeychain(authn.DefaultKeychain)); err != nil {
 				return fmt.Errorf("push %s: %w", ref, err)
