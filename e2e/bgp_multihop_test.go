@@ -1,0 +1,167 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/lab"
+)
+
+// The far router: a BIRD two hops from the nodes, behind lab-router.
+const (
+	farNS     = lab.Prefix + "far"
+	farRouter = "10.89.9.1" // lab-router's side
+	farAddr   = "10.89.9.2"
+	farASN    = 64600
+)
+
+// startFarRouter builds lab-far behind lab-router and runs a second BIRD
+// there: eBGP (AS 64600) with node-a, passive, multihop 2, importing
+// what node-a sends. Everything goes with the test.
+func startFarRouter(t *testing.T) (birdc func(args ...string) (string, error)) {
+	t.Helper()
+	ctx := t.Context()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	run("netns", "add", farNS)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", farNS).Run() })
+	run("-n", farNS, "link", "set", "lo", "up")
+	run("-n", lab.RouterNS, "link", "add", "far0", "type", "veth", "peer", "name", "eth0", "netns", farNS)
+	run("-n", lab.RouterNS, "addr", "add", farRouter+"/30", "dev", "far0")
+	run("-n", lab.RouterNS, "link", "set", "far0", "up")
+	run("-n", farNS, "addr", "add", farAddr+"/30", "dev", "eth0")
+	run("-n", farNS, "link", "set", "eth0", "up")
+	run("-n", farNS, "route", "add", "default", "via", farRouter)
+	t.Cleanup(func() { _ = exec.Command("ip", "-n", lab.RouterNS, "link", "delete", "far0").Run() })
+
+	conf := filepath.Join(cfg.Dir, "bird-far.conf")
+	sock := filepath.Join(cfg.Dir, "bird-far.ctl")
+	node := cfg.NodeList()[0]
+	body := fmt.Sprintf(`log stderr all;
+router id %s;
+protocol device {}
+protocol static { ipv4; route 0.0.0.0/0 via %s; }
+protocol bgp far {
+	local %s as %d;
+	neighbor %s as %d;
+	multihop 2;
+	passive on;
+	hold time 3;
+	error wait time 1, 5;
+	ipv4 { import all; export none; gateway recursive; };
+}
+`, farAddr, farRouter, farAddr, farASN, node.IPv4, lab.BGPASN)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Start("bird-far", farNS, "bird", "-f", "-c", conf, "-s", sock); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cfg.Stop("bird-far", 3*time.Second); _ = os.Remove(sock) })
+	birdc = func(args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, "birdc", append([]string{"-s", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			return string(out), fmt.Errorf("birdc %v: %w: %s", args, err, out)
+		}
+		return string(out), nil
+	}
+	eventually(t, 10*time.Second, func() error { _, err := birdc("show", "status"); return err })
+	return birdc
+}
+
+// TestBGPMultihop: an eBGP router two hops away (behind lab-router)
+// peers with node-a only when the BGPPeer allows multihop: without it the
+// speaker's packets leave with a TTL of 1 and die at lab-router, and no
+// session comes up in eight seconds; with it the session is Established
+// and the router learns the Service's route, from AS 64512 with node-a as
+// next hop.
+func TestBGPMultihop(t *testing.T) {
+	ctx := t.Context()
+	birdc := startFarRouter(t)
+	node := cfg.NodeList()[0]
+	peer := &ironlbv1alpha1.BGPPeer{
+		ObjectMeta: metav1.ObjectMeta{Name: "far"},
+		Spec: ironlbv1alpha1.BGPPeerSpec{
+			PeerAddress: farAddr, PeerASN: farASN, MyASN: lab.BGPASN,
+			HoldTime:      &metav1.Duration{Duration: 3 * time.Second},
+			KeepaliveTime: &metav1.Duration{Duration: time.Second},
+			NodeSelector:  &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": node.Name}},
+		},
+	}
+	if err := cl.Create(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Delete(context.WithoutCancel(ctx), peer) })
+	established := func() (bool, error) {
+		out, err := birdc("show", "protocols", "far")
+		return strings.Contains(out, "Established"), err
+	}
+	// Without multihop: nothing for eight seconds (BIRD retries after 1 s,
+	// the speaker every few seconds).
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		up, err := established()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if up {
+			t.Fatal("the far router's session came up without ebgpMultiHop: the TTL of 1 should not cross lab-router")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err := cl.Get(ctx, client.ObjectKeyFromObject(peer), peer); err != nil {
+		t.Fatal(err)
+	}
+	peer.Spec.EBGPMultiHop = true
+	if err := cl.Update(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	eventually(t, 30*time.Second, func() error {
+		up, err := established()
+		if err != nil || !up {
+			return fmt.Errorf("the far router's session is not Established (%v)", err)
+		}
+		return nil
+	})
+	t.Logf("with ebgpMultiHop the session two hops away came up in %s", time.Since(start).Round(100*time.Millisecond))
+	ips := bgpService(t, "bgp-far", nil)
+	prefix := hostPrefix(ips[0])
+	eventually(t, 20*time.Second, func() error {
+		out, err := birdc("show", "route", "for", prefix, "all")
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{"BGP.as_path: " + fmt.Sprint(lab.BGPASN), "BGP.next_hop: " + node.IPv4.String()} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("the far router's route to %s lacks %q:\n%s", prefix, want, out)
+			}
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(peer), peer); err != nil {
+			return err
+		}
+		for _, s := range peer.Status.Nodes {
+			if s.Node == node.Name && s.State == "Established" {
+				return nil
+			}
+		}
+		return fmt.Errorf("BGPPeer far status: %+v", peer.Status.Nodes)
+	})
+}
