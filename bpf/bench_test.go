@@ -67,6 +67,11 @@ func BenchmarkXDP(b *testing.B) {
 	objs := load(b)
 	ifindex := testNet(b)
 	world(b, objs)
+	// As the speaker attaches it: the link's MAC recorded, so every frame
+	// pays the check that it was sent to this host.
+	mac := LbIfMac{Ifindex: uint32(ifindex)}
+	copy(mac.Addr[:], macSelf[:])
+	must(b, objs.IfMacs.Put(IfMacSlot(ifindex), mac))
 	prog, floorProg, cfgMap := harness(b, objs)
 	// As the speaker runs it: a heartbeat, and a bound on it.
 	var settings LbSettings

@@ -637,9 +637,9 @@ func TestOnlyFramesForThisHost(t *testing.T) {
 	world(t, objs)
 	setRing(t, objs, 1, 1)
 	setBackends(t, objs, 1, 8080, pod1)
-	var m LbIfMac
+	m := LbIfMac{Ifindex: uint32(ifindex)}
 	copy(m.Addr[:], macSelf[:])
-	must(t, objs.IfMacs.Put(uint32(ifindex), m))
+	must(t, objs.IfMacs.Put(IfMacSlot(ifindex), m))
 	base := pkt{src: client4, dst: vip4, proto: 6, sport: 40000, dport: 80, flags: tcpSYN, mss: 1460}
 	other := base
 	other.dstMAC = [6]byte{0x02, 0, 0, 0, 0, 0x12}

@@ -112,3 +112,10 @@ func RangeKeyFor(acl uint32, p netip.Prefix) LbRangeKey {
 	copy(k.Addr[:], p.Masked().Addr().AsSlice())
 	return k
 }
+
+// MaxIfMacs is MAX_IF_MACS in consts.h: the if_macs array's size, a
+// power of two.
+const MaxIfMacs = 256
+
+// IfMacSlot is an interface's slot in if_macs.
+func IfMacSlot(ifindex int) uint32 { return uint32(ifindex) & (MaxIfMacs - 1) }

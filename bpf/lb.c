@@ -804,15 +804,18 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
  * interface's own MAC. Frames for another host's MAC, and multicast or
  * broadcast frames, go to the kernel, which applies its own rules: the
  * data plane forwards only what was sent to this node. An interface the
- * speaker has not recorded (a test run) takes every frame. */
+ * speaker has not recorded (a test run, or one whose slot another
+ * interface took: slots are the ifindex modulo MAX_IF_MACS) takes every
+ * frame. */
 static __always_inline int for_this_host(struct xdp_md *ctx, void *data, void *data_end)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return 1; /* parse_flow sends it on */
 	__u32 ifindex = ctx->ingress_ifindex;
-	struct if_mac *m = bpf_map_lookup_elem(&if_macs, &ifindex);
-	if (!m)
+	__u32 slot = ifindex & (MAX_IF_MACS - 1);
+	struct if_mac *m = bpf_map_lookup_elem(&if_macs, &slot);
+	if (!m || m->ifindex != ifindex)
 		return 1;
 	if (eth->h_dest[0] & 1)
 		return 0;
@@ -829,23 +832,29 @@ int ironlb_xdp(struct xdp_md *ctx)
 	struct hdrs h = {};
 	__u32 zero = 0;
 
-	if (!for_this_host(ctx, data, data_end))
-		return XDP_PASS;
-
 	int r = parse_flow(data, data_end, &f, &h, 1);
 	if (r == PARSE_OTHER)
 		return XDP_PASS;
+	/* Only what this data plane would act on pays the check that the
+	 * frame was sent to this host. */
 	if (r == PARSE_ENCAP) {
+		if (!for_this_host(ctx, data, data_end))
+			return XDP_PASS;
 		struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
 		if (!cfg)
 			return XDP_PASS;
 		return decap(ctx, cfg, &f, &h);
 	}
-	if (r == PARSE_ICMP)
+	if (r == PARSE_ICMP) {
+		if (!for_this_host(ctx, data, data_end))
+			return XDP_PASS;
 		return icmp_error(ctx, &f, data, data_end);
+	}
 	/* The common case, traffic for the node itself, costs one lookup. */
 	struct vip_info *vip = lookup_vip(&f);
 	if (!vip)
+		return XDP_PASS;
+	if (!for_this_host(ctx, data, data_end))
 		return XDP_PASS;
 	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)

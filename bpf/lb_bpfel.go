@@ -87,9 +87,10 @@ type LbFlow struct {
 }
 
 type LbIfMac struct {
-	_    structs.HostLayout
-	Addr [6]uint8
-	Pad  uint16
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr    [6]uint8
+	Pad     uint16
 }
 
 type LbMemberKey struct {

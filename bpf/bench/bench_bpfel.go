@@ -104,9 +104,10 @@ type BenchFlow struct {
 }
 
 type BenchIfMac struct {
-	_    structs.HostLayout
-	Addr [6]uint8
-	Pad  uint16
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr    [6]uint8
+	Pad     uint16
 }
 
 type BenchMemberKey struct {

@@ -112,9 +112,10 @@ struct {
  * node, an aged-out entry: with direct server return the announcing node
  * rarely sends from its MAC), and the kernel drops them as
  * PACKET_OTHERHOST. Forwarding them would duplicate every packet on
- * every node the switch floods to. */
+ * every node the switch floods to. An array indexed by the ifindex
+ * modulo its size (a power of two), cheaper per packet than a hash. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_IF_MACS);
 	__type(key, __u32);
 	__type(value, struct if_mac);

@@ -9,8 +9,9 @@
 #include "consts.h"
 
 /* A VIP as the packet shows it. */
-/* if_macs value: an interface's own MAC address. */
+/* if_macs value: an interface and its own MAC address. */
 struct if_mac {
+	__u32 ifindex;
 	__u8 addr[6];
 	__u16 pad;
 };

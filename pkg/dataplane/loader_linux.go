@@ -268,9 +268,9 @@ func (d *Dataplane) attach(name string) error {
 	}
 	// The program forwards only frames sent to this interface's MAC.
 	if len(iface.HardwareAddr) == 6 {
-		var m bpf.LbIfMac
+		m := bpf.LbIfMac{Ifindex: uint32(iface.Index)}
 		copy(m.Addr[:], iface.HardwareAddr)
-		if err := d.objs.IfMacs.Put(uint32(iface.Index), m); err != nil {
+		if err := d.objs.IfMacs.Put(bpf.IfMacSlot(iface.Index), m); err != nil {
 			return fmt.Errorf("record the MAC of %s: %w", name, err)
 		}
 	}
