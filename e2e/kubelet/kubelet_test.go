@@ -28,7 +28,9 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -747,13 +749,26 @@ func TestUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Minute, func() error {
-		var pools ironlbv1alpha1.IPPoolList
-		if err := cl.List(ctx, &pools); err == nil {
+		var ns corev1.Namespace
+		if err := cl.Get(ctx, types.NamespacedName{Name: lab.SystemNS}, &ns); err == nil {
+			return fmt.Errorf("namespace %s is still there (%s)", lab.SystemNS, ns.Status.Phase)
+		} else if !apierrors.IsNotFound(err) {
+			return err
+		}
+		crd := &unstructured.Unstructured{}
+		crd.SetAPIVersion("apiextensions.k8s.io/v1")
+		crd.SetKind("CustomResourceDefinition")
+		if err := cl.Get(ctx, types.NamespacedName{Name: "ippools.ironlb.dev"}, crd); err == nil {
 			var held []string
-			for _, p := range pools.Items {
-				held = append(held, fmt.Sprintf("%s %v", p.Name, p.Finalizers))
+			var pools ironlbv1alpha1.IPPoolList
+			if err := cl.List(ctx, &pools); err == nil {
+				for _, p := range pools.Items {
+					held = append(held, fmt.Sprintf("%s %v", p.Name, p.Finalizers))
+				}
 			}
-			return fmt.Errorf("the IPPool CRD is still served; pools: %v", held)
+			return fmt.Errorf("the IPPool CRD is still there; pools: %v", held)
+		} else if !apierrors.IsNotFound(err) {
+			return err
 		}
 		return nil
 	})
