@@ -86,6 +86,7 @@ FUZZ_MAGLEV_EXECS ?= 30000x
 FUZZ_XDP_EXECS ?= 200000x
 FUZZ_TC_EXECS ?= 200000x
 FUZZ_XDP_REMOTE_EXECS ?= 100000x
+FUZZ_BFD_EXECS ?= 100000x
 fuzz: ## Run each fuzz target for a fixed number of executions (about 10 s each).
 	$(GO) test ./pkg/ipam -run '^$$' -fuzz '^FuzzParseRange$$' -fuzztime $(FUZZ_PARSE_EXECS) -timeout 5m
 	$(GO) test ./pkg/ipam -run '^$$' -fuzz '^FuzzAllocator$$' -fuzztime $(FUZZ_ALLOC_EXECS) -timeout 5m
@@ -93,6 +94,7 @@ fuzz: ## Run each fuzz target for a fixed number of executions (about 10 s each)
 	$(GO) test ./bpf -run '^$$' -fuzz '^FuzzXDP$$' -fuzztime $(FUZZ_XDP_EXECS) -timeout 5m
 	$(GO) test ./bpf -run '^$$' -fuzz '^FuzzTC$$' -fuzztime $(FUZZ_TC_EXECS) -timeout 5m
 	$(GO) test ./bpf -run '^$$' -fuzz '^FuzzXDPRemote$$' -fuzztime $(FUZZ_XDP_REMOTE_EXECS) -timeout 5m
+	$(GO) test ./pkg/bfd -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZ_BFD_EXECS) -timeout 5m
 
 .PHONY: e2e
 e2e: deps build kube-binaries ## Run the end-to-end suites in the lab (root): with the XDP data plane, then with --dataplane=kernel (tests that need XDP skip).
