@@ -129,7 +129,7 @@ bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Mag
 
 .PHONY: bench-kubelet
 bench-kubelet: deps build kubelet-binaries images ## Kubelet lab figures: kubectl apply -k to Ready and to the first VIP answer, speaker rolling update with 50 connections, failover against NotReady on node death, uninstall, helm install.
-	$(GO) test ./e2e/kubelet -count=1 -v -timeout 20m | grep -E 'FIGURE|kubectl apply -k began|^(ok|FAIL|--- FAIL)'
+	$(GO) test ./e2e/kubelet -count=1 -v -timeout 20m | grep -E 'FIGURE|kubectl apply -k began|lab up, ironlb installed|^(ok|FAIL|--- FAIL)'
 
 # The tag the kustomize base (manifests/kustomization.yaml) and the chart's
 # appVersion name.
