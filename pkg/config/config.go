@@ -1,6 +1,8 @@
 // Package config turns Kubernetes objects into the plain structs of the pure
-// packages (pkg/ipam, and later the announcer and data plane). It is the only
-// bridge between the two worlds, so the pure packages never see an API type.
+// allocator (pkg/ipam), and holds the helpers the controller and the speaker
+// share to read them (label selectors, pool selection, annotations). It is
+// the only bridge between the two worlds for the allocator, which never sees
+// an API type.
 package config
 
 import (

@@ -1,9 +1,11 @@
 // Package speaker is the node agent's brain: it watches Services,
-// EndpointSlices, Nodes, IPPools and L2Advertisements, asks pkg/announce
-// which of the Services' IPs this node should announce, drives the layer-2
-// announcer, and records what it announces as Announcement objects and
-// Events. Liveness of the other speakers comes from memberlist, with the
-// Node's Ready condition as a backstop.
+// EndpointSlices, Nodes, IPPools, advertisements and BGP peers, asks
+// pkg/announce which of the Services' IPs this node should announce, drives
+// the layer-2 announcer, the embedded BGP router (pkg/bgp) and the XDP data
+// plane (pkg/dataplane), and records what it actually announces as
+// Announcement objects, BGPPeer status and Events. Liveness of the other
+// speakers comes from memberlist, authenticated with the key in a Secret,
+// with the Node's Ready condition as a backstop.
 package speaker
 
 import (
