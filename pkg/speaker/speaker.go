@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,11 @@ func DefaultOptions() Options {
 
 // Speaker announces this node's share of the Services' IPs.
 type Speaker struct {
+	// serving is set once the speaker has its member key, its data plane
+	// attached and a first sync done: /readyz says Ready only then, so a
+	// rolling update moves to the next node only when this one serves.
+	serving atomic.Bool
+
 	opts    Options
 	log     logr.Logger
 	mgr     manager.Manager
@@ -184,6 +190,14 @@ func New(cfg *rest.Config, opts Options) (*Speaker, error) {
 		stale:     map[string]bool{},
 	}
 	s.writer = newWriter(log.WithName("status"), mgr.GetClient(), mgr.GetEventRecorder("ironlb-speaker"), opts.NodeName)
+	if err := mgr.AddReadyzCheck("serving", func(*http.Request) error {
+		if !s.serving.Load() {
+			return errors.New("not serving yet: waiting for the member key, the data plane or the first sync")
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
 	if err := mgr.Add(manager.RunnableFunc(s.run)); err != nil {
 		return nil, err
 	}
@@ -346,6 +360,7 @@ func (s *Speaker) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			s.serving.Store(false)
 			// Hand over: withdraw the routes (the routers move the
 			// flows to the other nodes at once), stop answering, then
 			// tell the others.
@@ -364,6 +379,9 @@ func (s *Speaker) run(ctx context.Context) error {
 		}
 		if err := s.sync(ctx); err != nil {
 			s.log.Error(err, "sync")
+		} else if !s.serving.Load() {
+			s.serving.Store(true)
+			s.log.Info("serving: member key, data plane and first sync done")
 		}
 	}
 }
