@@ -48,17 +48,14 @@ func Listen(addr netip.Addr, multihop bool, minTTL int) (*Conn, error) {
 		minTTL = 255
 	}
 	c := &Conn{v6: addr.Is6(), minTTL: minTTL}
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			if c.v6 {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT, 1)
-			} else {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVTTL, 1)
-			}
-		})
-		return errors.Join(err, serr)
-	}}
+	// Received packets carry their TTL (hop limit); sent ones leave with 255.
+	recvTTL := sockopt(unix.IPPROTO_IP, unix.IP_RECVTTL, 1)
+	sendTTL := sockopt(unix.IPPROTO_IP, unix.IP_TTL, 255)
+	if c.v6 {
+		recvTTL = sockopt(unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT, 1)
+		sendTTL = sockopt(unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 255)
+	}
+	lc := net.ListenConfig{Control: recvTTL}
 	pc, err := lc.ListenPacket(context.Background(), "udp", netip.AddrPortFrom(addr, uint16(port)).String())
 	if err != nil {
 		return nil, fmt.Errorf("bfd: listen: %w", err)
@@ -74,17 +71,7 @@ func Listen(addr netip.Addr, multihop bool, minTTL int) (*Conn, error) {
 			return nil, err
 		}
 		src := netip.AddrPortFrom(addr, 49152+binary.BigEndian.Uint16(r[:])%16384)
-		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				if c.v6 {
-					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 255)
-				} else {
-					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL, 255)
-				}
-			})
-			return errors.Join(err, serr)
-		}}
+		lc := net.ListenConfig{Control: sendTTL}
 		tx, err := lc.ListenPacket(context.Background(), "udp", src.String())
 		if err == nil {
 			c.tx = tx.(*net.UDPConn)
@@ -93,6 +80,15 @@ func Listen(addr netip.Addr, multihop bool, minTTL int) (*Conn, error) {
 	}
 	_ = c.rx.Close()
 	return nil, errors.New("bfd: no free source port in 49152-65535")
+}
+
+// sockopt is a socket Control function that sets one integer option.
+func sockopt(level, opt, value int) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, value) })
+		return errors.Join(err, serr)
+	}
 }
 
 // Close closes both sockets.

@@ -34,16 +34,7 @@ func (c Config) startControlPlane(ctx context.Context) error {
 	if err := os.MkdirAll(pki, 0o700); err != nil {
 		return err
 	}
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", c.EtcdPort)
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", c.EtcdPort+1)
-	if err := c.Start("etcd", "", filepath.Join(c.K8sBin, "etcd"),
-		"--name", "lab",
-		"--data-dir", c.path("etcd"),
-		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "lab="+peerURL,
-		"--unsafe-no-fsync", "--quota-backend-bytes", "1073741824",
-	); err != nil {
+	if err := c.startEtcd(""); err != nil {
 		return err
 	}
 
@@ -88,6 +79,21 @@ current-context: lab
 		return err
 	}
 	return waitHealthy(ctx, server+"/readyz", token, 90*time.Second)
+}
+
+// startEtcd runs etcd on 127.0.0.1:EtcdPort in namespace ns (the root
+// namespace when empty).
+func (c Config) startEtcd(ns string) error {
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", c.EtcdPort)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", c.EtcdPort+1)
+	return c.Start("etcd", ns, filepath.Join(c.K8sBin, "etcd"),
+		"--name", "lab",
+		"--data-dir", c.path("etcd"),
+		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "lab="+peerURL,
+		"--unsafe-no-fsync", "--quota-backend-bytes", "1073741824",
+	)
 }
 
 // StartAPIServer runs kube-apiserver on 127.0.0.1:APIPort with the lab's

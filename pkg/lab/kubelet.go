@@ -241,15 +241,7 @@ func (c Config) startKubeControlPlane(ctx context.Context) error {
 	if err := os.WriteFile(c.pkiPath("tokens.csv"), []byte(csv.String()), 0o600); err != nil {
 		return err
 	}
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", c.EtcdPort)
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", c.EtcdPort+1)
-	if err := c.Start("etcd", ControlNS, filepath.Join(c.K8sBin, "etcd"),
-		"--name", "lab", "--data-dir", c.path("etcd"),
-		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "lab="+peerURL,
-		"--unsafe-no-fsync", "--quota-backend-bytes", "1073741824",
-	); err != nil {
+	if err := c.startEtcd(ControlNS); err != nil {
 		return err
 	}
 	if err := c.StartKubeAPIServer(); err != nil {
@@ -376,12 +368,10 @@ func (c Config) startKubeletNode(ctx context.Context, n Node) error {
 		filepath.Join(c.Bin, "ironlb-lab"), "--dir", c.Dir, "hold", "--node", n.Name); err != nil {
 		return err
 	}
-	holdPid, err := c.waitReady(ctx, hold, c.NodeDir(n, "hold.ready"), 10*time.Second)
-	if err != nil {
+	if _, err := c.waitReady(ctx, hold, c.NodeDir(n, "hold.ready"), 10*time.Second); err != nil {
 		return err
 	}
-	enter := []string{"nsenter", "-t", strconv.Itoa(holdPid), "-m", "-n", "env", "PATH=" + c.K8sBin + ":/usr/sbin:/usr/bin:/sbin:/bin"}
-	if err := c.Start("containerd-"+n.Name, "", append(enter, filepath.Join(c.K8sBin, "containerd"), "--config", c.NodeDir(n, "containerd.toml"))...); err != nil {
+	if err := c.StartContainerd(n); err != nil {
 		return err
 	}
 	if err := waitSocket(ctx, c.ContainerdSocket(n), 30*time.Second); err != nil {
@@ -393,16 +383,25 @@ func (c Config) startKubeletNode(ctx context.Context, n Node) error {
 	return c.StartKubeProxy(n)
 }
 
-// StartKubelet runs a node's kubelet in its namespaces (the holder must
-// run).
-func (c Config) StartKubelet(n Node) error {
+// startInNode runs a lab process in a node's network and mount
+// namespaces (the holder's), with the Kubernetes binaries on its PATH.
+func (c Config) startInNode(name string, n Node, argv ...string) error {
 	holdPid, ok := c.pid("hold-" + n.Name)
 	if !ok {
 		return fmt.Errorf("the namespace holder of %s is not running", n.Name)
 	}
-	return c.Start("kubelet-"+n.Name, "", "nsenter", "-t", strconv.Itoa(holdPid), "-m", "-n",
-		"env", "PATH="+c.K8sBin+":/usr/sbin:/usr/bin:/sbin:/bin",
-		filepath.Join(c.K8sBin, "kubelet"),
+	return c.Start(name, "", append([]string{"nsenter", "-t", strconv.Itoa(holdPid), "-m", "-n",
+		"env", "PATH=" + c.K8sBin + ":/usr/sbin:/usr/bin:/sbin:/bin"}, argv...)...)
+}
+
+// StartContainerd runs a node's containerd (the holder must run).
+func (c Config) StartContainerd(n Node) error {
+	return c.startInNode("containerd-"+n.Name, n, filepath.Join(c.K8sBin, "containerd"), "--config", c.NodeDir(n, "containerd.toml"))
+}
+
+// StartKubelet runs a node's kubelet (the holder must run).
+func (c Config) StartKubelet(n Node) error {
+	return c.startInNode("kubelet-"+n.Name, n, filepath.Join(c.K8sBin, "kubelet"),
 		"--config", c.NodeDir(n, "kubelet.yaml"),
 		"--kubeconfig", c.pkiPath("kubelet-"+n.Name+".kubeconfig"),
 		"--root-dir", c.NodeDir(n, "kubelet"),
@@ -411,17 +410,6 @@ func (c Config) StartKubelet(n Node) error {
 		"--node-ip", n.IPv4.String()+","+n.IPv6.String(),
 		"--volume-plugin-dir", c.NodeDir(n, "volume-plugins"),
 	)
-}
-
-// StartContainerd runs a node's containerd again (after a node death).
-func (c Config) StartContainerd(n Node) error {
-	holdPid, ok := c.pid("hold-" + n.Name)
-	if !ok {
-		return fmt.Errorf("the namespace holder of %s is not running", n.Name)
-	}
-	return c.Start("containerd-"+n.Name, "", "nsenter", "-t", strconv.Itoa(holdPid), "-m", "-n",
-		"env", "PATH="+c.K8sBin+":/usr/sbin:/usr/bin:/sbin:/bin",
-		filepath.Join(c.K8sBin, "containerd"), "--config", c.NodeDir(n, "containerd.toml"))
 }
 
 // writeNodeConfig writes containerd's, the kubelet's and the CNI's
