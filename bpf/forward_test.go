@@ -89,7 +89,22 @@ func testNet(t testing.TB) int {
 // world fills the maps: node indexes 1 self, 2 node B (both families), 3
 // node C; VIP services 1 (vip4:80/TCP), 2 (vip4:7/UDP), 3 (vip6:80/TCP),
 // 4 (vip4:81/TCP, affinity), 5 (vip4:82/TCP, Local).
-func world(t testing.TB, objs *LbObjects) {
+// worldVIPs are the Services world installs, by service ID.
+var worldVIPs = map[uint32]struct {
+	k     LbVipKey
+	flags uint32
+}{
+	1: {key(vip4, 80, 6), 0},
+	2: {key(vip4, 7, 17), 0},
+	3: {key(vip6, 80, 6), 0},
+	4: {key(vip4, 81, 6), VIPAffinity},
+	5: {key(vip4, 82, 6), VIPLocal},
+}
+
+// world installs this node's settings, the nodes, the tunnel peers and
+// the VIPs of worldVIPs, and returns the set of VIP keys: what a fuzz
+// oracle must treat as served.
+func world(t testing.TB, objs *LbObjects) map[LbVipKey]bool {
 	t.Helper()
 	must(t, objs.Config.Put(uint32(0), LbSettings{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
 	for i, n := range []netip.Addr{self4, nodeB4, nodeC4} {
@@ -100,18 +115,12 @@ func world(t testing.TB, objs *LbObjects) {
 	for _, n := range []netip.Addr{self4, nodeB4, nodeC4, self6, nodeB6} {
 		must(t, objs.TunnelPeers.Put(PeerKeyFor(n), uint32(0)))
 	}
-	for id, v := range map[uint32]struct {
-		k     LbVipKey
-		flags uint32
-	}{
-		1: {key(vip4, 80, 6), 0},
-		2: {key(vip4, 7, 17), 0},
-		3: {key(vip6, 80, 6), 0},
-		4: {key(vip4, 81, 6), VIPAffinity},
-		5: {key(vip4, 82, 6), VIPLocal},
-	} {
+	served := map[LbVipKey]bool{}
+	for id, v := range worldVIPs {
 		must(t, objs.Vips.Put(v.k, LbVipInfo{ServiceId: id, Flags: v.flags}))
+		served[v.k] = true
 	}
+	return served
 }
 
 func must(t testing.TB, err error) {

@@ -99,12 +99,11 @@ func FuzzXDPRemote(f *testing.F) {
 	ns, err := netns.Get()
 	must(f, err)
 	f.Cleanup(func() { _ = ns.Close() })
-	world(f, objs)
+	vips := world(f, objs)
 	setRing(f, objs, 1, 2)  // vip4:80/TCP -> node B
 	setRing(f, objs, 3, 12) // vip6:80/TCP -> node B
 	setRing(f, objs, 2, 1)  // vip4:7/UDP -> here
 	setBackends(f, objs, 2, 7007, pod1)
-	vips := map[LbVipKey]bool{key(vip4, 80, 6): true, key(vip4, 7, 17): true, key(vip6, 80, 6): true}
 
 	seeds := []pkt{
 		{src: client4, dst: vip4, proto: 6, sport: 40000, dport: 80, flags: tcpSYN, mss: 1460},
