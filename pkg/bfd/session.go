@@ -27,6 +27,10 @@ const slowTx = time.Second
 // what Due says, at the times it says.
 type Session struct {
 	cfg Config
+	// prev is the configuration before the last SetConfig: until the
+	// peer acknowledges the change (a poll sequence), this end keeps
+	// sending at least as often, and waits at least as long, as it did.
+	prev Config
 
 	state      State
 	remote     State
@@ -51,7 +55,7 @@ func New(cfg Config, now time.Time, jitter func() float64) *Session {
 	if cfg.DetectMult == 0 {
 		cfg.DetectMult = 3
 	}
-	return &Session{cfg: cfg, state: Down, remote: Down, nextTx: now, jitter: jitter, remoteMinRx: time.Microsecond}
+	return &Session{cfg: cfg, prev: cfg, state: Down, remote: Down, nextTx: now, jitter: jitter, remoteMinRx: time.Microsecond}
 }
 
 // State returns the session's state and the diagnostic of its last
@@ -62,6 +66,9 @@ func (s *Session) State() (State, Diag) { return s.state, s.diag }
 // end desires (a second while not Up) and what the peer requires.
 func (s *Session) txInterval() time.Duration {
 	tx := s.cfg.DesiredMinTx
+	if s.pollPending {
+		tx = min(tx, s.prev.DesiredMinTx)
+	}
 	if s.state != Up && tx < slowTx {
 		tx = slowTx
 	}
@@ -76,7 +83,11 @@ func (s *Session) DetectionTime() time.Duration {
 	if s.remoteMult == 0 {
 		return 0
 	}
-	return time.Duration(s.remoteMult) * max(s.cfg.RequiredMinRx, s.remoteMinTx)
+	rx := s.cfg.RequiredMinRx
+	if s.pollPending {
+		rx = max(rx, s.prev.RequiredMinRx)
+	}
+	return time.Duration(s.remoteMult) * max(rx, s.remoteMinTx)
 }
 
 // Receive applies a valid packet (from Parse, already matched to this
@@ -93,6 +104,7 @@ func (s *Session) Receive(p Packet, now time.Time) bool {
 	s.lastRx = now
 	if p.Final {
 		s.pollPending = false
+		s.prev = s.cfg
 	}
 	if p.Poll {
 		s.finalDue = true
@@ -195,6 +207,28 @@ func (s *Session) packet() Packet {
 		DesiredMinTx:      uint32(tx / time.Microsecond),
 		RequiredMinRx:     uint32(s.cfg.RequiredMinRx / time.Microsecond),
 	}
+}
+
+// SetConfig changes the session's intervals and multiplier (the
+// discriminator stays). An Up session tells the peer with a poll sequence
+// (RFC 5880 section 6.8.3) and, until the peer's Final, sends at the
+// faster and waits for the longer of the old and new intervals, so that
+// neither end declares the other down over the change.
+func (s *Session) SetConfig(cfg Config, now time.Time) {
+	if cfg.DetectMult == 0 {
+		cfg.DetectMult = 3
+	}
+	cfg.MyDiscriminator = s.cfg.MyDiscriminator
+	if !s.pollPending {
+		s.prev = s.cfg
+	}
+	s.cfg = cfg
+	if s.state == Up {
+		s.pollPending = true
+	} else {
+		s.prev = cfg
+	}
+	s.nextTx = now
 }
 
 // Shutdown puts the session in AdminDown (the BGP peer is removed or the
