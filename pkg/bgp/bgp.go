@@ -89,6 +89,7 @@ type Server struct {
 	states  map[string]State        // by peer name
 	byAddr  map[string]string       // peer address -> name
 	counts  map[string]int          // peer name -> routes exported to it
+	held    map[string]string       // peer name -> why its session is held closed
 	stopped chan struct{}
 }
 
@@ -99,7 +100,7 @@ func New(log logr.Logger, routerID netip.Addr, onChange func()) *Server {
 	return &Server{
 		log: log, routerID: routerID, onChange: onChange,
 		peers: map[string]Peer{}, paths: map[netip.Prefix][]byte{}, states: map[string]State{},
-		byAddr: map[string]string{}, counts: map[string]int{},
+		byAddr: map[string]string{}, counts: map[string]int{}, held: map[string]string{},
 	}
 }
 
@@ -215,6 +216,9 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 			delete(b.peers, name)
 			delete(b.byAddr, old.Address.String())
 			delete(b.states, name)
+			if !ok {
+				delete(b.held, name)
+			}
 		}
 	}
 
@@ -250,6 +254,11 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		}
 		b.peers[p.Name] = p
 		b.byAddr[p.Address.String()] = p.Name
+		if why, ok := b.held[p.Name]; ok {
+			if err := b.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.Address.String(), Communication: why}); err != nil {
+				errs = append(errs, fmt.Errorf("hold session to %s closed: %w", p.Name, err))
+			}
+		}
 		if _, ok := b.states[p.Name]; !ok {
 			b.states[p.Name] = State{State: "idle", Since: time.Now()}
 		}
@@ -297,6 +306,40 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Hold closes a peer's session at once and keeps it closed (why is sent
+// to the peer in the Cease notification, RFC 8203), or, with why empty,
+// lets it open again. BFD uses it: a path BFD declared down must not
+// carry routes until BFD is Up again.
+func (b *Server) Hold(ctx context.Context, name, why string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, was := b.held[name]
+	if why == "" {
+		delete(b.held, name)
+	} else {
+		b.held[name] = why
+	}
+	p, ok := b.peers[name]
+	if !ok || !b.started || was == (why != "") {
+		return nil // not open yet (Apply holds it), or no change
+	}
+	if why != "" {
+		return b.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.Address.String(), Communication: why})
+	}
+	return b.s.EnablePeer(ctx, &api.EnablePeerRequest{Address: p.Address.String()})
+}
+
+// Held returns the peers whose sessions are held closed, and why.
+func (b *Server) Held() map[string]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]string, len(b.held))
+	for k, v := range b.held {
+		out[k] = v
+	}
+	return out
 }
 
 // Stop withdraws every route and closes every session with a Cease

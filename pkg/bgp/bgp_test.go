@@ -297,3 +297,53 @@ func TestMD5(t *testing.T) {
 		return nil
 	})
 }
+
+// TestHold: a held session closes at once, with the reason sent to BIRD
+// in the Cease notification, stays closed across a change of its peer,
+// and opens again when released.
+func TestHold(t *testing.T) {
+	b := startBird(t, 64512, "")
+	ctx := context.Background()
+	srv := New(testr.New(t), netip.MustParseAddr("10.200.0.1"), nil)
+	t.Cleanup(func() { _ = srv.Stop(ctx) })
+	peer := peerOf(b, "")
+	if err := srv.Apply(ctx, []Peer{peer}, nil); err != nil {
+		t.Fatal(err)
+	}
+	up := func(want bool) func() error {
+		return func() error {
+			if b.established() != want {
+				return fmt.Errorf("BIRD's session established: %v, want %v", !want, want)
+			}
+			return nil
+		}
+	}
+	b.eventually(15*time.Second, "session up", up(true))
+	if err := srv.Hold(ctx, "bird", "BFD session down: ControlDetectionTimeExpired"); err != nil {
+		t.Fatal(err)
+	}
+	b.eventually(5*time.Second, "session closed by Hold", up(false))
+	out, _ := b.birdc("show", "protocols", "all", "node")
+	if !strings.Contains(out, "BFD session down") {
+		t.Errorf("BIRD was not told why:\n%s", out)
+	}
+	// A changed peer is a new session: still held.
+	peer.HoldTime = 12 * time.Second
+	if err := srv.Apply(ctx, []Peer{peer}, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if b.established() {
+			t.Fatal("a held session opened again after its peer changed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := srv.Held()["bird"]; got == "" {
+		t.Fatal("Held lost the session")
+	}
+	if err := srv.Hold(ctx, "bird", ""); err != nil {
+		t.Fatal(err)
+	}
+	b.eventually(15*time.Second, "session up after release", up(true))
+}

@@ -19,6 +19,7 @@ type SecretKeyRef struct {
 // router.
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || !has(self.keepaliveTime) || duration(self.holdTime) == duration('0s') || duration(self.keepaliveTime) <= duration(self.holdTime)",message="keepaliveTime must not exceed holdTime"
+// +kubebuilder:validation:XValidation:rule="!has(self.bfd) || !has(self.bfd.minimumTTL) || (has(self.ebgpMultiHop) && self.ebgpMultiHop)",message="bfd.minimumTTL applies to multihop sessions only: set ebgpMultiHop, or drop it"
 type BGPPeerSpec struct {
 	// PeerAddress is the router's IP address.
 	// +kubebuilder:validation:MaxLength=45
@@ -63,6 +64,43 @@ type BGPPeerSpec struct {
 	// NodeSelector chooses the nodes that peer; absent means all.
 	// +optional
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+	// BFD runs Bidirectional Forwarding Detection (RFC 5880) with the
+	// peer: single hop (RFC 5881, UDP 3784, TTL 255 required), or multihop
+	// (RFC 5883, UDP 4784) when ebgpMultiHop is set. When a session that
+	// was Up goes Down, the node closes its BGP session at once, and keeps
+	// it closed until BFD is Up again. Absent means no BFD.
+	// +optional
+	BFD *BFDSpec `json:"bfd,omitempty"`
+}
+
+// BFDSpec sets a BFD session's timers, as MetalLB's BFDProfile does.
+type BFDSpec struct {
+	// ReceiveInterval is the shortest interval between packets this node
+	// accepts from the peer.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('60s')",message="must be between 10ms and 60s"
+	// +kubebuilder:default="300ms"
+	// +optional
+	ReceiveInterval *metav1.Duration `json:"receiveInterval,omitempty"`
+	// TransmitInterval is how often this node would like to send once the
+	// session is Up (the peer may ask for less often).
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('60s')",message="must be between 10ms and 60s"
+	// +kubebuilder:default="300ms"
+	// +optional
+	TransmitInterval *metav1.Duration `json:"transmitInterval,omitempty"`
+	// DetectMultiplier: the peer declares this node down after this many
+	// of its intervals without a packet, and the other way round.
+	// +kubebuilder:validation:Minimum=2
+	// +kubebuilder:validation:Maximum=255
+	// +kubebuilder:default=3
+	// +optional
+	DetectMultiplier int32 `json:"detectMultiplier,omitempty"`
+	// MinimumTTL is, for a multihop session, the lowest TTL a packet may
+	// arrive with (254: one router between). Only with ebgpMultiHop;
+	// single-hop sessions always require 255.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=254
+	// +optional
+	MinimumTTL *int32 `json:"minimumTTL,omitempty"`
 }
 
 // BGPSessionStatus is one node's session with the peer, as its speaker
@@ -79,7 +117,12 @@ type BGPSessionStatus struct {
 	// Prefixes counts the routes the node offers the peer.
 	// +optional
 	Prefixes int32 `json:"prefixes,omitempty"`
-	// Message explains a session that is not Established.
+	// BFD is the BFD session's state (Up, Init, Down, AdminDown) when the
+	// peer has bfd set.
+	// +optional
+	BFD string `json:"bfd,omitempty"`
+	// Message explains a session that is not Established, or a BFD
+	// session that is not Up.
 	// +optional
 	Message string `json:"message,omitempty"`
 }
@@ -103,6 +146,7 @@ type BGPPeerStatus struct {
 // +kubebuilder:printcolumn:name="ASN",type=integer,JSONPath=`.spec.peerASN`
 // +kubebuilder:printcolumn:name="My ASN",type=integer,JSONPath=`.spec.myASN`
 // +kubebuilder:printcolumn:name="Sessions",type=string,JSONPath=`.status.nodes[*].state`
+// +kubebuilder:printcolumn:name="BFD",type=string,JSONPath=`.status.nodes[*].bfd`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type BGPPeer struct {
 	metav1.TypeMeta   `json:",inline"`

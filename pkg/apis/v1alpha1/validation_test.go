@@ -78,12 +78,27 @@ func TestValidation(t *testing.T) {
 		"peer: negative hold":                                      {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime = duration("-1s") }), wantErr: []string{"spec.holdTime", "must not be negative"}},
 		"peer: hold of 2s":                                         {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime = duration("2s") }), wantErr: []string{"spec.holdTime", "at least 3s"}},
 		"peer: negative keep":                                      {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.KeepaliveTime = duration("-3s") }), wantErr: []string{"spec.keepaliveTime", "must not be negative"}},
-		"peer: keep over hold":                                     {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
-		"communities: valid":                                       {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
-		"community: 16-bit":                                        {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},
-		"community: junk":                                          {obj: adv("no-export", "hello"), wantErr: []string{"spec.communities[1]"}},
-		"community: large 2^32":                                    {obj: adv("large:4294967296:1:2"), wantErr: []string{"spec.communities[0]"}},
-		"community: large short":                                   {obj: adv("large:1:2"), wantErr: []string{"spec.communities[0]"}},
+		"peer: BFD valid": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.BFD = &v1alpha1.BFDSpec{ReceiveInterval: duration("100ms"), TransmitInterval: duration("100ms"), DetectMultiplier: 3}
+		})},
+		"peer: BFD multihop TTL": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.EBGPMultiHop, s.BFD = true, &v1alpha1.BFDSpec{MinimumTTL: new(int32(253))}
+		})},
+		"peer: BFD interval 5ms": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.BFD = &v1alpha1.BFDSpec{ReceiveInterval: duration("5ms")} }),
+			wantErr: []string{"spec.bfd.receiveInterval", "between 10ms and 60s"}},
+		"peer: BFD multiplier 1": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.BFD = &v1alpha1.BFDSpec{DetectMultiplier: 1} }),
+			wantErr: []string{"spec.bfd.detectMultiplier"}},
+		"peer: BFD TTL single hop": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.BFD = &v1alpha1.BFDSpec{MinimumTTL: new(int32(254))} }),
+			wantErr: []string{"minimumTTL applies to multihop sessions only"}},
+		"peer: BFD TTL 255": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.EBGPMultiHop, s.BFD = true, &v1alpha1.BFDSpec{MinimumTTL: new(int32(255))}
+		}), wantErr: []string{"spec.bfd.minimumTTL"}},
+		"peer: keep over hold":   {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
+		"communities: valid":     {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
+		"community: 16-bit":      {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},
+		"community: junk":        {obj: adv("no-export", "hello"), wantErr: []string{"spec.communities[1]"}},
+		"community: large 2^32":  {obj: adv("large:4294967296:1:2"), wantErr: []string{"spec.communities[0]"}},
+		"community: large short": {obj: adv("large:1:2"), wantErr: []string{"spec.communities[0]"}},
 		"advertisement: pools and selector": {obj: &v1alpha1.L2Advertisement{Spec: v1alpha1.L2AdvertisementSpec{PoolSelection: v1alpha1.PoolSelection{
 			IPPools: []string{"a"}, IPPoolSelector: &metav1.LabelSelector{},
 		}}}, wantErr: []string{"not both"}},
@@ -128,11 +143,16 @@ func TestDefaults(t *testing.T) {
 	if p.Spec.AutoAssign == nil || !*p.Spec.AutoAssign {
 		t.Errorf("autoAssign defaulted to %v, want true", p.Spec.AutoAssign)
 	}
-	peer := &v1alpha1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "defaults"}, Spec: v1alpha1.BGPPeerSpec{PeerAddress: "fd00::1", PeerASN: 1, MyASN: 2}}
+	peer := &v1alpha1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "defaults"}, Spec: v1alpha1.BGPPeerSpec{PeerAddress: "fd00::1", PeerASN: 1, MyASN: 2,
+		BFD: &v1alpha1.BFDSpec{}}}
 	if err := k8s.Create(ctx, peer); err != nil {
 		t.Fatal(err)
 	}
 	if peer.Spec.PeerPort != 179 || peer.Spec.HoldTime == nil || peer.Spec.HoldTime.Duration != 90*time.Second {
 		t.Errorf("peer defaults: port %d, hold %v; want 179, 90s", peer.Spec.PeerPort, peer.Spec.HoldTime)
+	}
+	if b := peer.Spec.BFD; b.ReceiveInterval == nil || b.ReceiveInterval.Duration != 300*time.Millisecond ||
+		b.TransmitInterval == nil || b.TransmitInterval.Duration != 300*time.Millisecond || b.DetectMultiplier != 3 || b.MinimumTTL != nil {
+		t.Errorf("BFD defaults: %+v; want 300ms, 300ms, 3 and no minimum TTL", b)
 	}
 }
