@@ -10,6 +10,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -274,15 +276,10 @@ func TestBGPSpeakerDeath(t *testing.T) {
 	checkEchoes(t, conns, "node-c joined the ECMP set again")
 }
 
-// TestBGPHoldTime: a node that vanishes without a word (its link cut: no
-// FIN, no notification) keeps its routes until the router's hold time
-// (3 s) expires, then loses them; back, it advertises again.
-func TestBGPHoldTime(t *testing.T) {
-	waitSessions(t, 30*time.Second)
-	ips := bgpService(t, "bgp-hold", nil)
-	pfx := hostPrefix(ips[0])
-	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
-	victim := nodeNamed(t, "node-a")
+// cutUntilWithdrawn cuts victim's link and returns how long BIRD took to
+// drop its route to pfx; the link comes back with the returned restore.
+func cutUntilWithdrawn(t *testing.T, victim lab.Node, pfx string, limit time.Duration, others ...string) (time.Duration, func()) {
+	t.Helper()
 	start := time.Now()
 	if err := cfg.CutLink(t.Context(), victim); err != nil {
 		t.Fatal(err)
@@ -297,13 +294,105 @@ func TestBGPHoldTime(t *testing.T) {
 		}
 	}
 	t.Cleanup(restore)
-	waitBirdNodes(t, pfx, lab.BGPHoldTime+3*time.Second, "node-b", "node-c")
-	took := time.Since(start)
-	t.Logf("node-a cut off: its route gone from BIRD after %s (hold time %s)", took.Round(time.Millisecond), lab.BGPHoldTime)
-	if took < lab.BGPHoldTime-time.Second {
-		t.Errorf("the route went after %s, before the hold time could expire", took)
+	waitBirdNodes(t, pfx, limit, others...)
+	return time.Since(start), restore
+}
+
+// setBFD gives the lab's BGPPeers the BFD timers of the lab router, or
+// takes BFD away (nil).
+func setBFD(t *testing.T, spec *ironlbv1alpha1.BFDSpec) {
+	t.Helper()
+	ctx := context.WithoutCancel(t.Context())
+	for _, name := range []string{lab.BGPPeerV4, lab.BGPPeerV6} {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			var p ironlbv1alpha1.BGPPeer
+			if err := cl.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+				return err
+			}
+			p.Spec.BFD = spec.DeepCopy()
+			return cl.Update(ctx, &p)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestBGPLinkCut: a node that vanishes without a word (its link cut: no
+// FIN, no notification) keeps its routes until the router's hold time
+// (3 s) expires; with BFD (100 ms x 3) the router drops them once BFD
+// declares the node down, an order of magnitude sooner, and says BFD did
+// it. Back, the node advertises again. Both are measured in the same run.
+func TestBGPLinkCut(t *testing.T) {
+	waitSessions(t, 30*time.Second)
+	ips := bgpService(t, "bgp-hold", nil)
+	pfx := hostPrefix(ips[0])
+	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
+	victim := nodeNamed(t, "node-a")
+	proto := "node_" + victim.Letter + "_4"
+
+	hold, restore := cutUntilWithdrawn(t, victim, pfx, lab.BGPHoldTime+3*time.Second, "node-b", "node-c")
+	t.Logf("node-a cut off: its route gone from BIRD after %s (hold time %s)", hold.Round(time.Millisecond), lab.BGPHoldTime)
+	if hold < lab.BGPHoldTime-time.Second {
+		t.Errorf("the route went after %s, before the hold time could expire", hold)
 	}
 	restore()
+	waitBirdNodes(t, pfx, 30*time.Second, allNodes()...)
+	waitMembers(t)
+
+	interval := &metav1.Duration{Duration: lab.BFDInterval}
+	setBFD(t, &ironlbv1alpha1.BFDSpec{ReceiveInterval: interval, TransmitInterval: interval, DetectMultiplier: lab.BFDMultiplier})
+	t.Cleanup(func() { setBFD(t, nil) })
+	// Every node reports BFD Up with both router addresses, and BIRD
+	// has the session to node-a Up.
+	eventually(t, 30*time.Second, func() error {
+		for _, name := range []string{lab.BGPPeerV4, lab.BGPPeerV6} {
+			var p ironlbv1alpha1.BGPPeer
+			if err := cl.Get(t.Context(), client.ObjectKey{Name: name}, &p); err != nil {
+				return err
+			}
+			up := 0
+			for _, n := range p.Status.Nodes {
+				if n.BFD == "Up" && n.State == "Established" {
+					up++
+				}
+			}
+			if up != cfg.Nodes {
+				return fmt.Errorf("BGPPeer %s: %d of %d nodes with BFD Up: %+v", name, up, cfg.Nodes, p.Status.Nodes)
+			}
+		}
+		out, err := cfg.Birdc(t.Context(), "show", "bfd", "sessions")
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == victim.IPv4.String() {
+				if f[2] != "Up" {
+					return fmt.Errorf("BIRD's BFD session with %s: %s", victim.IPv4, l)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("BIRD has no BFD session with %s:\n%s", victim.IPv4, out)
+	})
+
+	withBFD, restore := cutUntilWithdrawn(t, victim, pfx, lab.BGPHoldTime+3*time.Second, "node-b", "node-c")
+	out, err := cfg.Birdc(t.Context(), "show", "protocols", "all", proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "BFD session down") {
+		t.Errorf("BIRD's %s did not go down by BFD:\n%s", proto, out)
+	}
+	if withBFD >= hold {
+		t.Errorf("with BFD the route went after %s, no sooner than by the hold time (%s)", withBFD, hold)
+	}
+	t.Logf("FIGURE link cut to route gone at BIRD: %s by the hold time (%s), %s with BFD (%s x %d): %.1fx sooner",
+		hold.Round(time.Millisecond), lab.BGPHoldTime, withBFD.Round(time.Millisecond), lab.BFDInterval, lab.BFDMultiplier,
+		float64(hold)/float64(withBFD))
+	restore()
+	// Back: BFD comes Up again, the node lets its BGP session open, and
+	// the route returns.
 	waitBirdNodes(t, pfx, 30*time.Second, allNodes()...)
 	waitMembers(t)
 }

@@ -35,9 +35,13 @@ const (
 	BGPLarge     = "large:64512:1:2"
 	BGPLocalPref = 150
 	BGPHoldTime  = 3 * time.Second
-	birdProcName = "bird"
-	birdSocket   = "bird.ctl"
-	birdConfig   = "bird.conf"
+	// BFDInterval and BFDMultiplier are the lab router's BFD timers; a
+	// BGPPeer with the same bfd timers is declared down after 300 ms.
+	BFDInterval   = 100 * time.Millisecond
+	BFDMultiplier = 3
+	birdProcName  = "bird"
+	birdSocket    = "bird.ctl"
+	birdConfig    = "bird.conf"
 )
 
 // BirdSocket is the control socket of the lab's BIRD.
@@ -57,10 +61,21 @@ protocol kernel {
 	ipv6 { export all; import none; };
 	merge paths yes limit 16;
 }
+# BFD towards every node, at 100 ms x 3. A node whose BGPPeer has no
+# bfd never brings its BFD session Up, and BIRD then runs the BGP session
+# on its hold time alone (BIRD acts only on Up -> Down).
+protocol bfd {
+	interface "*" {
+		min rx interval %d ms;
+		min tx interval %d ms;
+		multiplier %d;
+	};
+}
 template bgp nodes {
 	local as %d;
 	passive on;
 	direct;
+	bfd on;
 	# A lab router takes a node back at once after a failure (BIRD's
 	# default holds off for a minute and more).
 	error wait time 1, 5;
@@ -68,7 +83,7 @@ template bgp nodes {
 	hold time %d;
 	password "%s";
 }
-`, RouterIPv4, BGPASN, int(BGPHoldTime/time.Second), BGPPassword)
+`, RouterIPv4, BFDInterval.Milliseconds(), BFDInterval.Milliseconds(), BFDMultiplier, BGPASN, int(BGPHoldTime/time.Second), BGPPassword)
 	for _, n := range c.NodeList() {
 		fmt.Fprintf(&b, "protocol bgp node_%s_4 from nodes { local %s; neighbor %s as %d; ipv4 { import all; export none; }; }\n",
 			n.Letter, RouterIPv4, n.IPv4, BGPASN)

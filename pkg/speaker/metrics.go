@@ -14,10 +14,17 @@ type speakerMetrics struct {
 	// reason; dataplaneErrors the data plane's failed applies.
 	unannounced     *prometheus.GaugeVec
 	dataplaneErrors prometheus.Counter
+	// bfdDowns counts BFD sessions that went Down from Up, by peer: each
+	// closed the BGP session with it.
+	bfdDowns *prometheus.CounterVec
 }
 
 func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
 	m := &speakerMetrics{
+		bfdDowns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ironlb_bfd_session_down_total",
+			Help: "BFD sessions that went Down after being Up, by peer; each closed the BGP session with the peer.",
+		}, []string{"peer"}),
 		announced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ironlb_announced_ips",
 			Help: "IPs this node announces, by protocol.",
@@ -43,6 +50,6 @@ func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
 		Name: "ironlb_dataplane_apply_errors_total",
 		Help: "Times the data plane could not be programmed (it forwards with its previous state).",
 	})
-	reg.MustRegister(m.announced, m.members, m.ownerChanges, m.unserved, m.unannounced, m.dataplaneErrors)
+	reg.MustRegister(m.announced, m.members, m.ownerChanges, m.unserved, m.unannounced, m.dataplaneErrors, m.bfdDowns)
 	return m
 }

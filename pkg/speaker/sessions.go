@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bfd"
 	"github.com/ironlb/ironlb/pkg/bgp"
 )
 
@@ -21,6 +22,7 @@ import (
 type session struct {
 	peer     string
 	state    string
+	bfd      string
 	since    time.Time
 	prefixes int
 	message  string
@@ -38,7 +40,8 @@ const notEstablishedAfter = 10 * time.Second
 
 // sessionsOf joins the configured peers, the ones that could not be
 // configured and the router's view of each session.
-func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]bgp.State, exported map[string]int) []session {
+func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]bgp.State, exported map[string]int,
+	bfds map[string]bfd.Status, held map[string]string) []session {
 	var out []session
 	for _, p := range peers {
 		st := states[p.Name]
@@ -47,7 +50,16 @@ func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]
 			name = "Idle"
 		}
 		s := session{peer: p.Name, state: name, since: st.Since, prefixes: exported[p.Name]}
-		if name != "Established" {
+		b, hasBFD := bfds[p.Name]
+		if hasBFD {
+			s.bfd = b.State.String()
+		}
+		switch {
+		case held[p.Name] != "":
+			s.message = fmt.Sprintf("closed by this node: %s (it opens again once BFD is Up)", held[p.Name])
+		case hasBFD && b.State != bfd.Up && (name == "Established" || b.Err != ""):
+			s.message = b.String()
+		case name != "Established":
 			s.message = fmt.Sprintf("not established with %s (AS %d, ours AS %d)", p.Address, p.ASN, p.MyASN)
 			if !st.Since.IsZero() && time.Since(st.Since) > notEstablishedAfter {
 				if p.Password != "" {
@@ -95,6 +107,9 @@ func (w *writer) writeSessions(ctx context.Context) error {
 		}
 		if s.message != "" {
 			entry["message"] = s.message
+		}
+		if s.bfd != "" {
+			entry["bfd"] = s.bfd
 		}
 		if err := w.applyStatus(ctx, s.peer, []any{entry}); err != nil {
 			if !apierrors.IsNotFound(err) {

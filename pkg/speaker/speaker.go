@@ -35,6 +35,7 @@ import (
 
 	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bfd"
 	"github.com/ironlb/ironlb/pkg/bgp"
 	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/layer2"
@@ -125,6 +126,8 @@ type Speaker struct {
 	dump atomic.Pointer[dataplane.Dataplane]
 	// bgp is the embedded BGP router; it starts with the first peer.
 	bgp *bgp.Server
+	// bfd runs the BFD sessions of the peers that ask for BFD.
+	bfd *bfd.Runner
 	// secretRefs are the "namespace/name" of the Secrets the BGPPeers
 	// read their passwords from: a change to one of them is a change of
 	// configuration.
@@ -337,6 +340,13 @@ func (s *Speaker) run(ctx context.Context) error {
 		return fmt.Errorf("BGP metrics: %w", err)
 	}
 	defer metrics.Registry.Unregister(s.bgp)
+	s.bfd = bfd.NewRunner(s.log.WithName("bfd"), s.bfdChanged)
+	defer s.bfd.Close()
+	bfdMetrics := bfdCollector{r: s.bfd}
+	if err := metrics.Registry.Register(bfdMetrics); err != nil {
+		return fmt.Errorf("BFD metrics: %w", err)
+	}
+	defer metrics.Registry.Unregister(bfdMetrics)
 	known := s.peers(ctx)
 	m, err := startMembers(s.log.WithName("members"), s.opts.NodeName, advertise, known, s.opts.Members, s.poke)
 	if err != nil {

@@ -3,6 +3,7 @@ package speaker
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -133,6 +134,9 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	peers, peerProblems := s.bgpPeers(ctx, w)
 	bgpErr := s.bgp.Apply(ctx, peers, routes)
+	bfdWant, bfdStatus := bfdPeers(w, peers)
+	s.bfd.Set(bfdWant)
+	maps.Copy(bfdStatus, s.bfd.Statuses())
 	s.metrics.announced.WithLabelValues("BGP").Set(float64(len(routes)))
 	err := s.l2.Set(want)
 	if s.members.joined.Swap(false) {
@@ -175,7 +179,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	s.writer.publish(mine, owned, w.alive)
 	s.writer.publishProblems(problems)
-	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported()))
+	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported(), bfdStatus, s.bgp.Held()))
 	if dpErr != nil {
 		s.metrics.dataplaneErrors.Inc()
 	}
