@@ -249,7 +249,7 @@ func TestBGPSpeakerDeath(t *testing.T) {
 	// The speaker has exited: its routes must already be gone (BIRD
 	// processes the withdrawal within milliseconds of receiving it).
 	waitBirdNodes(t, pfx, 2*time.Second, "node-a", "node-c")
-	t.Logf("SIGTERM of node-b's speaker: its route gone from BIRD %s after the signal", time.Since(start).Round(time.Millisecond))
+	t.Logf("SIGTERM of node-b's speaker: its route gone from BIRD once the process had exited, %s after the signal (ironlb-lab bench bgp times the route alone)", time.Since(start).Round(time.Millisecond))
 	checkEchoes(t, conns, "node-b left the ECMP set (SIGTERM)")
 
 	if err := cfg.StartSpeaker(node); err != nil {
@@ -375,6 +375,18 @@ func TestBGPLinkCut(t *testing.T) {
 		}
 		return fmt.Errorf("BIRD has no BFD session with %s:\n%s", victim.IPv4, out)
 	})
+	out, errOut, code := ironlbctl(t, "", "status")
+	for _, name := range []string{lab.BGPPeerV4, lab.BGPPeerV6} {
+		n := 0
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 7 && f[0] == name && f[3] == "Established" && f[6] == "Up" {
+				n++
+			}
+		}
+		if n != cfg.Nodes {
+			t.Errorf("ironlbctl status (exit %d) shows BFD Up for %s on %d nodes, want %d:\n%s%s", code, name, n, cfg.Nodes, out, errOut)
+		}
+	}
 
 	withBFD, restore := cutUntilWithdrawn(t, victim, pfx, lab.BGPHoldTime+3*time.Second, "node-b", "node-c")
 	out, err := cfg.Birdc(t.Context(), "show", "protocols", "all", proto)

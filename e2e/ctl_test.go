@@ -99,8 +99,13 @@ func TestConvertMetalLB(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("convert exited %d: %s", code, errOut)
 	}
-	if !strings.Contains(errOut, "note: BGPPeer peer-a: bfdProfile is not supported") {
-		t.Errorf("the report lacks the BFD profile:\n%s", errOut)
+	// MetalLB's BFDProfile is inlined into the peer (and admitted below),
+	// what has no counterpart reported.
+	if !strings.Contains(errOut, "note: BGPPeer peer-a: BFDProfile fast's echoMode is not supported") {
+		t.Errorf("the report lacks the BFD profile's echo mode:\n%s", errOut)
+	}
+	if !strings.Contains(out, "detectMultiplier: 5") {
+		t.Errorf("the BFD profile was not inlined:\n%s", out)
 	}
 	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
 	n := 0

@@ -12,6 +12,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -85,6 +86,13 @@ func MetalLB(in io.Reader) (*Result, error) {
 			}
 		}
 	}
+	// BFD profiles too: peers name them, and ironlb inlines them.
+	bfd := map[string]*unstructured.Unstructured{}
+	for _, u := range docs {
+		if isMetalLB(u) && u.GetKind() == "BFDProfile" {
+			bfd[u.GetName()] = u
+		}
+	}
 	for _, u := range docs {
 		switch {
 		case isMetalLB(u):
@@ -96,9 +104,9 @@ func MetalLB(in io.Reader) (*Result, error) {
 			case "BGPAdvertisement":
 				res.Objects = append(res.Objects, bgpAdv(u, aliases, res))
 			case "BGPPeer":
-				res.Objects = append(res.Objects, peer(u, res)...)
-			case "Community":
-				// Resolved into the advertisements.
+				res.Objects = append(res.Objects, peer(u, bfd, res)...)
+			case "Community", "BFDProfile":
+				// Resolved into the advertisements and the peers.
 			default:
 				res.note("%s %s: MetalLB kind without an ironlb counterpart; skipped", u.GetKind(), u.GetName())
 			}
@@ -230,7 +238,7 @@ func bgpAdv(u *unstructured.Unstructured, aliases map[string]string, res *Result
 var wellKnown = []string{"no-export", "no-advertise", "no-export-subconfed", "no-peer", "blackhole",
 	"graceful-shutdown", "accept-own", "llgr-stale", "no-llgr"}
 
-func peer(u *unstructured.Unstructured, res *Result) []client.Object {
+func peer(u *unstructured.Unstructured, profiles map[string]*unstructured.Unstructured, res *Result) []client.Object {
 	p := &ironlbv1alpha1.BGPPeer{TypeMeta: typeMeta("BGPPeer"), ObjectMeta: meta(u.GetName())}
 	s := &p.Spec
 	s.PeerAddress, _, _ = unstructured.NestedString(u.Object, "spec", "peerAddress")
@@ -275,11 +283,49 @@ func peer(u *unstructured.Unstructured, res *Result) []client.Object {
 			res.note("BGPPeer %s: copy the Secret %s/%s to %s (the speaker reads Secrets in its own namespace only)", u.GetName(), ns, name, Namespace)
 		}
 	}
+	if name, ok, _ := unstructured.NestedString(u.Object, "spec", "bfdProfile"); ok && name != "" {
+		if prof := profiles[name]; prof != nil {
+			s.BFD = bfdSpec(prof, u.GetName(), s.EBGPMultiHop, res)
+		} else {
+			res.note("BGPPeer %s: its BFDProfile %s is not in the input; the peer runs without BFD", u.GetName(), name)
+		}
+	}
 	spec, _ := u.Object["spec"].(map[string]any)
-	for _, f := range []string{"bfdProfile", "vrf", "routerID", "connectTime", "enableGracefulRestart", "disableMP", "dynamicASN", "interface"} {
+	for _, f := range []string{"vrf", "routerID", "connectTime", "enableGracefulRestart", "disableMP", "dynamicASN", "interface"} {
 		if v, ok := spec[f]; ok && v != nil && v != false && v != "" {
 			res.note("BGPPeer %s: %s is not supported by ironlb; left out", u.GetName(), f)
 		}
+	}
+	return out
+}
+
+// bfdSpec inlines a MetalLB BFDProfile (intervals in milliseconds) into a
+// peer's spec.bfd.
+func bfdSpec(prof *unstructured.Unstructured, peer string, multihop bool, res *Result) *ironlbv1alpha1.BFDSpec {
+	out := &ironlbv1alpha1.BFDSpec{}
+	ms := func(field string) *metav1.Duration {
+		v, ok, _ := num(prof, "spec", field)
+		if !ok {
+			return nil
+		}
+		return &metav1.Duration{Duration: time.Duration(v) * time.Millisecond}
+	}
+	out.ReceiveInterval, out.TransmitInterval = ms("receiveInterval"), ms("transmitInterval")
+	if v, ok, _ := num(prof, "spec", "detectMultiplier"); ok {
+		out.DetectMultiplier = int32(min(max(v, 0), 255))
+	}
+	if v, ok, _ := num(prof, "spec", "minimumTtl"); ok {
+		if multihop {
+			out.MinimumTTL = new(int32(min(max(v, 1), 254)))
+		} else {
+			res.note("BGPPeer %s: BFDProfile %s's minimumTtl applies to multihop sessions only (a single-hop session requires TTL 255); left out", peer, prof.GetName())
+		}
+	}
+	if v, _, _ := unstructured.NestedBool(prof.Object, "spec", "echoMode"); v {
+		res.note("BGPPeer %s: BFDProfile %s's echoMode is not supported (ironlb runs BFD in asynchronous mode); left out", peer, prof.GetName())
+	}
+	if v, _, _ := unstructured.NestedBool(prof.Object, "spec", "passiveMode"); v {
+		res.note("BGPPeer %s: BFDProfile %s's passiveMode is not supported (ironlb's speakers always send first); left out", peer, prof.GetName())
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -57,6 +58,11 @@ func TestMetalLB(t *testing.T) {
 		a.Spec.PasswordSecretRef.Name != "peer-a-bgp-password" || a.Spec.NodeSelector.MatchLabels["rack"] != "frontend" {
 		t.Errorf("peer-a: %+v", a.Spec)
 	}
+	// MetalLB's BFDProfile "fast", inlined; echo mode reported below.
+	if f := a.Spec.BFD; f == nil || f.ReceiveInterval.Duration != 300*time.Millisecond || f.TransmitInterval.Duration != 200*time.Millisecond ||
+		f.DetectMultiplier != 5 || f.MinimumTTL == nil || *f.MinimumTTL != 250 {
+		t.Errorf("peer-a's BFD: %+v", a.Spec.BFD)
+	}
 	sec := byName["Secret/peer-a-bgp-password"].(*corev1.Secret)
 	if sec.Namespace != Namespace || sec.StringData["password"] != "s3cr3t" {
 		t.Errorf("peer-a's Secret: %+v", sec)
@@ -82,10 +88,9 @@ func TestMetalLB(t *testing.T) {
 	for _, want := range []string{
 		"L2Advertisement example: 2 nodeSelectors",
 		`community "NO_ADVERTISE"`,
-		"BGPPeer peer-a: bfdProfile is not supported",
+		"BFDProfile fast's echoMode is not supported",
 		"BGPPeer peer-a: its password was inline",
 		"copy the Secret metallb-system/peer-b-md5 to ironlb-system",
-		"BFDProfile fast: MetalLB kind without an ironlb counterpart",
 		"ip-allocated-from-pool has no ironlb counterpart",
 	} {
 		if !strings.Contains(report, want) {

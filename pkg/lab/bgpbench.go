@@ -11,7 +11,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/config"
 )
 
@@ -140,17 +143,26 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 			return nil, err
 		}
 		node := c.NodeList()[i%c.Nodes]
+		// BIRD is polled while the speaker shuts down: the route must go
+		// before the process has finished exiting.
 		t1 := time.Now()
-		if err := c.Stop(SpeakerName(node), 10*time.Second); err != nil {
-			return nil, err
-		}
+		stopped := make(chan error, 1)
+		var exited time.Duration
+		go func() {
+			err := c.Stop(SpeakerName(node), 10*time.Second)
+			exited = time.Since(t1)
+			stopped <- err
+		}()
 		at, err = c.pollBird(ctx, pfx, 10*time.Second, func(m map[string]bool) bool { return !m[node.Name] })
+		if serr := <-stopped; serr != nil {
+			return nil, serr
+		}
 		if err != nil {
 			return nil, err
 		}
 		gone = append(gone, at.Sub(t1))
-		_, _ = fmt.Fprintf(log, "run %2d: route of a new Service in BIRD after %s; SIGTERM of %s's speaker, its route gone after %s\n",
-			i+1, appear[i].Round(time.Millisecond), node.Name, gone[i].Round(time.Millisecond))
+		_, _ = fmt.Fprintf(log, "run %2d: route of a new Service in BIRD after %s; SIGTERM of %s's speaker, its route gone after %s (the process exited after %s)\n",
+			i+1, appear[i].Round(time.Millisecond), node.Name, gone[i].Round(time.Millisecond), exited.Round(time.Millisecond))
 		if err := c.StartSpeaker(node); err != nil {
 			return nil, err
 		}
@@ -165,4 +177,122 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 		}
 	}
 	return []BGPResult{summarise("new Service -> route in BIRD", appear), summarise("SIGTERM -> route gone from BIRD", gone)}, nil
+}
+
+// SetBFD gives the lab's BGPPeers BFD with the lab router's timers, or
+// takes it away (on false).
+func (c Config) SetBFD(ctx context.Context, cl client.Client, on bool) error {
+	var spec *ironlbv1alpha1.BFDSpec
+	if on {
+		d := &metav1.Duration{Duration: BFDInterval}
+		spec = &ironlbv1alpha1.BFDSpec{ReceiveInterval: d, TransmitInterval: d, DetectMultiplier: BFDMultiplier}
+	}
+	for _, name := range []string{BGPPeerV4, BGPPeerV6} {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			var p ironlbv1alpha1.BGPPeer
+			if err := cl.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+				return err
+			}
+			p.Spec.BFD = spec.DeepCopy()
+			return cl.Update(ctx, &p)
+		})
+		if err != nil {
+			return fmt.Errorf("BGPPeer %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// waitBirdBFD waits until BIRD has a BFD session Up with every node's
+// IPv4 and IPv6 address.
+func (c Config) waitBirdBFD(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		out, err := c.Birdc(ctx, "show", "bfd", "sessions")
+		up := 0
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[2] == "Up" {
+				up++
+			}
+		}
+		if err == nil && up == 2*c.Nodes {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("BIRD's BFD sessions not all Up after %s:\n%s", limit, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// BenchLinkCut measures, runs times each, from cutting a node's link to
+// its route gone from BIRD: first with BGP alone (the router's hold time,
+// 3 s), then with BFD (100 ms x 3) on the lab's BGPPeers, in the same run.
+// It leaves the peers without BFD.
+func (c Config) BenchLinkCut(ctx context.Context, runs int, log io.Writer) ([]BGPResult, error) {
+	cl, err := c.Client()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.WaitBirdSessions(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	ip := netip.MustParsePrefix(BGPPoolIPv4).Addr()
+	for range 99 {
+		ip = ip.Next()
+	}
+	pfx := netip.PrefixFrom(ip, 32).String()
+	const name = "bgp-bench-link"
+	err = c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
+		s.Annotations = map[string]string{config.AnnotationPool: BGPPool, config.AnnotationIPs: ip.String()}
+		s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
+		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		_ = cl.Delete(context.WithoutCancel(ctx), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
+		_ = c.SetBFD(context.WithoutCancel(ctx), cl, false)
+	}()
+	var out []BGPResult
+	for _, bfd := range []bool{false, true} {
+		if err := c.SetBFD(ctx, cl, bfd); err != nil {
+			return nil, err
+		}
+		what := "link cut -> route gone from BIRD, hold time " + BGPHoldTime.String()
+		if bfd {
+			what = fmt.Sprintf("link cut -> route gone from BIRD, BFD %s x %d", BFDInterval, BFDMultiplier)
+		}
+		var took []time.Duration
+		for i := range runs {
+			if _, err := c.pollBird(ctx, pfx, 30*time.Second, func(m map[string]bool) bool { return len(m) == c.Nodes }); err != nil {
+				return nil, err
+			}
+			if bfd {
+				if err := c.waitBirdBFD(ctx, 30*time.Second); err != nil {
+					return nil, err
+				}
+			}
+			node := c.NodeList()[i%c.Nodes]
+			t0 := time.Now()
+			if err := c.CutLink(ctx, node); err != nil {
+				return nil, err
+			}
+			at, err := c.pollBird(ctx, pfx, BGPHoldTime+5*time.Second, func(m map[string]bool) bool { return !m[node.Name] })
+			if rerr := c.RestoreLink(context.WithoutCancel(ctx), node); rerr != nil {
+				return nil, rerr
+			}
+			if err != nil {
+				return nil, err
+			}
+			took = append(took, at.Sub(t0))
+			_, _ = fmt.Fprintf(log, "%s, run %d: %s's route gone after %s\n", what, i+1, node.Name, took[i].Round(time.Millisecond))
+			if err := c.WaitBirdSessions(ctx, 30*time.Second); err != nil {
+				return nil, fmt.Errorf("after %s's link came back: %w", node.Name, err)
+			}
+		}
+		out = append(out, summarise(what, took))
+	}
+	return out, nil
 }
