@@ -11,6 +11,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -55,11 +56,19 @@ func startFarRouter(t *testing.T) (birdc func(args ...string) (string, error)) {
 router id %s;
 protocol device {}
 protocol static { ipv4; route 0.0.0.0/0 via %s; }
+protocol bfd {
+	multihop {
+		min rx interval 100 ms;
+		min tx interval 100 ms;
+		multiplier 3;
+	};
+}
 protocol bgp far {
 	local %s as %d;
 	neighbor %s as %d;
 	multihop 2;
 	passive on;
+	bfd on;
 	hold time 3;
 	error wait time 1, 5;
 	ipv4 { import all; export none; gateway recursive; };
@@ -88,7 +97,8 @@ protocol bgp far {
 // speaker's packets leave with a TTL of 1 and die at lab-router, and no
 // session comes up in eight seconds; with it the session is Established
 // and the router learns the Service's route, from AS 64512 with node-a as
-// next hop.
+// next hop. Multihop BFD (RFC 5883, UDP 4784, one router between: TTL 254
+// on arrival) then comes Up on both sides.
 func TestBGPMultihop(t *testing.T) {
 	ctx := t.Context()
 	birdc := startFarRouter(t)
@@ -163,5 +173,65 @@ func TestBGPMultihop(t *testing.T) {
 			}
 		}
 		return fmt.Errorf("BGPPeer far status: %+v", peer.Status.Nodes)
+	})
+
+	// BFD with minimumTTL 254, what FRR and MetalLB expect: BIRD sends
+	// multihop BFD with the system's default TTL, so its packets arrive
+	// below 254, are dropped, and the status says why.
+	d := &metav1.Duration{Duration: lab.BFDInterval}
+	setBFD := func(minTTL int32) {
+		t.Helper()
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := cl.Get(ctx, client.ObjectKeyFromObject(peer), peer); err != nil {
+				return err
+			}
+			peer.Spec.BFD = &ironlbv1alpha1.BFDSpec{ReceiveInterval: d, TransmitInterval: d, DetectMultiplier: 3, MinimumTTL: new(minTTL)}
+			return cl.Update(ctx, peer)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodeStatus := func() (ironlbv1alpha1.BGPSessionStatus, error) {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(peer), peer); err != nil {
+			return ironlbv1alpha1.BGPSessionStatus{}, err
+		}
+		for _, s := range peer.Status.Nodes {
+			if s.Node == node.Name {
+				return s, nil
+			}
+		}
+		return ironlbv1alpha1.BGPSessionStatus{}, fmt.Errorf("BGPPeer far has no status from %s: %+v", node.Name, peer.Status.Nodes)
+	}
+	setBFD(254)
+	eventually(t, 20*time.Second, func() error {
+		s, err := nodeStatus()
+		if err != nil {
+			return err
+		}
+		if s.BFD == "Up" || !strings.Contains(s.Message, "arrive with TTL") || !strings.Contains(s.Message, "below the 254") {
+			return fmt.Errorf("BGPPeer far on %s: BFD %q, message %q; want BFD not Up and the TTL named", node.Name, s.BFD, s.Message)
+		}
+		t.Logf("minimumTTL 254: %s", s.Message)
+		return nil
+	})
+	// With a minimum TTL BIRD's packets meet, BFD comes Up on both sides.
+	setBFD(32)
+	eventually(t, 20*time.Second, func() error {
+		out, err := birdc("show", "bfd", "sessions")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, node.IPv4.String()) || !strings.Contains(out, " Up ") {
+			return fmt.Errorf("the far router's BFD session with %s is not Up:\n%s", node.IPv4, out)
+		}
+		s, err := nodeStatus()
+		if err != nil {
+			return err
+		}
+		if s.BFD != "Up" || s.State != "Established" {
+			return fmt.Errorf("BGPPeer far on %s: %+v", node.Name, s)
+		}
+		return nil
 	})
 }

@@ -20,10 +20,6 @@ const (
 	PortMultihop  = 4784
 )
 
-// ErrTTL is a packet that did not arrive with the TTL (hop limit) the
-// session requires: 255 for a single-hop session (RFC 5881 section 5,
-// GTSM), which no router in between can forge.
-var ErrTTL = errors.New("bfd: packet dropped: wrong TTL")
 
 // Conn receives control packets on a node address and sends them from a
 // source port in 49152-65535, with a TTL of 255.
@@ -130,7 +126,7 @@ func (c *Conn) Read() (Packet, netip.Addr, error) {
 		}
 	}
 	if ttl < c.minTTL {
-		return Packet{}, src, ErrTTL
+		return Packet{}, src, &TTLError{TTL: ttl, Min: c.minTTL}
 	}
 	p, err := Parse(buf[:n])
 	return p, src, err

@@ -72,6 +72,22 @@ func (d Diag) String() string {
 	return fmt.Sprintf("Diag(%d)", uint8(d))
 }
 
+// ErrTTL is a packet that did not arrive with the TTL (hop limit) the
+// session requires: 255 for a single-hop session (RFC 5881 section 5,
+// GTSM), which no router in between can forge.
+var ErrTTL = errors.New("bfd: packet dropped: wrong TTL")
+
+// TTLError is a packet dropped for its TTL: it is ErrTTL, and tells the
+// TTL it came with and the least accepted.
+type TTLError struct{ TTL, Min int }
+
+func (e *TTLError) Error() string {
+	return fmt.Sprintf("bfd: packet dropped: TTL %d, want at least %d", e.TTL, e.Min)
+}
+
+// Is makes a TTLError ErrTTL.
+func (e *TTLError) Is(target error) bool { return target == ErrTTL }
+
 // Packet is a BFD control packet without an authentication section.
 // Intervals are in microseconds, as on the wire.
 type Packet struct {

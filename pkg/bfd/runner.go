@@ -45,6 +45,11 @@ type Status struct {
 	Since           time.Time
 	// Err says why the session cannot run (its socket could not open).
 	Err string
+	// BadTTL is the TTL of the peer's last packet dropped for its TTL
+	// (below MinTTL) since the session was last Up, and MinTTL what the
+	// session requires: a multihop peer further away than minimumTTL
+	// allows, or a router that sends with a lower TTL.
+	BadTTL, MinTTL int
 }
 
 // Drop reasons for packets a Runner refused.
@@ -268,9 +273,10 @@ func (r *Runner) kick() {
 func (r *Runner) read(k connKey, c packetConn) {
 	for {
 		p, from, err := c.Read()
+		var te *TTLError
 		switch {
-		case errors.Is(err, ErrTTL):
-			r.count(DropTTL)
+		case errors.As(err, &te):
+			r.badTTL(k, from, te)
 		case err != nil && isParseError(err):
 			r.count(DropInvalid)
 		case err != nil:
@@ -288,6 +294,19 @@ func isParseError(err error) bool {
 		}
 	}
 	return false
+}
+
+// badTTL counts a packet dropped for its TTL and, when it came from a
+// session's peer, notes the TTL for the session's status.
+func (r *Runner) badTTL(k connKey, from netip.Addr, te *TTLError) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.drops[DropTTL]++
+	for _, e := range r.sessions {
+		if e.key == k && e.peer.Addr == from && e.status.State != Up {
+			e.status.BadTTL, e.status.MinTTL = te.TTL, te.Min
+		}
+	}
 }
 
 func (r *Runner) count(reason string) {
@@ -419,6 +438,8 @@ func (s Status) String() string {
 	switch {
 	case s.Err != "":
 		return fmt.Sprintf("BFD cannot run: %s", s.Err)
+	case s.State != Up && s.BadTTL > 0:
+		return fmt.Sprintf("BFD %s: the peer's packets arrive with TTL %d, below the %d this session requires (single hop: 255, multihop: minimumTTL)", s.State, s.BadTTL, s.MinTTL)
 	case s.State == Down && s.RemoteAdminDown:
 		return "BFD Down: the peer took the session down administratively"
 	case s.State == Down && s.Diag != DiagNone:
