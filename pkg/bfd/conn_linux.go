@@ -20,7 +20,6 @@ const (
 	PortMultihop  = 4784
 )
 
-
 // Conn receives control packets on a node address and sends them from a
 // source port in 49152-65535, with a TTL of 255.
 type Conn struct {
