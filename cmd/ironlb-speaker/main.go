@@ -52,6 +52,7 @@ func run() error {
 	fs.DurationVar(&opts.Members.KeyGrace, "memberlist-key-grace", opts.Members.KeyGrace, "how long a new key waits before it encrypts, and an old one is still accepted, while the speakers read a changed Secret")
 	fs.DurationVar(&opts.Layer2.Refresh, "l2-refresh", opts.Layer2.Refresh, "re-announce owned IPs unasked this often so switch tables do not age out; 0 disables")
 	fs.DurationVar(&opts.Resync, "resync", opts.Resync, "recompute all announcements this often even without changes")
+	fs.DurationVar(&opts.BGPGracefulShutdown, "bgp-graceful-shutdown", opts.BGPGracefulShutdown, "how long a drained or uninstalled node advertises its routes with the GRACEFUL_SHUTDOWN community before it withdraws them (0: withdraw at once)")
 	bpffs := fs.String("bpffs", "/sys/fs/bpf", "a bpffs mount; the data plane pins its maps and links in its ironlb directory")
 	ifaces := fs.String("interfaces", "", "comma-separated interfaces that get the data plane (XDP and TC egress); empty means the one holding the node's InternalIP")
 	fs.StringVar(&opts.XDP.XDPMode, "xdp-mode", opts.XDP.XDPMode, "native, generic, or auto (native where the driver supports it)")
@@ -93,28 +94,30 @@ func run() error {
 	}
 	cfg.QPS, cfg.Burst = 50, 100
 	cfg.UserAgent = "ironlb-speaker"
-	s, err := speaker.New(cfg, opts)
-	if err != nil {
-		return err
-	}
 	// The uninstall watch outlives the speaker's own context: it must
 	// still answer after SIGTERM.
 	wctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	var w *uninstall.Watch
-	if *daemonset != "" && opts.Dataplane != "kernel" {
+	if *daemonset != "" {
 		cs, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
 			return err
 		}
 		w = uninstall.Start(wctx, cs, opts.Namespace, uninstall.DaemonSet, *daemonset)
+		// A restart or an upgrade leaves the routes to graceful restart
+		// and the data plane forwarding for the next speaker; an
+		// uninstall leaves nothing. The deletion that sent SIGTERM may
+		// still be on its way: give it a moment.
+		opts.Uninstalling = func() bool { return w.Settle(500 * time.Millisecond) }
+	}
+	s, err := speaker.New(cfg, opts)
+	if err != nil {
+		return err
 	}
 	ctx := ctrl.SetupSignalHandler()
 	err = s.Start(ctx)
-	// A restart or an upgrade leaves the data plane forwarding for the
-	// next speaker; an uninstall leaves nothing. The deletion that sent
-	// SIGTERM may still be on its way: give it a moment.
-	if ctx.Err() != nil && w != nil && w.Settle(500*time.Millisecond) {
+	if ctx.Err() != nil && w != nil && opts.Dataplane != "kernel" && w.Uninstalling() {
 		ctrl.Log.WithName("uninstall").Info("the install is being removed: detaching the data plane and removing its pins", "pins", opts.XDP.PinDir)
 		if cerr := dataplane.Cleanup(opts.XDP.PinDir); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("uninstall: %w", cerr))

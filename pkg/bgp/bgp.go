@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -48,6 +49,9 @@ type Peer struct {
 	Password string
 	// EBGPMultiHop lets an eBGP peer be more than one hop away.
 	EBGPMultiHop bool
+	// GracefulRestart is the restart time offered to the peer (RFC
+	// 4724); zero means no graceful restart.
+	GracefulRestart time.Duration
 }
 
 // Route is a prefix advertised to some peers.
@@ -90,7 +94,11 @@ type Server struct {
 	byAddr  map[string]string       // peer address -> name
 	counts  map[string]int          // peer name -> routes exported to it
 	held    map[string]string       // peer name -> why its session is held closed
-	stopped chan struct{}
+	gr      map[string]string       // peer name -> graceful restart on its session
+	// The last Apply's peers and routes, for GracefulShutdown.
+	lastPeers  []Peer
+	lastRoutes []Route
+	stopped    chan struct{}
 }
 
 // New returns a router with the given router ID (an IPv4 address); it
@@ -100,7 +108,7 @@ func New(log logr.Logger, routerID netip.Addr, onChange func()) *Server {
 	return &Server{
 		log: log, routerID: routerID, onChange: onChange,
 		peers: map[string]Peer{}, paths: map[netip.Prefix][]byte{}, states: map[string]State{},
-		byAddr: map[string]string{}, counts: map[string]int{}, held: map[string]string{},
+		byAddr: map[string]string{}, counts: map[string]int{}, held: map[string]string{}, gr: map[string]string{},
 	}
 }
 
@@ -148,6 +156,16 @@ func (b *Server) setState(addr string, st api.PeerState_SessionState) {
 	}
 	b.mu.Unlock()
 	if changed {
+		// Outside the event callback: ListPeer goes through the same
+		// server loop that delivers the events.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			b.refreshGR(ctx)
+			if b.onChange != nil {
+				b.onChange()
+			}
+		}()
 		b.log.Info("session", "peer", peer, "address", addr, "state", name)
 		if b.onChange != nil {
 			b.onChange()
@@ -204,6 +222,7 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		}
 	}
 	var errs []error
+	b.lastPeers, b.lastRoutes = peers, routes
 	want := map[string]Peer{}
 	for _, p := range peers {
 		want[p.Name] = p
@@ -244,26 +263,6 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		b.policy = fp
 	}
 
-	for _, p := range peers {
-		if _, ok := b.peers[p.Name]; ok {
-			continue
-		}
-		if err := b.s.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
-			errs = append(errs, fmt.Errorf("open session to %s: %w", p.Name, err))
-			continue
-		}
-		b.peers[p.Name] = p
-		b.byAddr[p.Address.String()] = p.Name
-		if why, ok := b.held[p.Name]; ok {
-			if err := b.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.Address.String(), Communication: why}); err != nil {
-				errs = append(errs, fmt.Errorf("hold session to %s closed: %w", p.Name, err))
-			}
-		}
-		if _, ok := b.states[p.Name]; !ok {
-			b.states[p.Name] = State{State: "idle", Since: time.Now()}
-		}
-	}
-
 	wantPaths := map[netip.Prefix]bool{}
 	counts := map[string]int{}
 	for _, r := range routes {
@@ -293,6 +292,29 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		}
 		b.paths[pfx] = res.Uuid
 	}
+	// New sessions after the routes: a session's first UPDATEs, and with
+	// graceful restart its End-of-RIB, must carry every route, or the
+	// router would drop a stale route that is about to come back.
+	for _, p := range peers {
+		if _, ok := b.peers[p.Name]; ok {
+			continue
+		}
+		if err := b.s.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+			errs = append(errs, fmt.Errorf("open session to %s: %w", p.Name, err))
+			continue
+		}
+		b.peers[p.Name] = p
+		b.byAddr[p.Address.String()] = p.Name
+		if why, ok := b.held[p.Name]; ok {
+			if err := b.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.Address.String(), Communication: why}); err != nil {
+				errs = append(errs, fmt.Errorf("hold session to %s closed: %w", p.Name, err))
+			}
+		}
+		if _, ok := b.states[p.Name]; !ok {
+			b.states[p.Name] = State{State: "idle", Since: time.Now()}
+		}
+	}
+
 	// Routes already sent go through the new policy again.
 	if policyChanged && len(b.peers) > 0 {
 		for _, p := range b.peers {
@@ -372,6 +394,117 @@ func (b *Server) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// GracefulShutdownCommunity is GRACEFUL_SHUTDOWN (RFC 8326): routers
+// that honour it prefer other paths at once.
+const GracefulShutdownCommunity = "65535:0"
+
+// GracefulShutdown withdraws for good, gently (RFC 8326): the routes are
+// sent again with the GRACEFUL_SHUTDOWN community, so that the routers
+// move traffic to the other nodes while this one still forwards; after
+// wait they are withdrawn and the sessions closed (Stop). With nothing
+// advertised to an Established peer, or no wait, it is Stop.
+func (b *Server) GracefulShutdown(ctx context.Context, wait time.Duration) error {
+	b.mu.Lock()
+	up := false
+	for name := range b.peers {
+		up = up || b.states[name].State == Established
+	}
+	peers, routes := b.lastPeers, b.lastRoutes
+	b.mu.Unlock()
+	if wait <= 0 || !up || len(routes) == 0 {
+		return b.Stop(ctx)
+	}
+	marked := make([]Route, len(routes))
+	for i, r := range routes {
+		r.Communities = append(slices.Clone(r.Communities), GracefulShutdownCommunity)
+		marked[i] = r
+	}
+	err := b.Apply(ctx, peers, marked)
+	select {
+	case <-time.After(wait):
+	case <-ctx.Done():
+	}
+	return errors.Join(err, b.Stop(ctx))
+}
+
+// Leave is Stop for a restart: sessions with graceful restart are left to
+// it (nothing is withdrawn from them; the process exits and the kernel
+// closes their connections without a NOTIFICATION, so the routers keep
+// the routes as stale until the next speaker refreshes them), the others
+// are closed with a Cease notification, which withdraws. It returns the
+// names of the peers left to graceful restart.
+func (b *Server) Leave(ctx context.Context) ([]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.started {
+		return nil, nil
+	}
+	var kept []string
+	var errs []error
+	for name, p := range b.peers {
+		if p.GracefulRestart > 0 && b.gr[name] == GRNegotiated {
+			kept = append(kept, name)
+			continue
+		}
+		if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+			errs = append(errs, fmt.Errorf("close session to %s: %w", name, err))
+		}
+	}
+	slices.Sort(kept)
+	close(b.stopped)
+	b.started = false
+	return kept, errors.Join(errs...)
+}
+
+// Graceful restart, as negotiated on a peer's current session.
+const (
+	GRNegotiated         = "Negotiated"
+	GRNotSupportedByPeer = "NotSupportedByPeer"
+)
+
+// GracefulRestart returns, for the peers that ask for graceful restart
+// and whose session is Established, whether the peer offered it too.
+func (b *Server) GracefulRestart() map[string]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return maps.Clone(b.gr)
+}
+
+// refreshGR records graceful restart as negotiated on the Established
+// sessions of the peers that ask for it.
+func (b *Server) refreshGR(ctx context.Context) {
+	b.mu.Lock()
+	s, started := b.s, b.started
+	want := map[string]string{}
+	for name, p := range b.peers {
+		if p.GracefulRestart > 0 {
+			want[p.Address.String()] = name
+		}
+	}
+	b.mu.Unlock()
+	gr := map[string]string{}
+	if started && len(want) > 0 {
+		_ = s.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+			if p.State == nil || p.State.SessionState != api.PeerState_ESTABLISHED {
+				return
+			}
+			name, ok := want[p.State.NeighborAddress]
+			if !ok {
+				return
+			}
+			gr[name] = GRNotSupportedByPeer
+			for _, c := range p.State.RemoteCap {
+				if c.MessageIs(&api.GracefulRestartCapability{}) {
+					gr[name] = GRNegotiated
+				}
+			}
+		})
+	}
+	b.mu.Lock()
+	b.gr = gr
+	b.mu.Unlock()
+}
+
 // Counters returns, per peer name, the UPDATE messages sent.
 func (b *Server) Counters(ctx context.Context) map[string]uint64 {
 	b.mu.Lock()
@@ -434,6 +567,23 @@ func apiPeer(p Peer) *api.Peer {
 	}
 	if p.EBGPMultiHop {
 		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
+	}
+	if p.GracefulRestart > 0 {
+		// Every session opens as a restarting speaker's would: the
+		// Restart State bit, and the Forwarding State bit for each
+		// family, which is true here, since the data plane (XDP, or
+		// kube-proxy) forwards whether the speaker runs or not. The
+		// router then keeps stale routes until this speaker's
+		// End-of-RIB. Deferral 0: the speaker imports nothing, so it
+		// sends its routes at once rather than wait for the router's.
+		out.GracefulRestart = &api.GracefulRestart{
+			Enabled:         true,
+			RestartTime:     uint32(min(max(p.GracefulRestart/time.Second, 1), 4095)),
+			LocalRestarting: true,
+		}
+		for _, f := range out.AfiSafis {
+			f.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+		}
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +100,71 @@ func (s *Speaker) bfdChanged(name string, st bfd.Status) {
 		s.log.Error(err, "BGP session after a BFD change", "peer", name, "bfd", st.String())
 	}
 	s.poke()
+}
+
+// leaveBGP hands the node's routes over on the way out. An uninstall
+// withdraws them for good: first with the GRACEFUL_SHUTDOWN community, so
+// that routers move traffic away, then for real. A restart (an upgrade,
+// a deleted pod) leaves the sessions with graceful restart to it: the
+// routers keep the routes while the next speaker starts, and the data
+// plane forwards meanwhile. Sessions without it are closed with a Cease,
+// which withdraws at once.
+func (s *Speaker) leaveBGP(ctx context.Context) {
+	if s.opts.Uninstalling != nil && s.opts.Uninstalling() {
+		s.log.Info("uninstalling: withdrawing the BGP routes, GRACEFUL_SHUTDOWN first", "wait", s.opts.BGPGracefulShutdown)
+		if err := s.bgp.GracefulShutdown(ctx, s.opts.BGPGracefulShutdown); err != nil {
+			s.log.Error(err, "withdraw BGP routes")
+		}
+		return
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	kept, err := s.bgp.Leave(stopCtx)
+	if err != nil {
+		s.log.Error(err, "close BGP sessions")
+	}
+	if len(kept) > 0 {
+		s.log.Info("left the routes to graceful restart: the routers keep them until the next speaker refreshes them", "peers", kept)
+	}
+}
+
+// drainRoutes withdraws gently from a node being drained, that is newly
+// labelled node.kubernetes.io/exclude-from-external-load-balancers: for
+// BGPGracefulShutdown it keeps advertising the routes it had, with the
+// GRACEFUL_SHUTDOWN community (RFC 8326), so that routers move the
+// traffic to other nodes while this one still forwards; then it
+// withdraws them. Otherwise it returns routes as they are.
+func (s *Speaker) drainRoutes(w world, routes []bgp.Route) []bgp.Route {
+	excluded := false
+	for i := range w.nodes {
+		if w.nodes[i].Name == s.opts.NodeName {
+			_, excluded = w.nodes[i].Labels[ExcludeLabel]
+		}
+	}
+	if !excluded {
+		s.drainUntil, s.draining = time.Time{}, nil
+		s.lastRoutes = routes
+		return routes
+	}
+	now := time.Now()
+	if s.drainUntil.IsZero() {
+		s.drainUntil = now.Add(s.opts.BGPGracefulShutdown)
+		s.draining = nil
+		for _, r := range s.lastRoutes {
+			r.Communities = append(slices.Clone(r.Communities), bgp.GracefulShutdownCommunity)
+			s.draining = append(s.draining, r)
+		}
+		s.lastRoutes = nil
+		if len(s.draining) > 0 && s.opts.BGPGracefulShutdown > 0 {
+			s.log.Info("node excluded from external load balancing: advertising its routes with GRACEFUL_SHUTDOWN before withdrawing them",
+				"routes", len(s.draining), "wait", s.opts.BGPGracefulShutdown)
+			time.AfterFunc(s.opts.BGPGracefulShutdown+10*time.Millisecond, s.poke)
+		}
+	}
+	if now.Before(s.drainUntil) {
+		return s.draining
+	}
+	return routes
 }
 
 // bfdCollector exports the BFD sessions' state and the packets refused.

@@ -23,6 +23,7 @@ type session struct {
 	peer     string
 	state    string
 	bfd      string
+	gr       string
 	since    time.Time
 	prefixes int
 	message  string
@@ -41,7 +42,7 @@ const notEstablishedAfter = 10 * time.Second
 // sessionsOf joins the configured peers, the ones that could not be
 // configured and the router's view of each session.
 func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]bgp.State, exported map[string]int,
-	bfds map[string]bfd.Status, held map[string]string) []session {
+	bfds map[string]bfd.Status, held map[string]string, gr map[string]string) []session {
 	var out []session
 	for _, p := range peers {
 		st := states[p.Name]
@@ -53,6 +54,9 @@ func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]
 		b, hasBFD := bfds[p.Name]
 		if hasBFD {
 			s.bfd = b.State.String()
+		}
+		if p.GracefulRestart > 0 && name == "Established" {
+			s.gr = gr[p.Name]
 		}
 		switch {
 		case held[p.Name] != "":
@@ -110,6 +114,9 @@ func (w *writer) writeSessions(ctx context.Context) error {
 		}
 		if s.bfd != "" {
 			entry["bfd"] = s.bfd
+		}
+		if s.gr != "" {
+			entry["gracefulRestart"] = s.gr
 		}
 		if err := w.applyStatus(ctx, s.peer, []any{entry}); err != nil {
 			if !apierrors.IsNotFound(err) {

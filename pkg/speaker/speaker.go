@@ -74,6 +74,13 @@ type Options struct {
 	XDP dataplane.Options
 	// Resync recomputes everything this often even without events.
 	Resync time.Duration
+	// BGPGracefulShutdown is how long a node that stops advertising for
+	// good (drained, or uninstalled) first advertises its routes with the
+	// GRACEFUL_SHUTDOWN community (RFC 8326) before it withdraws them.
+	BGPGracefulShutdown time.Duration
+	// Uninstalling tells, at exit, whether the install is being removed
+	// (nil: never); it may wait a moment for the news.
+	Uninstalling func() bool
 }
 
 // DefaultOptions returns the defaults of the flags.
@@ -88,6 +95,8 @@ func DefaultOptions() Options {
 		Layer2:      layer2.DefaultOptions(),
 		XDP:         dataplane.DefaultOptions(),
 		Resync:      10 * time.Second,
+
+		BGPGracefulShutdown: 5 * time.Second,
 	}
 }
 
@@ -128,6 +137,11 @@ type Speaker struct {
 	bgp *bgp.Server
 	// bfd runs the BFD sessions of the peers that ask for BFD.
 	bfd *bfd.Runner
+	// lastRoutes are the BGP routes of the last sync while the node was
+	// not excluded; draining the same with GRACEFUL_SHUTDOWN, advertised
+	// until drainUntil once the node is excluded (sync's goroutine only).
+	lastRoutes, draining []bgp.Route
+	drainUntil           time.Time
 	// secretRefs are the "namespace/name" of the Secrets the BGPPeers
 	// read their passwords from: a change to one of them is a change of
 	// configuration.
@@ -371,14 +385,9 @@ func (s *Speaker) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			s.serving.Store(false)
-			// Hand over: withdraw the routes (the routers move the
-			// flows to the other nodes at once), stop answering, then
-			// tell the others.
-			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			if err := s.bgp.Stop(stopCtx); err != nil {
-				s.log.Error(err, "withdraw BGP routes")
-			}
-			cancel()
+			// Hand over the routes, stop answering, then tell the
+			// others.
+			s.leaveBGP(context.WithoutCancel(ctx))
 			stopL2()
 			<-l2done
 			m.leave()

@@ -133,6 +133,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 		}
 	}
 	peers, peerProblems := s.bgpPeers(ctx, w)
+	routes = s.drainRoutes(w, routes)
 	bgpErr := s.bgp.Apply(ctx, peers, routes)
 	bfdWant, bfdStatus := bfdPeers(w, peers)
 	s.bfd.Set(bfdWant)
@@ -179,7 +180,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	s.writer.publish(mine, owned, w.alive)
 	s.writer.publishProblems(problems)
-	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported(), bfdStatus, s.bgp.Held()))
+	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported(), bfdStatus, s.bgp.Held(), s.bgp.GracefulRestart()))
 	if dpErr != nil {
 		s.metrics.dataplaneErrors.Inc()
 	}
@@ -341,6 +342,12 @@ func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.P
 	}
 	if p.Spec.KeepaliveTime != nil {
 		out.KeepaliveTime = p.Spec.KeepaliveTime.Duration
+	}
+	if gr := p.Spec.GracefulRestart; gr != nil {
+		out.GracefulRestart = 120 * time.Second
+		if gr.RestartTime != nil {
+			out.GracefulRestart = gr.RestartTime.Duration
+		}
 	}
 	if ref := p.Spec.PasswordSecretRef; ref != nil {
 		pw, err := s.password(ctx, ref)

@@ -71,6 +71,27 @@ type BGPPeerSpec struct {
 	// it closed until BFD is Up again. Absent means no BFD.
 	// +optional
 	BFD *BFDSpec `json:"bfd,omitempty"`
+	// GracefulRestart (RFC 4724) keeps this node's routes at the router
+	// while its speaker restarts (an upgrade, a crash): the router holds
+	// them as stale for up to restartTime, and the new speaker refreshes
+	// them. The data plane forwards on meanwhile. A node that is drained
+	// (labelled node.kubernetes.io/exclude-from-external-load-balancers)
+	// or an uninstall still withdraws, after the GRACEFUL_SHUTDOWN
+	// community (RFC 8326). Absent means off: a speaker that stops
+	// withdraws its routes.
+	// +optional
+	GracefulRestart *GracefulRestartSpec `json:"gracefulRestart,omitempty"`
+}
+
+// GracefulRestartSpec sets BGP graceful restart.
+type GracefulRestartSpec struct {
+	// RestartTime is how long the router keeps this node's routes after
+	// its session closes, waiting for the speaker to come back (1s-4095s,
+	// the capability's 12 bits).
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('4095s')",message="must be between 1s and 4095s"
+	// +kubebuilder:default="120s"
+	// +optional
+	RestartTime *metav1.Duration `json:"restartTime,omitempty"`
 }
 
 // BFDSpec sets a BFD session's timers, as MetalLB's BFDProfile does.
@@ -121,6 +142,11 @@ type BGPSessionStatus struct {
 	// peer has bfd set.
 	// +optional
 	BFD string `json:"bfd,omitempty"`
+	// GracefulRestart tells whether graceful restart was negotiated with
+	// the peer on the current session (Negotiated), asked for and not
+	// offered by the peer (NotSupportedByPeer), or not configured (empty).
+	// +optional
+	GracefulRestart string `json:"gracefulRestart,omitempty"`
 	// Message explains a session that is not Established, or a BFD
 	// session that is not Up.
 	// +optional

@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/lab"
+	"github.com/ironlb/ironlb/pkg/speaker"
+)
+
+// setGracefulRestart gives the lab's BGPPeers graceful restart, or takes
+// it away (0).
+func setGracefulRestart(t *testing.T, restart time.Duration) {
+	t.Helper()
+	ctx := context.WithoutCancel(t.Context())
+	for _, name := range []string{lab.BGPPeerV4, lab.BGPPeerV6} {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			var p ironlbv1alpha1.BGPPeer
+			if err := cl.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+				return err
+			}
+			p.Spec.GracefulRestart = nil
+			if restart > 0 {
+				p.Spec.GracefulRestart = &ironlbv1alpha1.GracefulRestartSpec{RestartTime: &metav1.Duration{Duration: restart}}
+			}
+			return cl.Update(ctx, &p)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// routeWatch polls BIRD's routes to a prefix every 10 ms and counts the
+// polls without a route from node, and the time from the first to the
+// last of them.
+type routeWatch struct {
+	missing, polls atomic.Int64
+	done           chan struct{}
+	wg             sync.WaitGroup
+	first, last    time.Time // written by the polling goroutine only
+}
+
+func watchBirdNode(t *testing.T, pfx, node string) *routeWatch {
+	w := &routeWatch{done: make(chan struct{})}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			got, err := birdNextHops(t.Context(), pfx)
+			if err != nil {
+				continue
+			}
+			if _, ok := got[node]; !ok {
+				now := time.Now()
+				if w.first.IsZero() {
+					w.first = now
+				}
+				w.last = now
+				w.missing.Add(1)
+			}
+			w.polls.Add(1)
+		}
+	}()
+	return w
+}
+
+func (w *routeWatch) stop() (missing, polls int, lost time.Duration) {
+	close(w.done)
+	w.wg.Wait()
+	return int(w.missing.Load()), int(w.polls.Load()), w.last.Sub(w.first)
+}
+
+// restartSpeaker restarts node's speaker (SIGTERM, as an upgrade does, or
+// kill -9) and waits until BIRD has its route again and its sessions are
+// back; it returns how many polls of BIRD lacked the node's route, out of
+// how many, and the time between the first and the last that did.
+func restartSpeaker(t *testing.T, node lab.Node, pfx string, kill bool) (missing, polls int, lost time.Duration) {
+	t.Helper()
+	w := watchBirdNode(t, pfx, node.Name)
+	var err error
+	if kill {
+		err = cfg.Kill(lab.SpeakerName(node))
+	} else {
+		err = cfg.Stop(lab.SpeakerName(node), 10*time.Second)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.StartSpeaker(node); err != nil {
+		t.Fatal(err)
+	}
+	waitSessions(t, 30*time.Second)
+	waitBirdNodes(t, pfx, 30*time.Second, allNodes()...)
+	// Twenty polls more: a late withdrawal would show.
+	after := w.polls.Load() + 20
+	eventually(t, 10*time.Second, func() error {
+		if n := w.polls.Load(); n < after {
+			return fmt.Errorf("%d polls of BIRD, want %d", n, after)
+		}
+		return nil
+	})
+	missing, polls, lost = w.stop()
+	waitMembers(t)
+	return missing, polls, lost
+}
+
+// TestBGPGracefulRestart: with graceful restart on the BGPPeers, a
+// speaker that restarts, by SIGTERM as an upgrade does or by kill -9,
+// leaves its routes at BIRD, which keeps them until the next speaker
+// refreshes them: BIRD never lacks the node's route, where without
+// graceful restart (measured first, same run) SIGTERM withdraws it until
+// the next speaker is up. 50 connections through the router survive all
+// of it. A drained node (labelled out of external load balancing) first
+// advertises its route with GRACEFUL_SHUTDOWN, then withdraws it.
+func TestBGPGracefulRestart(t *testing.T) {
+	waitSessions(t, 30*time.Second)
+	ips := bgpService(t, "bgp-gr", nil)
+	pfx := hostPrefix(ips[0])
+	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
+	conns := openEchoes(t, ips[0], 50)
+	nodeB, nodeC := nodeNamed(t, "node-b"), nodeNamed(t, "node-c")
+
+	baseMissing, basePolls, baseLost := restartSpeaker(t, nodeB, pfx, false)
+	checkEchoes(t, conns, "node-b's speaker restarted without graceful restart")
+	if baseMissing == 0 {
+		t.Errorf("without graceful restart, SIGTERM left node-b's route at BIRD through the restart (%d polls): the baseline measures nothing", basePolls)
+	}
+
+	setGracefulRestart(t, 30*time.Second)
+	t.Cleanup(func() { setGracefulRestart(t, 0) })
+	// The sessions reopen with the capability; every node reports it.
+	eventually(t, 30*time.Second, func() error {
+		for _, name := range []string{lab.BGPPeerV4, lab.BGPPeerV6} {
+			var p ironlbv1alpha1.BGPPeer
+			if err := cl.Get(t.Context(), client.ObjectKey{Name: name}, &p); err != nil {
+				return err
+			}
+			n := 0
+			for _, s := range p.Status.Nodes {
+				if s.State == "Established" && s.GracefulRestart == "Negotiated" {
+					n++
+				}
+			}
+			if n != cfg.Nodes {
+				return fmt.Errorf("BGPPeer %s: graceful restart negotiated on %d of %d nodes: %+v", name, n, cfg.Nodes, p.Status.Nodes)
+			}
+		}
+		return nil
+	})
+	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
+	termMissing, termPolls, _ := restartSpeaker(t, nodeB, pfx, false)
+	killMissing, killPolls, _ := restartSpeaker(t, nodeC, pfx, true)
+	checkEchoes(t, conns, "node-b's and node-c's speakers restarted with graceful restart")
+	if termMissing > 0 || killMissing > 0 {
+		t.Errorf("with graceful restart BIRD lacked the restarting node's route: SIGTERM %d of %d polls, kill -9 %d of %d", termMissing, termPolls, killMissing, killPolls)
+	}
+	t.Logf("FIGURE speaker restart, BIRD polled every 10 ms: without graceful restart SIGTERM lost node-b's route in %d of %d polls (for %s); with it SIGTERM %d of %d, kill -9 %d of %d; 50 connections, none reset",
+		baseMissing, basePolls, baseLost.Round(time.Millisecond), termMissing, termPolls, killMissing, killPolls)
+
+	// Drain node-a: GRACEFUL_SHUTDOWN first, then the withdrawal.
+	ctx := context.WithoutCancel(t.Context())
+	label := func(on bool) {
+		t.Helper()
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			var n corev1.Node
+			if err := cl.Get(ctx, client.ObjectKey{Name: "node-a"}, &n); err != nil {
+				return err
+			}
+			if on {
+				n.Labels[speaker.ExcludeLabel] = "true"
+			} else {
+				delete(n.Labels, speaker.ExcludeLabel)
+			}
+			return cl.Update(ctx, &n)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	label(true)
+	t.Cleanup(func() { label(false) })
+	start := time.Now()
+	eventually(t, 10*time.Second, func() error {
+		got, err := birdNextHops(t.Context(), pfx)
+		if err != nil {
+			return err
+		}
+		r, ok := got["node-a"]
+		if !ok {
+			return fmt.Errorf("node-a's route went without GRACEFUL_SHUTDOWN first")
+		}
+		if !strings.Contains(r, "(65535,0)") {
+			return fmt.Errorf("node-a's route has no GRACEFUL_SHUTDOWN community yet:\n%s", r)
+		}
+		return nil
+	})
+	marked := time.Since(start)
+	waitBirdNodes(t, pfx, 20*time.Second, "node-b", "node-c")
+	gone := time.Since(start)
+	t.Logf("drain of node-a: GRACEFUL_SHUTDOWN at BIRD after %s, route withdrawn after %s", marked.Round(time.Millisecond), gone.Round(time.Millisecond))
+	checkEchoes(t, conns, "node-a was drained")
+	label(false)
+	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
+}
