@@ -290,8 +290,12 @@ func peer(u *unstructured.Unstructured, profiles map[string]*unstructured.Unstru
 			res.note("BGPPeer %s: its BFDProfile %s is not in the input; the peer runs without BFD", u.GetName(), name)
 		}
 	}
+	if gr, _, _ := unstructured.NestedBool(u.Object, "spec", "enableGracefulRestart"); gr {
+		// MetalLB's FRR mode offers a restart time of 120 s.
+		s.GracefulRestart = &ironlbv1alpha1.GracefulRestartSpec{RestartTime: &metav1.Duration{Duration: 120 * time.Second}}
+	}
 	spec, _ := u.Object["spec"].(map[string]any)
-	for _, f := range []string{"vrf", "routerID", "connectTime", "enableGracefulRestart", "disableMP", "dynamicASN", "interface"} {
+	for _, f := range []string{"vrf", "routerID", "connectTime", "disableMP", "dynamicASN", "interface"} {
 		if v, ok := spec[f]; ok && v != nil && v != false && v != "" {
 			res.note("BGPPeer %s: %s is not supported by ironlb; left out", u.GetName(), f)
 		}

@@ -63,6 +63,12 @@ func TestMetalLB(t *testing.T) {
 		f.DetectMultiplier != 5 || f.MinimumTTL == nil || *f.MinimumTTL != 250 {
 		t.Errorf("peer-a's BFD: %+v", a.Spec.BFD)
 	}
+	if gr := a.Spec.GracefulRestart; gr == nil || gr.RestartTime.Duration != 120*time.Second {
+		t.Errorf("peer-a's graceful restart: %+v", a.Spec.GracefulRestart)
+	}
+	if b := byName["BGPPeer/peer-b"].(*ironlbv1alpha1.BGPPeer); b.Spec.GracefulRestart != nil {
+		t.Errorf("peer-b has graceful restart it did not ask for: %+v", b.Spec.GracefulRestart)
+	}
 	sec := byName["Secret/peer-a-bgp-password"].(*corev1.Secret)
 	if sec.Namespace != Namespace || sec.StringData["password"] != "s3cr3t" {
 		t.Errorf("peer-a's Secret: %+v", sec)

@@ -100,7 +100,7 @@ func Status(ctx context.Context, c client.Reader, out io.Writer) (int, error) {
 
 	if len(peers.Items) > 0 {
 		_, _ = fmt.Fprintln(out)
-		_, _ = fmt.Fprintln(tw, "BGP PEER\tADDRESS\tNODE\tSTATE\tFOR\tROUTES\tBFD")
+		_, _ = fmt.Fprintln(tw, "BGP PEER\tADDRESS\tNODE\tSTATE\tFOR\tROUTES\tBFD\tGR")
 		slices.SortFunc(peers.Items, func(a, b ironlbv1alpha1.BGPPeer) int { return strings.Compare(a.Name, b.Name) })
 		for _, p := range peers.Items {
 			if len(p.Status.Nodes) == 0 {
@@ -116,12 +116,18 @@ func Status(ctx context.Context, c client.Reader, out io.Writer) (int, error) {
 				if bfd == "" {
 					bfd = "-"
 				}
-				_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Name, p.Spec.PeerAddress, n.Node, n.State, since, n.Prefixes, bfd)
+				gr := n.GracefulRestart
+				if gr == "" {
+					gr = "-"
+				}
+				_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, p.Spec.PeerAddress, n.Node, n.State, since, n.Prefixes, bfd, gr)
 				switch {
 				case n.State != "Established":
 					warnings = append(warnings, fmt.Sprintf("BGP session %s from %s is %s: %s", p.Name, n.Node, n.State, n.Message))
 				case n.BFD != "" && n.BFD != "Up":
 					warnings = append(warnings, fmt.Sprintf("BFD session %s from %s is %s: %s", p.Name, n.Node, n.BFD, n.Message))
+				case n.GracefulRestart == "NotSupportedByPeer":
+					warnings = append(warnings, fmt.Sprintf("BGP session %s from %s: the peer does not offer graceful restart; a restart of the speaker withdraws its routes", p.Name, n.Node))
 				}
 			}
 		}

@@ -173,6 +173,7 @@ type BGPPeerStatus struct {
 // +kubebuilder:printcolumn:name="My ASN",type=integer,JSONPath=`.spec.myASN`
 // +kubebuilder:printcolumn:name="Sessions",type=string,JSONPath=`.status.nodes[*].state`
 // +kubebuilder:printcolumn:name="BFD",type=string,JSONPath=`.status.nodes[*].bfd`,priority=1
+// +kubebuilder:printcolumn:name="GR",type=string,JSONPath=`.status.nodes[*].gracefulRestart`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type BGPPeer struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -93,6 +93,15 @@ func TestValidation(t *testing.T) {
 		"peer: BFD TTL 255": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
 			s.EBGPMultiHop, s.BFD = true, &v1alpha1.BFDSpec{MinimumTTL: new(int32(255))}
 		}), wantErr: []string{"spec.bfd.minimumTTL"}},
+		"peer: graceful restart": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.GracefulRestart = &v1alpha1.GracefulRestartSpec{RestartTime: duration("4095s")}
+		})},
+		"peer: graceful restart too long": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.GracefulRestart = &v1alpha1.GracefulRestartSpec{RestartTime: duration("4096s")}
+		}), wantErr: []string{"spec.gracefulRestart.restartTime", "between 1s and 4095s"}},
+		"peer: graceful restart 500ms": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.GracefulRestart = &v1alpha1.GracefulRestartSpec{RestartTime: duration("500ms")}
+		}), wantErr: []string{"spec.gracefulRestart.restartTime"}},
 		"peer: keep over hold":   {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
 		"communities: valid":     {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
 		"community: 16-bit":      {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},
@@ -154,5 +163,13 @@ func TestDefaults(t *testing.T) {
 	if b := peer.Spec.BFD; b.ReceiveInterval == nil || b.ReceiveInterval.Duration != 300*time.Millisecond ||
 		b.TransmitInterval == nil || b.TransmitInterval.Duration != 300*time.Millisecond || b.DetectMultiplier != 3 || b.MinimumTTL != nil {
 		t.Errorf("BFD defaults: %+v; want 300ms, 300ms, 3 and no minimum TTL", b)
+	}
+	gr := &v1alpha1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "defaults-gr"}, Spec: v1alpha1.BGPPeerSpec{PeerAddress: "fd00::2", PeerASN: 1, MyASN: 2,
+		GracefulRestart: &v1alpha1.GracefulRestartSpec{}}}
+	if err := k8s.Create(ctx, gr); err != nil {
+		t.Fatal(err)
+	}
+	if rt := gr.Spec.GracefulRestart.RestartTime; rt == nil || rt.Duration != 120*time.Second {
+		t.Errorf("graceful restart default: %v, want 120s", rt)
 	}
 }
