@@ -125,7 +125,12 @@ bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Mag
 	$(BIN)/ironlb-lab up >/dev/null
 	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20} && $(BIN)/ironlb-lab bench bgp --runs $${BGP_RUNS:-10}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
 	$(BIN)/ironlb-lab bench pps --frames $${PPS_FRAMES:-2000000}
+	$(MAKE) bench-bgp-restart
 	$(MAKE) bench-kubelet
+
+.PHONY: bench-bgp-restart
+bench-bgp-restart: deps build kube-binaries ## BGP speaker restart in the e2e lab: BIRD's route lost and connections reset, without graceful restart then with it (SIGTERM, kill -9), same run; and a drain's GRACEFUL_SHUTDOWN.
+	$(GO) test ./e2e -run '^TestBGPGracefulRestart$$' -count=1 -v -timeout 10m | grep -E 'FIGURE|drain of|^(ok|FAIL|--- FAIL)'
 
 .PHONY: bench-kubelet
 bench-kubelet: deps build kubelet-binaries images ## Kubelet lab figures: kubectl apply -k to Ready and to the first VIP answer, speaker rolling update with 50 connections, failover against NotReady on node death, uninstall, helm install.

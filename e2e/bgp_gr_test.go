@@ -138,7 +138,7 @@ func TestBGPGracefulRestart(t *testing.T) {
 	nodeB, nodeC := nodeNamed(t, "node-b"), nodeNamed(t, "node-c")
 
 	baseMissing, basePolls, baseLost := restartSpeaker(t, nodeB, pfx, false)
-	checkEchoes(t, conns, "node-b's speaker restarted without graceful restart")
+	baseBroke := checkEchoes(t, conns, "node-b's speaker restarted without graceful restart")
 	if baseMissing == 0 {
 		t.Errorf("without graceful restart, SIGTERM left node-b's route at BIRD through the restart (%d polls): the baseline measures nothing", basePolls)
 	}
@@ -167,12 +167,12 @@ func TestBGPGracefulRestart(t *testing.T) {
 	waitBirdNodes(t, pfx, 20*time.Second, allNodes()...)
 	termMissing, termPolls, _ := restartSpeaker(t, nodeB, pfx, false)
 	killMissing, killPolls, _ := restartSpeaker(t, nodeC, pfx, true)
-	checkEchoes(t, conns, "node-b's and node-c's speakers restarted with graceful restart")
+	broke := checkEchoes(t, conns, "node-b's and node-c's speakers restarted with graceful restart")
 	if termMissing > 0 || killMissing > 0 {
 		t.Errorf("with graceful restart BIRD lacked the restarting node's route: SIGTERM %d of %d polls, kill -9 %d of %d", termMissing, termPolls, killMissing, killPolls)
 	}
-	t.Logf("FIGURE speaker restart, BIRD polled every 10 ms: without graceful restart SIGTERM lost node-b's route in %d of %d polls (for %s); with it SIGTERM %d of %d, kill -9 %d of %d; 50 connections, none reset",
-		baseMissing, basePolls, baseLost.Round(time.Millisecond), termMissing, termPolls, killMissing, killPolls)
+	t.Logf("FIGURE speaker restart, BIRD polled every 10 ms: without graceful restart SIGTERM lost node-b's route in %d of %d polls (for %s), %d of %d connections reset; with it SIGTERM %d of %d, kill -9 %d of %d, %d of %d connections reset",
+		baseMissing, basePolls, baseLost.Round(time.Millisecond), baseBroke, len(conns), termMissing, termPolls, killMissing, killPolls, broke, len(conns))
 
 	// Drain node-a: GRACEFUL_SHUTDOWN first, then the withdrawal.
 	ctx := context.WithoutCancel(t.Context())

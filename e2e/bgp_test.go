@@ -388,6 +388,26 @@ func TestBGPLinkCut(t *testing.T) {
 		}
 	}
 
+	metric := func(name string) float64 {
+		t.Helper()
+		var v float64
+		eventually(t, 20*time.Second, func() error {
+			sp, err := tryScrape(victim.NS, "127.0.0.1:7473")
+			if err != nil {
+				return err
+			}
+			var ok bool
+			if v, ok = value(sp, name, `peer="`+lab.BGPPeerV4+`"`); !ok {
+				return fmt.Errorf("node-a's speaker exports no %s{peer=%s}", name, lab.BGPPeerV4)
+			}
+			return nil
+		})
+		return v
+	}
+	if v := metric("ironlb_bfd_session_up"); v != 1 {
+		t.Errorf("node-a: ironlb_bfd_session_up{peer=router-v4} = %v with BFD Up", v)
+	}
+	downs := metric("ironlb_bfd_session_down_total")
 	withBFD, restore := cutUntilWithdrawn(t, victim, pfx, lab.BGPHoldTime+3*time.Second, "node-b", "node-c")
 	out, err := cfg.Birdc(t.Context(), "show", "protocols", "all", proto)
 	if err != nil {
@@ -407,6 +427,11 @@ func TestBGPLinkCut(t *testing.T) {
 	// the route returns.
 	waitBirdNodes(t, pfx, 30*time.Second, allNodes()...)
 	waitMembers(t)
+	// node-a's own BFD saw the router go silent while it was cut off,
+	// and closed its BGP session (reopened once BFD was Up again).
+	if v := metric("ironlb_bfd_session_down_total"); v < downs+1 {
+		t.Errorf("node-a: ironlb_bfd_session_down_total{peer=router-v4} went from %v to %v over the cut, want one more", downs, v)
+	}
 }
 
 // TestBGPPassword: a wrong TCP MD5 password keeps the sessions down and

@@ -288,8 +288,9 @@ func openEchoes(t *testing.T, vip netip.Addr, n int) []*echoConn {
 }
 
 // checkEchoes asserts every connection still works, on its endpoint, with
-// nothing lost: no reset, and each line comes back whole.
-func checkEchoes(t *testing.T, conns []*echoConn, event string) {
+// nothing lost: no reset, and each line comes back whole. It returns how
+// many broke.
+func checkEchoes(t *testing.T, conns []*echoConn, event string) int {
 	t.Helper()
 	failed := 0
 	for i, e := range conns {
@@ -303,6 +304,7 @@ func checkEchoes(t *testing.T, conns []*echoConn, event string) {
 	if failed > 0 {
 		t.Errorf("after %s: %d of %d connections broke", event, failed, len(conns))
 	}
+	return failed
 }
 
 func nodeNamed(t *testing.T, name string) lab.Node {

@@ -137,6 +137,9 @@ func (s *Speaker) sync(ctx context.Context) error {
 	bgpErr := s.bgp.Apply(ctx, peers, routes)
 	bfdWant, bfdStatus := bfdPeers(w, peers)
 	s.bfd.Set(bfdWant)
+	for _, p := range bfdWant {
+		s.metrics.bfdDowns.WithLabelValues(p.Name) // exported from 0
+	}
 	maps.Copy(bfdStatus, s.bfd.Statuses())
 	s.metrics.announced.WithLabelValues("BGP").Set(float64(len(routes)))
 	err := s.l2.Set(want)
