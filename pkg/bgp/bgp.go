@@ -52,6 +52,33 @@ type Peer struct {
 	// GracefulRestart is the restart time offered to the peer (RFC
 	// 4724); zero means no graceful restart.
 	GracefulRestart time.Duration
+	// IPv4 and IPv6 are the route families the session carries (MP-BGP);
+	// neither means the session's own family.
+	IPv4, IPv6 bool
+	// NextHop4 and NextHop6 are this node's addresses: the next hop of
+	// the routes whose family is not the session's.
+	NextHop4, NextHop6 netip.Addr
+}
+
+// carries tells whether the session carries routes of pfx's family.
+func (p Peer) carries(pfx netip.Prefix) bool {
+	if !p.IPv4 && !p.IPv6 {
+		return pfx.Addr().Is4() == p.Address.Is4()
+	}
+	return (pfx.Addr().Is4() && p.IPv4) || (pfx.Addr().Is6() && p.IPv6)
+}
+
+// nextHop is the explicit next hop of pfx's routes to the peer: none
+// (the session's own address) for its own family, this node's address of
+// pfx's family for the other one (invalid when the node has none).
+func (p Peer) nextHop(pfx netip.Prefix) (netip.Addr, bool) {
+	if pfx.Addr().Is4() == p.Address.Is4() {
+		return netip.Addr{}, true
+	}
+	if pfx.Addr().Is4() {
+		return p.NextHop4, p.NextHop4.IsValid()
+	}
+	return p.NextHop6, p.NextHop6.IsValid()
 }
 
 // Route is a prefix advertised to some peers.
@@ -267,8 +294,15 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 	counts := map[string]int{}
 	for _, r := range routes {
 		wantPaths[r.Prefix] = true
-		for _, p := range r.Peers {
-			counts[p]++
+		for _, name := range r.Peers {
+			for _, p := range peers {
+				if p.Name != name || !p.carries(r.Prefix) {
+					continue
+				}
+				if _, ok := p.nextHop(r.Prefix); ok {
+					counts[name]++
+				}
+			}
 		}
 	}
 	b.counts = counts
@@ -540,9 +574,16 @@ func apiPeer(p Peer) *api.Peer {
 	if keep == 0 {
 		keep = hold / 3
 	}
-	family := &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
-	if p.Address.Is6() {
-		family = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+	v4, v6 := p.IPv4, p.IPv6
+	if !v4 && !v6 {
+		v4, v6 = p.Address.Is4(), p.Address.Is6()
+	}
+	var afiSafis []*api.AfiSafi
+	if v4 {
+		afiSafis = append(afiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
+	}
+	if v6 {
+		afiSafis = append(afiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
 	}
 	out := &api.Peer{
 		Conf: &api.PeerConf{
@@ -557,7 +598,7 @@ func apiPeer(p Peer) *api.Peer {
 			ConnectRetry:      2,
 		}},
 		Transport: &api.Transport{RemotePort: uint32(p.Port)},
-		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: family, Enabled: true}}},
+		AfiSafis:  afiSafis,
 	}
 	if out.Transport.RemotePort == 0 {
 		out.Transport.RemotePort = 179
@@ -607,17 +648,23 @@ func apiPath(pfx netip.Prefix) *api.Path {
 // peer its routes with their attributes, and a fingerprint of both.
 func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy, string) {
 	addr := map[string]netip.Addr{}
+	byName := map[string]Peer{}
 	for _, p := range peers {
 		addr[p.Name] = p.Address
+		byName[p.Name] = p
 	}
 	type group struct {
 		peer             string
 		communities      []string
 		largeCommunities []string
 		localPref        uint32
+		// v6 is the prefixes' family (a prefix set holds one), nextHop
+		// the explicit next hop of a family not the session's.
+		v6      bool
+		nextHop netip.Addr
 	}
 	key := func(g group) string {
-		return fmt.Sprintf("%s|%s|%s|%d", g.peer, strings.Join(g.communities, ","), strings.Join(g.largeCommunities, ","), g.localPref)
+		return fmt.Sprintf("%s|%s|%s|%d|%v|%s", g.peer, strings.Join(g.communities, ","), strings.Join(g.largeCommunities, ","), g.localPref, g.v6, g.nextHop)
 	}
 	groups := map[string]group{}
 	prefixes := map[string][]netip.Prefix{}
@@ -625,10 +672,16 @@ func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy,
 		cs := slices.Sorted(slices.Values(r.Communities))
 		ls := slices.Sorted(slices.Values(r.LargeCommunities))
 		for _, p := range r.Peers {
-			if _, ok := addr[p]; !ok {
+			peer, ok := byName[p]
+			if !ok || !peer.carries(r.Prefix) {
 				continue
 			}
-			g := group{peer: p, communities: slices.Compact(cs), largeCommunities: slices.Compact(ls), localPref: r.LocalPref}
+			nh, ok := peer.nextHop(r.Prefix)
+			if !ok {
+				continue // no address of that family on the node
+			}
+			g := group{peer: p, communities: slices.Compact(cs), largeCommunities: slices.Compact(ls), localPref: r.LocalPref,
+				v6: r.Prefix.Addr().Is6(), nextHop: nh}
 			k := key(g)
 			groups[k] = g
 			prefixes[k] = append(prefixes[k], r.Prefix)
@@ -673,6 +726,9 @@ func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy,
 		}
 		if g.localPref != 0 {
 			actions.LocalPref = &api.LocalPrefAction{Value: g.localPref}
+		}
+		if g.nextHop.IsValid() {
+			actions.Nexthop = &api.NexthopAction{Address: g.nextHop.String()}
 		}
 		policy.Statements = append(policy.Statements, &api.Statement{
 			Name: fmt.Sprintf("ironlb-statement-%d", i),

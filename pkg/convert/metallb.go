@@ -295,7 +295,9 @@ func peer(u *unstructured.Unstructured, profiles map[string]*unstructured.Unstru
 		s.GracefulRestart = &ironlbv1alpha1.GracefulRestartSpec{RestartTime: &metav1.Duration{Duration: 120 * time.Second}}
 	}
 	spec, _ := u.Object["spec"].(map[string]any)
-	for _, f := range []string{"vrf", "routerID", "connectTime", "disableMP", "dynamicASN", "interface"} {
+	// disableMP (one session per family) is ironlb's default; MetalLB's
+	// FRR mode otherwise carries both families: see addressFamilies.
+	for _, f := range []string{"vrf", "routerID", "connectTime", "dynamicASN", "interface"} {
 		if v, ok := spec[f]; ok && v != nil && v != false && v != "" {
 			res.note("BGPPeer %s: %s is not supported by ironlb; left out", u.GetName(), f)
 		}

@@ -254,6 +254,20 @@ func nodeReady(n *corev1.Node) bool {
 	return true
 }
 
+// carries tells whether a peer's session carries routes of ip's family:
+// its addressFamilies, or, without them, the session's own family.
+func carries(p *ironlbv1alpha1.BGPPeer, ip netip.Addr) bool {
+	fam := ironlbv1alpha1.FamilyIPv6
+	if ip.Is4() {
+		fam = ironlbv1alpha1.FamilyIPv4
+	}
+	if len(p.Spec.AddressFamilies) > 0 {
+		return slices.Contains(p.Spec.AddressFamilies, fam)
+	}
+	a, err := netip.ParseAddr(p.Spec.PeerAddress)
+	return err == nil && a.Unmap().Is4() == ip.Is4()
+}
+
 // bgpRoutes returns the routes a node with the given labels advertises for
 // ip: one per BGPAdvertisement that selects the pool and the node, to the
 // peers it names (all when none) that peer with the node, the prefix cut
@@ -290,8 +304,7 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 			if !config.Selects(p.Spec.NodeSelector, nodeLabels) {
 				continue
 			}
-			// A route goes over sessions of its own family.
-			if a, err := netip.ParseAddr(p.Spec.PeerAddress); err != nil || a.Is4() != ip.Is4() {
+			if !carries(p, ip) {
 				continue
 			}
 			r.peers = append(r.peers, p.Name)

@@ -251,6 +251,17 @@ func TestBGPRoutes(t *testing.T) {
 	if got := routes("b", "10.0.0.6"); len(got) != 2 {
 		t.Errorf("node b, with the Local Service's endpoint: %+v", got)
 	}
+	// An IPv6 session that carries both families (MP-BGP) gets the IPv4
+	// route too; without addressFamilies it does not (above).
+	w.bgpPeers[2].Spec.AddressFamilies = []ironlbv1alpha1.AddressFamily{ironlbv1alpha1.FamilyIPv4, ironlbv1alpha1.FamilyIPv6}
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "tor1,v6" {
+		t.Errorf("node a, 10.0.0.5, with v6 carrying IPv4: %+v", got)
+	}
+	// An IPv4 session limited to IPv6 carries no IPv4 route.
+	w.bgpPeers[0].Spec.AddressFamilies = []ironlbv1alpha1.AddressFamily{ironlbv1alpha1.FamilyIPv6}
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "v6" {
+		t.Errorf("node a, 10.0.0.5, with tor1 carrying IPv6 only: %+v", got)
+	}
 }
 
 // TestAggregationStaysInPool: an aggregated prefix is announced only when

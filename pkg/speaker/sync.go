@@ -320,6 +320,8 @@ func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string
 			problems[p.Name] = err.Error()
 			continue
 		}
+		addrs := selfOf(self)
+		bp.NextHop4, bp.NextHop6 = addrs.V4, addrs.V6
 		out = append(out, bp)
 	}
 	slices.SortFunc(out, func(a, b bgp.Peer) int { return strings.Compare(a.Name, b.Name) })
@@ -345,6 +347,14 @@ func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.P
 	}
 	if p.Spec.KeepaliveTime != nil {
 		out.KeepaliveTime = p.Spec.KeepaliveTime.Duration
+	}
+	for _, f := range p.Spec.AddressFamilies {
+		switch f {
+		case ironlbv1alpha1.FamilyIPv4:
+			out.IPv4 = true
+		case ironlbv1alpha1.FamilyIPv6:
+			out.IPv6 = true
+		}
 	}
 	if gr := p.Spec.GracefulRestart; gr != nil {
 		out.GracefulRestart = 120 * time.Second

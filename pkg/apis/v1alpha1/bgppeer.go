@@ -71,6 +71,15 @@ type BGPPeerSpec struct {
 	// it closed until BFD is Up again. Absent means no BFD.
 	// +optional
 	BFD *BFDSpec `json:"bfd,omitempty"`
+	// AddressFamilies are the route families the session carries (MP-BGP,
+	// RFC 4760): IPv4, IPv6 or both, whatever the session's own family.
+	// A route of the other family goes with this node's address of that
+	// family as next hop (its InternalIP), so a dual-stack node needs one
+	// session per router. Absent means the session's own family only.
+	// +kubebuilder:validation:MaxItems=2
+	// +listType=set
+	// +optional
+	AddressFamilies []AddressFamily `json:"addressFamilies,omitempty"`
 	// GracefulRestart (RFC 4724) keeps this node's routes at the router
 	// while its speaker restarts (an upgrade, a crash): the router holds
 	// them as stale for up to restartTime, and the new speaker refreshes
@@ -93,6 +102,16 @@ type GracefulRestartSpec struct {
 	// +optional
 	RestartTime *metav1.Duration `json:"restartTime,omitempty"`
 }
+
+// AddressFamily is a BGP route family.
+// +kubebuilder:validation:Enum=IPv4;IPv6
+type AddressFamily string
+
+// The address families.
+const (
+	FamilyIPv4 AddressFamily = "IPv4"
+	FamilyIPv6 AddressFamily = "IPv6"
+)
 
 // BFDSpec sets a BFD session's timers, as MetalLB's BFDProfile does.
 type BFDSpec struct {

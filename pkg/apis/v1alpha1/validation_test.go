@@ -102,6 +102,14 @@ func TestValidation(t *testing.T) {
 		"peer: graceful restart 500ms": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
 			s.GracefulRestart = &v1alpha1.GracefulRestartSpec{RestartTime: duration("500ms")}
 		}), wantErr: []string{"spec.gracefulRestart.restartTime"}},
+		"peer: both families": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.AddressFamilies = []v1alpha1.AddressFamily{v1alpha1.FamilyIPv4, v1alpha1.FamilyIPv6}
+		})},
+		"peer: family IPv5": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.AddressFamilies = []v1alpha1.AddressFamily{"IPv5"} }),
+			wantErr: []string{"spec.addressFamilies"}},
+		"peer: family twice": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.AddressFamilies = []v1alpha1.AddressFamily{v1alpha1.FamilyIPv4, v1alpha1.FamilyIPv4}
+		}), wantErr: []string{"spec.addressFamilies"}},
 		"peer: keep over hold":   {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
 		"communities: valid":     {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
 		"community: 16-bit":      {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},

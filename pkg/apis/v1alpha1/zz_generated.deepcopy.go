@@ -371,6 +371,11 @@ func (in *BGPPeerSpec) DeepCopyInto(out *BGPPeerSpec) {
 		*out = new(BFDSpec)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.AddressFamilies != nil {
+		in, out := &in.AddressFamilies, &out.AddressFamilies
+		*out = make([]AddressFamily, len(*in))
+		copy(*out, *in)
+	}
 	if in.GracefulRestart != nil {
 		in, out := &in.GracefulRestart, &out.GracefulRestart
 		*out = new(GracefulRestartSpec)
