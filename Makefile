@@ -129,8 +129,9 @@ bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Mag
 	$(MAKE) bench-kubelet
 
 .PHONY: bench-bgp-restart
-bench-bgp-restart: deps build kube-binaries ## BGP speaker restart in the e2e lab: BIRD's route lost and connections reset, without graceful restart then with it (SIGTERM, kill -9), same run; and a drain's GRACEFUL_SHUTDOWN.
+bench-bgp-restart: deps build kube-binaries ## BGP speaker restart in the e2e lab, XDP then kube-proxy data plane: BIRD's route lost and connections reset, without graceful restart then with it (SIGTERM, kill -9), same run; and a drain's GRACEFUL_SHUTDOWN.
 	$(GO) test ./e2e -run '^TestBGPGracefulRestart$$' -count=1 -v -timeout 10m | grep -E 'FIGURE|drain of|^(ok|FAIL|--- FAIL)'
+	IRONLB_E2E_DATAPLANE=kernel $(GO) test ./e2e -run '^TestBGPGracefulRestart$$' -count=1 -v -timeout 10m | grep -E 'FIGURE|drain of|^(ok|FAIL|--- FAIL)'
 
 .PHONY: bench-kubelet
 bench-kubelet: deps build kubelet-binaries images ## Kubelet lab figures: kubectl apply -k to Ready and to the first VIP answer, speaker rolling update with 50 connections, failover against NotReady on node death, uninstall, helm install.

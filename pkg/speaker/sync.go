@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -322,10 +323,31 @@ func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string
 		}
 		addrs := selfOf(self)
 		bp.NextHop4, bp.NextHop6 = addrs.V4, addrs.V6
+		if key := p.Spec.MyASNFromLabel; key != "" {
+			asn, err := asnFromLabel(self, key)
+			if err != nil {
+				problems[p.Name] = err.Error()
+				continue
+			}
+			bp.MyASN = asn
+		}
 		out = append(out, bp)
 	}
 	slices.SortFunc(out, func(a, b bgp.Peer) int { return strings.Compare(a.Name, b.Name) })
 	return out, problems
+}
+
+// asnFromLabel reads a node's AS number from its label key.
+func asnFromLabel(n *corev1.Node, key string) (uint32, error) {
+	v, ok := n.Labels[key]
+	if !ok {
+		return 0, fmt.Errorf("myASNFromLabel: node %s has no label %s", n.Name, key)
+	}
+	asn, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || asn == 0 {
+		return 0, fmt.Errorf("myASNFromLabel: node %s's label %s=%q is not an AS number (1-4294967295)", n.Name, key, v)
+	}
+	return uint32(asn), nil
 }
 
 func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.Peer, error) {

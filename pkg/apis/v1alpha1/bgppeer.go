@@ -20,6 +20,7 @@ type SecretKeyRef struct {
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || !has(self.keepaliveTime) || duration(self.holdTime) == duration('0s') || duration(self.keepaliveTime) <= duration(self.holdTime)",message="keepaliveTime must not exceed holdTime"
 // +kubebuilder:validation:XValidation:rule="!has(self.bfd) || !has(self.bfd.minimumTTL) || (has(self.ebgpMultiHop) && self.ebgpMultiHop)",message="bfd.minimumTTL applies to multihop sessions only: set ebgpMultiHop, or drop it"
+// +kubebuilder:validation:XValidation:rule="has(self.myASN) != has(self.myASNFromLabel)",message="set exactly one of myASN and myASNFromLabel"
 type BGPPeerSpec struct {
 	// PeerAddress is the router's IP address.
 	// +kubebuilder:validation:MaxLength=45
@@ -29,10 +30,20 @@ type BGPPeerSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=4294967295
 	PeerASN int64 `json:"peerASN"`
-	// MyASN is the nodes' autonomous system number.
+	// MyASN is the nodes' autonomous system number. Set it, or
+	// myASNFromLabel.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=4294967295
-	MyASN int64 `json:"myASN"`
+	// +optional
+	MyASN int64 `json:"myASN,omitempty"`
+	// MyASNFromLabel takes each node's autonomous system number from the
+	// node label with this key (a per-rack ASN, say). A node without the
+	// label, or with a value that is not an AS number, keeps no session,
+	// and its status entry says why.
+	// +kubebuilder:validation:MaxLength=317
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')",message="must be a label key"
+	// +optional
+	MyASNFromLabel string `json:"myASNFromLabel,omitempty"`
 	// PeerPort is the router's TCP port.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
