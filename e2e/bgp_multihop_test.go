@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,10 +27,26 @@ const (
 	farASN    = 64600
 )
 
+// farProtocols is the far router's default: eBGP (AS 64600) with node-a,
+// passive, multihop 2, with BFD, importing what node-a sends.
+func farProtocols() string {
+	return fmt.Sprintf(`protocol bgp far {
+	local %s as %d;
+	neighbor %s as %d;
+	multihop 2;
+	passive on;
+	bfd on;
+	hold time 3;
+	error wait time 1, 5;
+	ipv4 { import all; export none; gateway recursive; };
+}
+`, farAddr, farASN, cfg.NodeList()[0].IPv4, lab.BGPASN)
+}
+
 // startFarRouter builds lab-far behind lab-router and runs a second BIRD
-// there: eBGP (AS 64600) with node-a, passive, multihop 2, importing
-// what node-a sends. Everything goes with the test.
-func startFarRouter(t *testing.T) (birdc func(args ...string) (string, error)) {
+// there with the given BGP protocols (farProtocols: node-a's session).
+// Everything goes with the test.
+func startFarRouter(t *testing.T, protocols string) (birdc func(args ...string) (string, error)) {
 	t.Helper()
 	ctx := t.Context()
 	run := func(args ...string) {
@@ -51,7 +68,6 @@ func startFarRouter(t *testing.T) (birdc func(args ...string) (string, error)) {
 
 	conf := filepath.Join(cfg.Dir, "bird-far.conf")
 	sock := filepath.Join(cfg.Dir, "bird-far.ctl")
-	node := cfg.NodeList()[0]
 	body := fmt.Sprintf(`log stderr all;
 router id %s;
 protocol device {}
@@ -63,17 +79,7 @@ protocol bfd {
 		multiplier 3;
 	};
 }
-protocol bgp far {
-	local %s as %d;
-	neighbor %s as %d;
-	multihop 2;
-	passive on;
-	bfd on;
-	hold time 3;
-	error wait time 1, 5;
-	ipv4 { import all; export none; gateway recursive; };
-}
-`, farAddr, farRouter, farAddr, farASN, node.IPv4, lab.BGPASN)
+%s`, farAddr, farRouter, protocols)
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +107,7 @@ protocol bgp far {
 // on arrival) then comes Up on both sides.
 func TestBGPMultihop(t *testing.T) {
 	ctx := t.Context()
-	birdc := startFarRouter(t)
+	birdc := startFarRouter(t, farProtocols())
 	node := cfg.NodeList()[0]
 	peer := &ironlbv1alpha1.BGPPeer{
 		ObjectMeta: metav1.ObjectMeta{Name: "far"},
@@ -233,5 +239,93 @@ func TestBGPMultihop(t *testing.T) {
 			return fmt.Errorf("BGPPeer far on %s: %+v", node.Name, s)
 		}
 		return nil
+	})
+}
+
+// TestBGPPerNodeASN: one BGPPeer whose nodes take their AS numbers from a
+// label (a per-rack ASN): the far router expects node-a as AS 64701 and
+// node-b as AS 64702, and both sessions come up with routes from those
+// ASes; node-c, which lacks the label, keeps no session, and its status
+// entry says why.
+func TestBGPPerNodeASN(t *testing.T) {
+	ctx := t.Context()
+	const label = "lab.ironlb.dev/asn"
+	nodes := cfg.NodeList()
+	asn := map[string]int{nodes[0].Name: 64701, nodes[1].Name: 64702}
+	var protocols strings.Builder
+	for i, n := range nodes[:2] {
+		fmt.Fprintf(&protocols, `protocol bgp rack%d {
+	local %s as %d;
+	neighbor %s as %d;
+	multihop 2;
+	passive on;
+	hold time 3;
+	error wait time 1, 5;
+	ipv4 { import all; export none; gateway recursive; };
+}
+`, i, farAddr, farASN, n.IPv4, asn[n.Name])
+	}
+	birdc := startFarRouter(t, protocols.String())
+	setLabel := func(node, value string) {
+		t.Helper()
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			var n corev1.Node
+			if err := cl.Get(context.WithoutCancel(ctx), client.ObjectKey{Name: node}, &n); err != nil {
+				return err
+			}
+			if value == "" {
+				delete(n.Labels, label)
+			} else {
+				n.Labels[label] = value
+			}
+			return cl.Update(context.WithoutCancel(ctx), &n)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for node, a := range asn {
+		setLabel(node, fmt.Sprint(a))
+		t.Cleanup(func() { setLabel(node, "") })
+	}
+	peer := &ironlbv1alpha1.BGPPeer{
+		ObjectMeta: metav1.ObjectMeta{Name: "far-racks"},
+		Spec: ironlbv1alpha1.BGPPeerSpec{
+			PeerAddress: farAddr, PeerASN: farASN, MyASNFromLabel: label, EBGPMultiHop: true,
+			HoldTime:      &metav1.Duration{Duration: 3 * time.Second},
+			KeepaliveTime: &metav1.Duration{Duration: time.Second},
+		},
+	}
+	if err := cl.Create(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Delete(context.WithoutCancel(ctx), peer) })
+	ips := bgpService(t, "bgp-racks", nil)
+	prefix := hostPrefix(ips[0])
+	eventually(t, 30*time.Second, func() error {
+		out, err := birdc("show", "route", "for", prefix, "all")
+		if err != nil {
+			return err
+		}
+		for _, a := range asn {
+			if !strings.Contains(out, fmt.Sprintf("BGP.as_path: %d", a)) {
+				return fmt.Errorf("the far router has no route to %s from AS %d:\n%s", prefix, a, out)
+			}
+		}
+		return nil
+	})
+	eventually(t, 20*time.Second, func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(peer), peer); err != nil {
+			return err
+		}
+		for _, s := range peer.Status.Nodes {
+			if s.Node == nodes[2].Name {
+				if s.State == "Established" || !strings.Contains(s.Message, "has no label "+label) {
+					return fmt.Errorf("%s without the label: %+v", s.Node, s)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("BGPPeer far-racks has no status from %s: %+v", nodes[2].Name, peer.Status.Nodes)
 	})
 }

@@ -110,6 +110,13 @@ func TestValidation(t *testing.T) {
 		"peer: family twice": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
 			s.AddressFamilies = []v1alpha1.AddressFamily{v1alpha1.FamilyIPv4, v1alpha1.FamilyIPv4}
 		}), wantErr: []string{"spec.addressFamilies"}},
+		"peer: ASN from a label": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASN, s.MyASNFromLabel = 0, "example.com/bgp-asn" })},
+		"peer: both ASN sources": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASNFromLabel = "rack-asn" }),
+			wantErr: []string{"exactly one of myASN and myASNFromLabel"}},
+		"peer: no ASN source": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASN = 0 }),
+			wantErr: []string{"exactly one of myASN and myASNFromLabel"}},
+		"peer: ASN label not a key": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASN, s.MyASNFromLabel = 0, "not a key!" }),
+			wantErr: []string{"spec.myASNFromLabel", "must be a label key"}},
 		"peer: keep over hold":   {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
 		"communities: valid":     {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
 		"community: 16-bit":      {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},
