@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
@@ -41,22 +40,6 @@ func deletePeer(t *testing.T, name string) (restore func()) {
 	}
 	t.Cleanup(restore)
 	return restore
-}
-
-// setFamilies sets a lab BGPPeer's addressFamilies.
-func setFamilies(t *testing.T, name string, fams []ironlbv1alpha1.AddressFamily) {
-	t.Helper()
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		var p ironlbv1alpha1.BGPPeer
-		if err := cl.Get(context.WithoutCancel(t.Context()), client.ObjectKey{Name: name}, &p); err != nil {
-			return err
-		}
-		p.Spec.AddressFamilies = fams
-		return cl.Update(context.WithoutCancel(t.Context()), &p)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // waitBirdVia waits until BIRD's routes to prefix come from every node,
@@ -104,15 +87,18 @@ func TestBGPMultiprotocol(t *testing.T) {
 		{lab.BGPPeerV6, lab.BGPPeerV4, "6"},
 	} {
 		restore := deletePeer(t, c.drop)
-		setFamilies(t, c.keep, both)
-		t.Cleanup(func() { setFamilies(t, c.keep, nil) })
+		setFamilies := func(f []ironlbv1alpha1.AddressFamily) {
+			updatePeers(t, func(s *ironlbv1alpha1.BGPPeerSpec) { s.AddressFamilies = f }, c.keep)
+		}
+		setFamilies(both)
+		t.Cleanup(func() { setFamilies(nil) })
 		waitBirdVia(t, v4, c.session)
 		waitBirdVia(t, v6, c.session)
 		for _, ip := range ips {
 			checkEchoes(t, openEchoes(t, ip, 3), fmt.Sprintf("%s carried both families", c.keep))
 		}
 		t.Logf("%s alone: BIRD has %s and %s from every node over its node_X_%s sessions, and both answer through the router", c.keep, v4, v6, c.session)
-		setFamilies(t, c.keep, nil)
+		setFamilies(nil)
 		restore()
 		waitSessions(t, 30*time.Second)
 		waitBirdNodes(t, v4.String(), 20*time.Second, allNodes()...)
