@@ -497,8 +497,10 @@ const (
 )
 
 // GracefulRestart returns, for the peers that ask for graceful restart
-// and whose session is Established, whether the peer offered it too.
-func (b *Server) GracefulRestart() map[string]string {
+// and whose session is Established, whether the peer offered it too, as
+// GoBGP has it now.
+func (b *Server) GracefulRestart(ctx context.Context) map[string]string {
+	b.refreshGR(ctx)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return maps.Clone(b.gr)

@@ -53,10 +53,10 @@ func TestSpeakerProcess(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Graceful restart is read when the session comes up.
-	for secs > 0 && srv.GracefulRestart()["bird"] == "" {
+	for secs > 0 && srv.GracefulRestart(ctx)["bird"] == "" {
 		time.Sleep(10 * time.Millisecond)
 	}
-	fmt.Println("established", srv.GracefulRestart()["bird"])
+	fmt.Println("established", srv.GracefulRestart(ctx)["bird"])
 	line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 	if strings.TrimSpace(line) == "leave" {
 		kept, err := srv.Leave(ctx)
