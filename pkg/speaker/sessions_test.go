@@ -1,0 +1,60 @@
+package speaker
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ironlb/ironlb/pkg/bfd"
+	"github.com/ironlb/ironlb/pkg/bgp"
+)
+
+// TestSessionsOf: a node's status entry says what holds a session and
+// what BFD and graceful restart are doing, and says nothing of them for
+// peers that do not use them.
+func TestSessionsOf(t *testing.T) {
+	peer := func(name string, gr time.Duration) bgp.Peer {
+		return bgp.Peer{Name: name, Address: netip.MustParseAddr("192.0.2.1"), ASN: 64512, MyASN: 64512, GracefulRestart: gr}
+	}
+	now := time.Now()
+	up := bgp.State{State: bgp.Established, Since: now}
+	got := map[string]session{}
+	for _, s := range sessionsOf(
+		[]bgp.Peer{peer("plain", 0), peer("bfd-up", 0), peer("bfd-down", 0), peer("held", 0), peer("gr", time.Minute), peer("gr-no", time.Minute), peer("ttl", 0)},
+		map[string]string{"broken": "passwordSecretRef: not found"},
+		map[string]bgp.State{"plain": up, "bfd-up": up, "bfd-down": up, "held": {State: "idle", Since: now}, "gr": up, "gr-no": up, "ttl": up},
+		map[string]int{"plain": 2},
+		map[string]bfd.Status{
+			"bfd-up":   {State: bfd.Up},
+			"bfd-down": {State: bfd.Down},
+			"held":     {State: bfd.Down, Diag: bfd.DiagDetectionExpired},
+			"ttl":      {State: bfd.Down, BadTTL: 63, MinTTL: 254},
+		},
+		map[string]string{"held": "BFD session down: ControlDetectionTimeExpired"},
+		map[string]string{"gr": bgp.GRNegotiated, "gr-no": bgp.GRNotSupportedByPeer},
+	) {
+		got[s.peer] = s
+	}
+	check := func(name, state, bfdState, gr, msg string) {
+		t.Helper()
+		s, ok := got[name]
+		if !ok {
+			t.Fatalf("no entry for %s", name)
+		}
+		if s.state != state || s.bfd != bfdState || s.gr != gr || !strings.Contains(s.message, msg) || (msg == "" && s.message != "") {
+			t.Errorf("%s: %+v; want state %q, bfd %q, gr %q, message with %q", name, s, state, bfdState, gr, msg)
+		}
+	}
+	check("plain", "Established", "", "", "")
+	check("bfd-up", "Established", "Up", "", "")
+	check("bfd-down", "Established", "Down", "", "BFD Down")
+	check("held", "Idle", "Down", "", "closed by this node: BFD session down")
+	check("gr", "Established", "", bgp.GRNegotiated, "")
+	check("gr-no", "Established", "", bgp.GRNotSupportedByPeer, "")
+	check("ttl", "Established", "Down", "", "arrive with TTL 63, below the 254")
+	check("broken", "Idle", "", "", "passwordSecretRef: not found")
+	if got["plain"].prefixes != 2 {
+		t.Errorf("plain offers %d routes, want 2", got["plain"].prefixes)
+	}
+}
