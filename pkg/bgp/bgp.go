@@ -183,16 +183,6 @@ func (b *Server) setState(addr string, st api.PeerState_SessionState) {
 	}
 	b.mu.Unlock()
 	if changed {
-		// Outside the event callback: ListPeer goes through the same
-		// server loop that delivers the events.
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			b.refreshGR(ctx)
-			if b.onChange != nil {
-				b.onChange()
-			}
-		}()
 		b.log.Info("session", "peer", peer, "address", addr, "state", name)
 		if b.onChange != nil {
 			b.onChange()
@@ -204,22 +194,14 @@ func (b *Server) setState(addr string, st api.PeerState_SessionState) {
 func (b *Server) States() map[string]State {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	out := make(map[string]State, len(b.states))
-	for k, v := range b.states {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(b.states)
 }
 
 // Exported returns how many routes each peer is offered.
 func (b *Server) Exported() map[string]int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	out := make(map[string]int, len(b.counts))
-	for k, v := range b.counts {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(b.counts)
 }
 
 // Advertised returns the prefixes GoBGP holds in its table now, ready to
@@ -391,11 +373,7 @@ func (b *Server) Hold(ctx context.Context, name, why string) error {
 func (b *Server) Held() map[string]string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	out := make(map[string]string, len(b.held))
-	for k, v := range b.held {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(b.held)
 }
 
 // Stop withdraws every route and closes every session with a Cease

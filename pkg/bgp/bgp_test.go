@@ -30,10 +30,10 @@ func TestMain(m *testing.M) {
 		fmt.Println("bgp: the tests need root (network namespaces); CI runs as root")
 		os.Exit(m.Run())
 	}
-	if os.Getenv(helperEnv) != "" {
+	if v := os.Getenv(helperEnv); v != "" {
 		// A speaker process of TestGracefulRestart: in the test's
 		// namespace already, next to its BIRD.
-		os.Exit(m.Run())
+		os.Exit(speakerProcess(v))
 	}
 	if os.Getenv(netnsEnv) == "" {
 		cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)

@@ -32,27 +32,28 @@ func grPeer(restart time.Duration) Peer {
 	return p
 }
 
-// TestSpeakerProcess is the speaker process: it advertises grPrefix to
-// BIRD, says "established" once the session is up, and on "leave" on its
-// stdin leaves as a speaker that restarts does (Leave, then exit).
-func TestSpeakerProcess(t *testing.T) {
-	v := os.Getenv(helperEnv)
-	if v == "" {
-		t.Skip("a helper process of TestGracefulRestart")
-	}
+// speakerProcess is the speaker process of TestGracefulRestart (the test
+// binary run again with helperEnv set to the graceful restart time in
+// seconds): it advertises grPrefix to BIRD, says "established" once the
+// session is up, and on "leave" on its stdin leaves as a speaker that
+// restarts does (Leave, then exit). It returns the exit code.
+func speakerProcess(restartSecs string) int {
 	var secs int
-	if _, err := fmt.Sscan(v, &secs); err != nil {
-		t.Fatal(err)
+	if _, err := fmt.Sscan(restartSecs, &secs); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
 	ctx := context.Background()
 	srv := New(logr.Discard(), netip.MustParseAddr("10.200.0.1"), nil)
 	if err := srv.Apply(ctx, []Peer{grPeer(time.Duration(secs) * time.Second)}, []Route{{Prefix: grPrefix, Peers: []string{"bird"}}}); err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
+	// The parent gives up after 20 s and kills this process.
 	for srv.States()["bird"].State != Established {
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Graceful restart is read when the session comes up.
+	// Graceful restart is read once the session is up.
 	for secs > 0 && srv.GracefulRestart(ctx)["bird"] == "" {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -62,7 +63,7 @@ func TestSpeakerProcess(t *testing.T) {
 		kept, err := srv.Leave(ctx)
 		fmt.Println("left", kept, err)
 	}
-	os.Exit(0)
+	return 0
 }
 
 type speakerProc struct {
@@ -73,7 +74,7 @@ type speakerProc struct {
 
 func startSpeakerProc(t *testing.T, restart time.Duration) *speakerProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSpeakerProcess$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", helperEnv, int(restart/time.Second)))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -14,8 +14,8 @@ type speakerMetrics struct {
 	// reason; dataplaneErrors the data plane's failed applies.
 	unannounced     *prometheus.GaugeVec
 	dataplaneErrors prometheus.Counter
-	// bfdDowns counts BFD sessions that went Down from Up, by peer: each
-	// closed the BGP session with it.
+	// bfdDowns counts BFD sessions that went Down from Up (not by the
+	// peer's AdminDown), by peer.
 	bfdDowns *prometheus.CounterVec
 }
 
@@ -23,7 +23,7 @@ func newSpeakerMetrics(reg prometheus.Registerer) *speakerMetrics {
 	m := &speakerMetrics{
 		bfdDowns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ironlb_bfd_session_down_total",
-			Help: "BFD sessions that went Down after being Up, by peer; each closed the BGP session with the peer.",
+			Help: "BFD sessions that went Down after being Up (not by the peer's AdminDown), by peer; the speaker then closes the BGP session with the peer.",
 		}, []string{"peer"}),
 		announced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ironlb_announced_ips",
