@@ -4,9 +4,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -42,6 +45,7 @@ func run() error {
 	fs.StringVar(&opts.Namespace, "namespace", envOr("POD_NAMESPACE", opts.Namespace), "the controller's namespace, where it keeps the memberlist key Secret (env POD_NAMESPACE)")
 	fs.StringVar(&opts.MemberlistSecret, "memberlist-secret-name", opts.MemberlistSecret, "Secret holding the speakers' memberlist key; created with a random key when absent, kept when present; empty creates none")
 	fs.IntVar(&opts.Workers, "workers", opts.Workers, "Services reconciled in parallel")
+	uninstallMode := fs.Bool("uninstall", false, "run as an uninstall step (the Helm chart's pre-delete hook) instead of as the controller: delete the controller's Deployment (--deployment-name in --namespace), wait until its pods are gone, let go of every Service and pool, and exit; run it while the install's RBAC still exists")
 	deployment := fs.String("deployment-name", "ironlb-controller", "the controller's Deployment in --namespace: when it (or the namespace) is deleted, the install is being removed and the controller lets go of every Service and pool; empty turns this off")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -72,20 +76,50 @@ func run() error {
 	// than for the API server, whose priority and fairness protect it.
 	cfg.QPS, cfg.Burst = 1000, 2000
 	cfg.UserAgent = "ironlb-controller"
-	ctx := ctrl.SetupSignalHandler()
+	if *uninstallMode {
+		ctx, cancel := context.WithTimeout(ctrl.SetupSignalHandler(), uninstallTimeout)
+		defer cancel()
+		return controller.Uninstall(ctx, cfg, opts, *deployment, ctrl.Log.WithName("uninstall"))
+	}
+	// The uninstall watch outlives the manager's context: it must still
+	// answer after SIGTERM.
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
 	if *deployment != "" {
 		cs, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
 			return err
 		}
-		opts.Uninstall = uninstall.Start(ctx, cs, opts.Namespace, uninstall.Deployment, *deployment)
+		opts.Uninstall = uninstall.Start(wctx, cs, opts.Namespace, uninstall.Deployment, *deployment)
 	}
 	mgr, err := controller.NewManager(cfg, opts)
 	if err != nil {
 		return err
 	}
-	return mgr.Start(ctx)
+	ctx := ctrl.SetupSignalHandler()
+	err = mgr.Start(ctx)
+	// The deletion that sent SIGTERM may still be on its way: give it a
+	// moment, then let go of what the leader's uninstaller may not have
+	// reached before it stopped.
+	if ctx.Err() != nil && opts.Uninstall != nil && opts.Uninstall.Settle(500*time.Millisecond) {
+		log := ctrl.Log.WithName("uninstall")
+		lctx, cancel := context.WithTimeout(wctx, letGoTimeout)
+		defer cancel()
+		if lerr := controller.LetGo(lctx, cfg, opts); lerr != nil {
+			err = errors.Join(err, fmt.Errorf("uninstall: %w", lerr))
+		} else {
+			log.Info("let go of every Service and pool before exiting")
+		}
+	}
+	return err
 }
+
+// uninstallTimeout bounds --uninstall, inside the hook's deadline.
+const uninstallTimeout = 100 * time.Second
+
+// letGoTimeout bounds the last pass of an uninstall, well inside the
+// Deployment's 30 s grace period.
+const letGoTimeout = 15 * time.Second
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {

@@ -124,6 +124,56 @@ func normalize(o object) object {
 	return c
 }
 
+// isHook tells whether o is a Helm hook, not part of the release proper.
+func isHook(o object) bool {
+	md, _ := o["metadata"].(map[string]any)
+	a, _ := md["annotations"].(map[string]any)
+	_, ok := a["helm.sh/hook"]
+	return ok
+}
+
+// TestUninstallHook: the pre-delete hook runs the controller image with
+// --uninstall, under a ServiceAccount whose roles exist before the Job
+// (lower weight) and that can do what LetGo does; turned off, there is
+// none.
+func TestUninstallHook(t *testing.T) {
+	got, err := render(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := got["Job/"+namespace+"/ironlb-uninstall"]
+	if job == nil {
+		t.Fatal("no uninstall Job")
+	}
+	b, _ := yaml.Marshal(job)
+	for _, want := range []string{"helm.sh/hook: pre-delete", "- --uninstall", "serviceAccountName: ironlb-uninstall", "image: ghcr.io/ironlb/ironlb-controller:"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("the uninstall Job lacks %q:\n%s", want, b)
+		}
+	}
+	for _, k := range []string{"ServiceAccount/" + namespace + "/ironlb-uninstall", "ClusterRole//ironlb-uninstall", "ClusterRoleBinding//ironlb-uninstall",
+		"Role/" + namespace + "/ironlb-uninstall", "RoleBinding/" + namespace + "/ironlb-uninstall"} {
+		o := got[k]
+		if o == nil || !isHook(o) {
+			t.Errorf("%s is missing or not a hook", k)
+			continue
+		}
+		w := o["metadata"].(map[string]any)["annotations"].(map[string]any)["helm.sh/hook-weight"]
+		if w != "-10" && w != "-5" {
+			t.Errorf("%s has hook weight %v; it must come before the Job", k, w)
+		}
+	}
+	off, err := render(t, map[string]any{"uninstallHook": map[string]any{"enabled": false}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, o := range off {
+		if isHook(o) {
+			t.Errorf("uninstallHook.enabled=false still renders %s", k)
+		}
+	}
+}
+
 // TestLint: helm lint finds nothing to complain about.
 func TestLint(t *testing.T) {
 	for _, values := range []map[string]any{nil, {"namespace": map[string]any{"create": true}}} {
@@ -157,10 +207,19 @@ func TestSameAsKustomize(t *testing.T) {
 			t.Errorf("%s differs.\nchart:\n%s\nkustomize:\n%s", k, gb, wb)
 		}
 	}
-	for k := range got {
+	hooks := 0
+	for k, o := range got {
+		if isHook(o) {
+			// helm uninstall's first step; kubectl delete -k has none.
+			hooks++
+			continue
+		}
 		if _, ok := want[k]; !ok {
 			t.Errorf("the chart has %s, the kustomize base does not", k)
 		}
+	}
+	if hooks == 0 {
+		t.Error("the chart has no uninstall hook")
 	}
 	def, err := render(t, nil)
 	if err != nil {
