@@ -2,6 +2,11 @@ module github.com/ironlb/ironlb
 
 go 1.26.0
 
+// Multipath TCP stays off for listeners (Go made it their default in
+// 1.24): an MPTCP socket refuses TCP_MD5SIG, so GoBGP's listener for
+// dynamic peers would accept sessions without their password.
+godebug multipathtcp=0
+
 require (
 	github.com/cilium/ebpf v0.22.0
 	github.com/go-logr/logr v1.4.3

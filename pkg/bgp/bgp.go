@@ -58,24 +58,59 @@ type Peer struct {
 	// NextHop4 and NextHop6 are this node's addresses: the next hop of
 	// the routes whose family is not the session's.
 	NextHop4, NextHop6 netip.Addr
+	// Dynamic, when valid, makes the peer dynamic (Address is then
+	// unset): the node does not connect; routers from this prefix connect
+	// to it, on Listen, TCP 179.
+	Dynamic netip.Prefix
+	Listen  netip.Addr
+	// RouterID is the BGP identifier the node runs with; invalid means
+	// the Server's default. Every peer must say the same (one router).
+	RouterID netip.Addr
+	// VRF binds the session's socket to this Linux VRF device.
+	VRF string
+	// ExtendedNextHop sends the IPv4 routes of an IPv6 session with the
+	// session's IPv6 address as next hop (RFC 8950) once the router has
+	// offered the capability; until then with NextHop4.
+	ExtendedNextHop bool
+}
+
+// is4 tells the session's own family.
+func (p Peer) is4() bool {
+	if p.Dynamic.IsValid() {
+		return p.Dynamic.Addr().Is4()
+	}
+	return p.Address.Is4()
+}
+
+// neighbor is what GoBGP's neighbor set matches the peer's sessions by.
+func (p Peer) neighbor() string {
+	if p.Dynamic.IsValid() {
+		return p.Dynamic.String()
+	}
+	return netip.PrefixFrom(p.Address, p.Address.BitLen()).String()
 }
 
 // carries tells whether the session carries routes of pfx's family.
 func (p Peer) carries(pfx netip.Prefix) bool {
 	if !p.IPv4 && !p.IPv6 {
-		return pfx.Addr().Is4() == p.Address.Is4()
+		return pfx.Addr().Is4() == p.is4()
 	}
 	return (pfx.Addr().Is4() && p.IPv4) || (pfx.Addr().Is6() && p.IPv6)
 }
 
 // nextHop is the explicit next hop of pfx's routes to the peer: none
-// (the session's own address) for its own family, this node's address of
-// pfx's family for the other one (invalid when the node has none).
-func (p Peer) nextHop(pfx netip.Prefix) (netip.Addr, bool) {
-	if pfx.Addr().Is4() == p.Address.Is4() {
+// (the session's own address) for its own family, and for IPv4 routes on
+// an IPv6 session whose router takes an IPv6 next hop (enh, RFC 8950);
+// this node's address of pfx's family for the other one (invalid when
+// the node has none).
+func (p Peer) nextHop(pfx netip.Prefix, enh bool) (netip.Addr, bool) {
+	if pfx.Addr().Is4() == p.is4() {
 		return netip.Addr{}, true
 	}
 	if pfx.Addr().Is4() {
+		if p.ExtendedNextHop && enh {
+			return netip.Addr{}, true
+		}
 		return p.NextHop4, p.NextHop4.IsValid()
 	}
 	return p.NextHop6, p.NextHop6.IsValid()
@@ -114,48 +149,84 @@ type Server struct {
 	s       *server.BgpServer
 	started bool
 	asn     uint32
-	peers   map[string]Peer         // by name
-	paths   map[netip.Prefix][]byte // prefix -> uuid of its path
-	policy  string                  // fingerprint of the export policy in force
-	states  map[string]State        // by peer name
-	byAddr  map[string]string       // peer address -> name
-	counts  map[string]int          // peer name -> routes exported to it
-	held    map[string]string       // peer name -> why its session is held closed
-	gr      map[string]string       // peer name -> graceful restart on its session
+	peers   map[string]Peer            // by name
+	paths   map[netip.Prefix][]byte    // prefix -> uuid of its path
+	policy  string                     // fingerprint of the export policy in force
+	states  map[string]State           // by peer name
+	byAddr  map[string]string          // peer address -> name
+	counts  map[string]int             // peer name -> routes exported to it
+	held    map[string]string          // peer name -> why its session is held closed
+	gr      map[string]string          // peer name -> graceful restart on its session
+	enh     map[string]bool            // peer name -> the router takes IPv6 next hops for IPv4 (RFC 8950)
+	routers map[string]map[string]bool // dynamic peer name -> router address -> Established
+	global  global                     // what GoBGP was started with
 	// The last Apply's peers and routes, for GracefulShutdown.
 	lastPeers  []Peer
 	lastRoutes []Route
 	stopped    chan struct{}
 }
 
-// New returns a router with the given router ID (an IPv4 address); it
-// starts with the first peer. onChange is called when a session changes
-// state.
+// New returns a router whose router ID is routerID (an IPv4 address)
+// unless a peer says otherwise; it starts with the first peer. onChange is
+// called when a session changes state.
 func New(log logr.Logger, routerID netip.Addr, onChange func()) *Server {
 	return &Server{
 		log: log, routerID: routerID, onChange: onChange,
 		peers: map[string]Peer{}, paths: map[netip.Prefix][]byte{}, states: map[string]State{},
 		byAddr: map[string]string{}, counts: map[string]int{}, held: map[string]string{}, gr: map[string]string{},
+		enh: map[string]bool{}, routers: map[string]map[string]bool{},
 	}
 }
 
+// global is what GoBGP takes only when it starts: a change restarts it.
+type global struct {
+	routerID netip.Addr
+	// listen are the addresses to accept sessions on (TCP 179),
+	// comma-separated; empty means none.
+	listen string
+}
+
+// ListenPort is where a node accepts the sessions of its dynamic peers.
+const ListenPort = 179
+
+func (b *Server) globalFor(peers []Peer) global {
+	g := global{routerID: b.routerID}
+	for _, p := range peers {
+		if p.RouterID.IsValid() {
+			g.routerID = p.RouterID
+			break
+		}
+	}
+	var listen []string
+	for _, p := range peers {
+		if p.Dynamic.IsValid() && p.Listen.IsValid() {
+			listen = append(listen, p.Listen.String())
+		}
+	}
+	slices.Sort(listen)
+	g.listen = strings.Join(slices.Compact(listen), ",")
+	return g
+}
+
 // start runs GoBGP with asn as its global AS (each peer still says its
-// own MyASN). It never listens: the speakers connect out, as MetalLB's do.
-func (b *Server) start(ctx context.Context, asn uint32) error {
+// own MyASN). It listens only for dynamic peers, and then only on their
+// addresses; otherwise the speakers connect out, as MetalLB's do.
+func (b *Server) start(ctx context.Context, asn uint32, g global) error {
 	s := server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: b.log.WithName("gobgp")}))
 	go s.Serve()
-	err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn:        asn,
-		RouterId:   b.routerID.String(),
-		ListenPort: -1,
-	}})
+	conf := &api.Global{Asn: asn, RouterId: g.routerID.String(), ListenPort: -1}
+	if g.listen != "" {
+		conf.ListenPort, conf.ListenAddresses = ListenPort, strings.Split(g.listen, ",")
+	}
+	err := s.StartBgp(ctx, &api.StartBgpRequest{Global: conf})
 	if err != nil {
 		s.Stop()
 		return fmt.Errorf("start BGP: %w", err)
 	}
 	watchCtx, cancel := context.WithCancel(context.Background())
-	b.stopped = make(chan struct{})
-	go func() { <-b.stopped; cancel() }()
+	stopped := make(chan struct{})
+	b.stopped = stopped
+	go func() { <-stopped; cancel() }()
 	err = s.WatchEvent(watchCtx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
 		p := r.GetPeer()
 		if p == nil || p.Type != api.WatchEventResponse_PeerEvent_STATE || p.Peer == nil || p.Peer.State == nil {
@@ -168,14 +239,132 @@ func (b *Server) start(ctx context.Context, asn uint32) error {
 		s.Stop()
 		return fmt.Errorf("watch BGP sessions: %w", err)
 	}
-	b.s, b.started, b.asn = s, true, asn
+	b.s, b.started, b.asn, b.global = s, true, asn, g
 	return nil
+}
+
+// restart stops GoBGP for a start with new global settings: every session
+// is closed (a Cease, which withdraws at the routers) and every route
+// forgotten, for Apply to add again.
+func (b *Server) restart(ctx context.Context, want global) error {
+	b.log.Info("restarting BGP: the router ID or the addresses it listens on change",
+		"routerID", want.routerID, "listen", want.listen, "was", b.global.routerID, "wasListening", b.global.listen)
+	errs := b.closeAll(ctx)
+	if b.global.listen != "" {
+		// Only StopBgp closes GoBGP's listeners.
+		if err := b.s.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	close(b.stopped)
+	b.started = false
+	b.peers, b.byAddr, b.states, b.policy = map[string]Peer{}, map[string]string{}, map[string]State{}, ""
+	b.paths, b.routers, b.gr, b.enh = map[netip.Prefix][]byte{}, map[string]map[string]bool{}, map[string]string{}, map[string]bool{}
+	return errors.Join(errs...)
+}
+
+// closeAll closes every session with a Cease notification; it leaves
+// the routes in GoBGP's table.
+func (b *Server) closeAll(ctx context.Context) []error {
+	var errs []error
+	for name, p := range b.peers {
+		if err := b.removePeer(ctx, p); err != nil {
+			errs = append(errs, fmt.Errorf("close session to %s: %w", name, err))
+		}
+	}
+	return errs
+}
+
+// addPeer configures one peer in GoBGP: a neighbor, or for a dynamic
+// peer a peer group and the prefix its routers may connect from.
+func (b *Server) addPeer(ctx context.Context, p Peer) error {
+	if !p.Dynamic.IsValid() {
+		return b.s.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)})
+	}
+	if p.Password == "" {
+		return errors.New("a dynamic peer needs a password: the node would accept any router of the prefix")
+	}
+	if err := listenerMD5(); err != nil {
+		return err
+	}
+	if err := b.s.AddPeerGroup(ctx, &api.AddPeerGroupRequest{PeerGroup: apiPeerGroup(p)}); err != nil {
+		return err
+	}
+	err := b.s.AddDynamicNeighbor(ctx, &api.AddDynamicNeighborRequest{DynamicNeighbor: &api.DynamicNeighbor{Prefix: p.Dynamic.String(), PeerGroup: p.Name}})
+	if err != nil {
+		_ = b.s.DeletePeerGroup(ctx, &api.DeletePeerGroupRequest{Name: p.Name})
+	}
+	return err
+}
+
+// removePeer closes a peer's sessions (with a Cease) and removes it
+// from GoBGP: for a dynamic peer, its prefix first, so no router
+// connects meanwhile, then each router's session, then the group.
+func (b *Server) removePeer(ctx context.Context, p Peer) error {
+	if !p.Dynamic.IsValid() {
+		return b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()})
+	}
+	var errs []error
+	if err := b.s.DeleteDynamicNeighbor(ctx, &api.DeleteDynamicNeighborRequest{Prefix: p.Dynamic.String(), PeerGroup: p.Name}); err != nil {
+		errs = append(errs, err)
+	}
+	var members []string
+	_ = b.s.ListPeer(ctx, &api.ListPeerRequest{}, func(n *api.Peer) {
+		if n.Conf != nil && n.Conf.PeerGroup == p.Name && n.State != nil {
+			members = append(members, n.State.NeighborAddress)
+		}
+	})
+	for _, a := range members {
+		if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: a}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := b.s.DeletePeerGroup(ctx, &api.DeletePeerGroupRequest{Name: p.Name}); err != nil {
+		errs = append(errs, err)
+	}
+	delete(b.routers, p.Name)
+	return errors.Join(errs...)
+}
+
+// dynamicOf names the dynamic peer whose prefix addr is in. The caller
+// holds mu.
+func (b *Server) dynamicOf(addr string) (string, bool) {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return "", false
+	}
+	for name, p := range b.peers {
+		if p.Dynamic.IsValid() && p.Dynamic.Contains(a.Unmap()) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 func (b *Server) setState(addr string, st api.PeerState_SessionState) {
 	name := strings.ToLower(st.String())
 	b.mu.Lock()
 	peer, ok := b.byAddr[addr]
+	if !ok {
+		// A router of a dynamic peer: the peer is Established while any
+		// of its routers is, else it listens (Active).
+		if peer, ok = b.dynamicOf(addr); ok {
+			rs := b.routers[peer]
+			if rs == nil {
+				rs = map[string]bool{}
+				b.routers[peer] = rs
+			}
+			if name == Established {
+				rs[addr] = true
+			} else {
+				delete(rs, addr)
+			}
+			name = "active"
+			if len(rs) > 0 {
+				name = Established
+			}
+		}
+	}
 	changed := false
 	if ok && b.states[peer].State != name {
 		b.states[peer] = State{State: name, Since: time.Now()}
@@ -195,6 +384,20 @@ func (b *Server) States() map[string]State {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return maps.Clone(b.states)
+}
+
+// Routers returns, per dynamic peer, the routers with an Established
+// session.
+func (b *Server) Routers() map[string][]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[string][]string{}
+	for name, rs := range b.routers {
+		if len(rs) > 0 {
+			out[name] = slices.Sorted(maps.Keys(rs))
+		}
+	}
+	return out
 }
 
 // Exported returns how many routes each peer is offered.
@@ -222,15 +425,21 @@ func (b *Server) Advertised() map[netip.Prefix]bool {
 func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.started {
-		if len(peers) == 0 {
-			return nil
-		}
-		if err := b.start(ctx, peers[0].MyASN); err != nil {
-			return err
+	var errs []error
+	g := b.globalFor(peers)
+	if b.started && g != b.global {
+		if err := b.restart(ctx, g); err != nil {
+			errs = append(errs, fmt.Errorf("restart BGP: %w", err))
 		}
 	}
-	var errs []error
+	if !b.started {
+		if len(peers) == 0 {
+			return errors.Join(errs...)
+		}
+		if err := b.start(ctx, peers[0].MyASN, g); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+	}
 	b.lastPeers, b.lastRoutes = peers, routes
 	want := map[string]Peer{}
 	for _, p := range peers {
@@ -238,7 +447,7 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 	}
 	for name, old := range b.peers {
 		if p, ok := want[name]; !ok || !samePeer(p, old) {
-			if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: old.Address.String()}); err != nil {
+			if err := b.removePeer(ctx, old); err != nil {
 				errs = append(errs, fmt.Errorf("close session to %s: %w", name, err))
 			}
 			delete(b.peers, name)
@@ -252,7 +461,7 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 
 	// The policy before the routes: a route is never sent to a peer it
 	// is not meant for, not even for a moment.
-	sets, policy, fp := exportPolicy(peers, routes)
+	sets, policy, fp := exportPolicy(peers, routes, b.enh)
 	policyChanged := fp != b.policy
 	if policyChanged {
 		// SetPolicies replaces the definitions and keeps the
@@ -281,7 +490,7 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 				if p.Name != name || !p.carries(r.Prefix) {
 					continue
 				}
-				if _, ok := p.nextHop(r.Prefix); ok {
+				if _, ok := p.nextHop(r.Prefix, b.enh[name]); ok {
 					counts[name]++
 				}
 			}
@@ -315,11 +524,17 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		if _, ok := b.peers[p.Name]; ok {
 			continue
 		}
-		if err := b.s.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+		if err := b.addPeer(ctx, p); err != nil {
 			errs = append(errs, fmt.Errorf("open session to %s: %w", p.Name, err))
 			continue
 		}
 		b.peers[p.Name] = p
+		if p.Dynamic.IsValid() {
+			if _, ok := b.states[p.Name]; !ok {
+				b.states[p.Name] = State{State: "active", Since: time.Now()}
+			}
+			continue
+		}
 		b.byAddr[p.Address.String()] = p.Name
 		if why, ok := b.held[p.Name]; ok {
 			if err := b.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.Address.String(), Communication: why}); err != nil {
@@ -337,9 +552,15 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 			if b.states[p.Name].State != Established {
 				continue
 			}
-			err := b.s.ResetPeer(ctx, &api.ResetPeerRequest{Address: p.Address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT})
-			if err != nil {
-				errs = append(errs, fmt.Errorf("resend to %s: %w", p.Name, err))
+			addrs := []string{p.Address.String()}
+			if p.Dynamic.IsValid() {
+				addrs = slices.Sorted(maps.Keys(b.routers[p.Name]))
+			}
+			for _, a := range addrs {
+				err := b.s.ResetPeer(ctx, &api.ResetPeerRequest{Address: a, Soft: true, Direction: api.ResetPeerRequest_OUT})
+				if err != nil {
+					errs = append(errs, fmt.Errorf("resend to %s: %w", p.Name, err))
+				}
 			}
 		}
 	}
@@ -395,14 +616,11 @@ func (b *Server) Stop(ctx context.Context) error {
 		}
 		delete(b.paths, pfx)
 	}
-	for name, p := range b.peers {
-		if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
-			errs = append(errs, fmt.Errorf("close session to %s: %w", name, err))
-		}
-	}
+	errs = append(errs, b.closeAll(ctx)...)
 	close(b.stopped)
 	b.started = false
 	b.peers, b.byAddr, b.states, b.policy = map[string]Peer{}, map[string]string{}, map[string]State{}, ""
+	b.routers = map[string]map[string]bool{}
 	return errors.Join(errs...)
 }
 
@@ -458,7 +676,7 @@ func (b *Server) Leave(ctx context.Context) ([]string, error) {
 			kept = append(kept, name)
 			continue
 		}
-		if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+		if err := b.removePeer(ctx, p); err != nil {
 			errs = append(errs, fmt.Errorf("close session to %s: %w", name, err))
 		}
 	}
@@ -476,47 +694,104 @@ const (
 
 // GracefulRestart returns, for the peers that ask for graceful restart
 // and whose session is Established, whether the peer offered it too, as
-// GoBGP has it now.
+// GoBGP has it now. It also refreshes what ExtendedNextHop knows.
 func (b *Server) GracefulRestart(ctx context.Context) map[string]string {
-	b.refreshGR(ctx)
+	b.refreshCaps(ctx)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return maps.Clone(b.gr)
 }
 
-// refreshGR records graceful restart as negotiated on the Established
-// sessions of the peers that ask for it.
-func (b *Server) refreshGR(ctx context.Context) {
+// ExtendedNextHop returns, for the peers with ExtendedNextHop whose
+// session is Established, whether the router offered the extended next
+// hop capability (RFC 8950) for IPv4 routes, as last refreshed.
+func (b *Server) ExtendedNextHop() map[string]string {
 	b.mu.Lock()
-	s, started := b.s, b.started
-	want := map[string]string{}
+	defer b.mu.Unlock()
+	out := map[string]string{}
 	for name, p := range b.peers {
-		if p.GracefulRestart > 0 {
-			want[p.Address.String()] = name
+		if !p.ExtendedNextHop || b.states[name].State != Established {
+			continue
+		}
+		out[name] = GRNotSupportedByPeer
+		if b.enh[name] {
+			out[name] = GRNegotiated
 		}
 	}
+	return out
+}
+
+// refreshCaps records, from the router's capabilities on Established
+// sessions, graceful restart for the peers that ask for it, and the
+// extended next hop for those that want it. A dynamic peer has it when
+// every router connected has. When the extended next hop changes, the
+// export policy does: onChange brings the next Apply.
+func (b *Server) refreshCaps(ctx context.Context) {
+	b.mu.Lock()
+	s, started := b.s, b.started
+	peers := maps.Clone(b.peers)
+	byAddr := maps.Clone(b.byAddr)
 	b.mu.Unlock()
 	gr := map[string]string{}
-	if started && len(want) > 0 {
+	enh := map[string]bool{}
+	if started && len(peers) > 0 {
+		seen := map[string]bool{}
 		_ = s.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
 			if p.State == nil || p.State.SessionState != api.PeerState_ESTABLISHED {
 				return
 			}
-			name, ok := want[p.State.NeighborAddress]
+			name, ok := byAddr[p.State.NeighborAddress]
 			if !ok {
+				a, err := netip.ParseAddr(p.State.NeighborAddress)
+				if err != nil {
+					return
+				}
+				for n, pp := range peers {
+					if pp.Dynamic.IsValid() && pp.Dynamic.Contains(a.Unmap()) {
+						name, ok = n, true
+					}
+				}
+			}
+			peer, known := peers[name]
+			if !ok || !known {
 				return
 			}
-			gr[name] = GRNotSupportedByPeer
+			var hasGR, hasENH bool
 			for _, c := range p.State.RemoteCap {
 				if c.MessageIs(&api.GracefulRestartCapability{}) {
-					gr[name] = GRNegotiated
+					hasGR = true
 				}
+				var e api.ExtendedNexthopCapability
+				if c.MessageIs(&e) && c.UnmarshalTo(&e) == nil {
+					for _, t := range e.Tuples {
+						if t.NlriFamily.GetAfi() == api.Family_AFI_IP && t.NlriFamily.GetSafi() == api.Family_SAFI_UNICAST && t.NexthopFamily.GetAfi() == api.Family_AFI_IP6 {
+							hasENH = true
+						}
+					}
+				}
+			}
+			first := !seen[name]
+			seen[name] = true
+			if peer.GracefulRestart > 0 {
+				if hasGR && (first || gr[name] == GRNegotiated) {
+					gr[name] = GRNegotiated
+				} else {
+					gr[name] = GRNotSupportedByPeer
+				}
+			}
+			if peer.ExtendedNextHop {
+				enh[name] = hasENH && (first || enh[name])
 			}
 		})
 	}
 	b.mu.Lock()
 	b.gr = gr
+	changed := !maps.Equal(b.enh, enh)
+	b.enh = enh
 	b.mu.Unlock()
+	if changed && b.onChange != nil {
+		b.onChange()
+	}
 }
 
 // Counters returns, per peer name, the UPDATE messages sent.
@@ -538,6 +813,9 @@ func (b *Server) Counters(ctx context.Context) map[string]uint64 {
 		}
 		if name, ok := byAddr[p.State.NeighborAddress]; ok {
 			out[name] = p.State.Messages.Sent.Update
+		} else if p.Conf != nil && p.Conf.PeerGroup != "" {
+			// A router of a dynamic peer (its group has the peer's name).
+			out[p.Conf.PeerGroup] += p.State.Messages.Sent.Update
 		}
 	})
 	return out
@@ -546,6 +824,45 @@ func (b *Server) Counters(ctx context.Context) map[string]uint64 {
 func samePeer(a, b Peer) bool { return a == b }
 
 func apiPeer(p Peer) *api.Peer {
+	c := apiCommon(p)
+	return &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			LocalAsn:        p.MyASN,
+			AuthPassword:    p.Password,
+		},
+		Timers: c.timers, Transport: c.transport, AfiSafis: c.afiSafis,
+		EbgpMultihop: c.multihop, GracefulRestart: c.gr,
+	}
+}
+
+// apiPeerGroup is a dynamic peer's settings: every router that connects
+// from its prefix gets a session with them.
+func apiPeerGroup(p Peer) *api.PeerGroup {
+	c := apiCommon(p)
+	return &api.PeerGroup{
+		Conf: &api.PeerGroupConf{
+			PeerGroupName: p.Name,
+			PeerAsn:       p.ASN,
+			LocalAsn:      p.MyASN,
+			AuthPassword:  p.Password,
+		},
+		Timers: c.timers, Transport: c.transport, AfiSafis: c.afiSafis,
+		EbgpMultihop: c.multihop, GracefulRestart: c.gr,
+	}
+}
+
+type apiParts struct {
+	timers    *api.Timers
+	transport *api.Transport
+	afiSafis  []*api.AfiSafi
+	multihop  *api.EbgpMultihop
+	gr        *api.GracefulRestart
+}
+
+// apiCommon is what a static and a dynamic peer configure alike.
+func apiCommon(p Peer) apiParts {
 	hold := p.HoldTime
 	if hold == 0 {
 		hold = 90 * time.Second
@@ -556,38 +873,32 @@ func apiPeer(p Peer) *api.Peer {
 	}
 	v4, v6 := p.IPv4, p.IPv6
 	if !v4 && !v6 {
-		v4, v6 = p.Address.Is4(), p.Address.Is6()
+		v4, v6 = p.is4(), !p.is4()
 	}
-	var afiSafis []*api.AfiSafi
+	var out apiParts
 	if v4 {
-		afiSafis = append(afiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
+		out.afiSafis = append(out.afiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
 	}
 	if v6 {
-		afiSafis = append(afiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
+		out.afiSafis = append(out.afiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}, Enabled: true}})
 	}
-	out := &api.Peer{
-		Conf: &api.PeerConf{
-			NeighborAddress: p.Address.String(),
-			PeerAsn:         p.ASN,
-			LocalAsn:        p.MyASN,
-			AuthPassword:    p.Password,
-		},
-		Timers: &api.Timers{Config: &api.TimersConfig{
-			HoldTime:          uint64(hold / time.Second),
-			KeepaliveInterval: uint64(keep / time.Second),
-			ConnectRetry:      2,
-		}},
-		Transport: &api.Transport{RemotePort: uint32(p.Port)},
-		AfiSafis:  afiSafis,
+	out.timers = &api.Timers{Config: &api.TimersConfig{
+		HoldTime:          uint64(hold / time.Second),
+		KeepaliveInterval: uint64(keep / time.Second),
+		ConnectRetry:      2,
+	}}
+	out.transport = &api.Transport{RemotePort: uint32(p.Port), BindInterface: p.VRF}
+	if out.transport.RemotePort == 0 {
+		out.transport.RemotePort = 179
 	}
-	if out.Transport.RemotePort == 0 {
-		out.Transport.RemotePort = 179
+	if p.Dynamic.IsValid() {
+		out.transport.PassiveMode = true
 	}
 	if p.Source.IsValid() {
-		out.Transport.LocalAddress = p.Source.String()
+		out.transport.LocalAddress = p.Source.String()
 	}
 	if p.EBGPMultiHop {
-		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
+		out.multihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: 255}
 	}
 	if p.GracefulRestart > 0 {
 		// Every session opens as a restarting speaker's would: the
@@ -597,12 +908,12 @@ func apiPeer(p Peer) *api.Peer {
 		// router then keeps stale routes until this speaker's
 		// End-of-RIB. Deferral 0: the speaker imports nothing, so it
 		// sends its routes at once rather than wait for the router's.
-		out.GracefulRestart = &api.GracefulRestart{
+		out.gr = &api.GracefulRestart{
 			Enabled:         true,
 			RestartTime:     uint32(min(max(p.GracefulRestart/time.Second, 1), 4095)),
 			LocalRestarting: true,
 		}
-		for _, f := range out.AfiSafis {
+		for _, f := range out.afiSafis {
 			f.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 		}
 	}
@@ -626,11 +937,11 @@ func apiPath(pfx netip.Prefix) *api.Path {
 
 // exportPolicy builds the defined sets and the policy that offer each
 // peer its routes with their attributes, and a fingerprint of both.
-func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy, string) {
-	addr := map[string]netip.Addr{}
+func exportPolicy(peers []Peer, routes []Route, enh map[string]bool) ([]*api.DefinedSet, *api.Policy, string) {
+	addr := map[string]string{}
 	byName := map[string]Peer{}
 	for _, p := range peers {
-		addr[p.Name] = p.Address
+		addr[p.Name] = p.neighbor()
 		byName[p.Name] = p
 	}
 	type group struct {
@@ -656,7 +967,7 @@ func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy,
 			if !ok || !peer.carries(r.Prefix) {
 				continue
 			}
-			nh, ok := peer.nextHop(r.Prefix)
+			nh, ok := peer.nextHop(r.Prefix, enh[p])
 			if !ok {
 				continue // no address of that family on the node
 			}
@@ -684,9 +995,8 @@ func exportPolicy(peers []Peer, routes []Route) ([]*api.DefinedSet, *api.Policy,
 		if !ok {
 			ns = fmt.Sprintf("ironlb-peer-%d", len(neighborSet))
 			neighborSet[g.peer] = ns
-			a := addr[g.peer]
 			sets = append(sets, &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: ns,
-				List: []string{netip.PrefixFrom(a, a.BitLen()).String()}})
+				List: []string{addr[g.peer]}})
 		}
 		ps := fmt.Sprintf("ironlb-prefixes-%d", i)
 		pfxs := prefixes[k]

@@ -59,6 +59,17 @@ func TestMain(m *testing.M) {
 		{"-n", birdNS, "addr", "add", "10.200.0.2/24", "dev", "v1"},
 		{"-n", birdNS, "link", "set", "v1", "up"},
 		{"-n", birdNS, "link", "set", "lo", "up"},
+		// fabric_test.go: IPv6 on the same link, a second address for
+		// BIRD (a router that does not know the password), and a link
+		// reached only by a socket bound to its device (v2: no route).
+		{"addr", "add", "fd20::1/64", "dev", "v0", "nodad"},
+		{"-n", birdNS, "addr", "add", "fd20::2/64", "dev", "v1", "nodad"},
+		{"-n", birdNS, "addr", "add", "10.200.0.3/24", "dev", "v1"},
+		{"link", "add", "v2", "type", "veth", "peer", "name", "v3", "netns", birdNS},
+		{"addr", "add", "10.201.0.1/32", "dev", "v2"},
+		{"link", "set", "v2", "up"},
+		{"-n", birdNS, "addr", "add", "10.201.0.2/24", "dev", "v3"},
+		{"-n", birdNS, "link", "set", "v3", "up"},
 	}
 	code := 1
 	for _, args := range setup {
@@ -83,22 +94,11 @@ type bird struct {
 
 func startBird(t *testing.T, asn uint32, password string) *bird {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces); CI runs as root")
-	}
-	if _, err := exec.LookPath("bird"); err != nil {
-		t.Fatal("bird (Debian's bird2) is not installed: make deps installs it")
-	}
-	b := &bird{t: t, dir: t.TempDir()}
-	b.sock = filepath.Join(b.dir, "bird.ctl")
 	pw := ""
 	if password != "" {
 		pw = fmt.Sprintf("password %q;", password)
 	}
-	conf := fmt.Sprintf(`
-log stderr all;
-router id 10.200.0.2;
-protocol device {}
+	return startBirdConf(t, fmt.Sprintf(`
 protocol bgp node {
 	local 10.200.0.2 as %d;
 	neighbor 10.200.0.1 as 64512;
@@ -107,7 +107,25 @@ protocol bgp node {
 	hold time 9;
 	ipv4 { import all; export none; };
 }
-`, asn, pw)
+`, asn, pw))
+}
+
+// startBirdConf runs BIRD with the given protocols.
+func startBirdConf(t *testing.T, protocols string) *bird {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces); CI runs as root")
+	}
+	if _, err := exec.LookPath("bird"); err != nil {
+		t.Fatal("bird (Debian's bird2) is not installed: make deps installs it")
+	}
+	b := &bird{t: t, dir: t.TempDir()}
+	b.sock = filepath.Join(b.dir, "bird.ctl")
+	conf := `
+log stderr all;
+router id 10.200.0.2;
+protocol device {}
+` + protocols
 	if err := os.WriteFile(filepath.Join(b.dir, "bird.conf"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -144,9 +162,15 @@ func (b *bird) route(pfx string) string {
 // that fails is the test's failure, never "down".
 func (b *bird) established() bool {
 	b.t.Helper()
-	out, err := b.birdc("show", "protocols", "node")
-	if err != nil || !strings.Contains(out, "node") {
-		b.t.Fatalf("birdc show protocols node: %v: %s", err, out)
+	return b.up("node")
+}
+
+// up tells whether BIRD's protocol proto is Established.
+func (b *bird) up(proto string) bool {
+	b.t.Helper()
+	out, err := b.birdc("show", "protocols", proto)
+	if err != nil || !strings.Contains(out, proto) {
+		b.t.Fatalf("birdc show protocols %s: %v: %s", proto, err, out)
 	}
 	return strings.Contains(out, "Established")
 }
