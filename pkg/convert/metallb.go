@@ -297,7 +297,15 @@ func peer(u *unstructured.Unstructured, profiles map[string]*unstructured.Unstru
 	spec, _ := u.Object["spec"].(map[string]any)
 	// disableMP (one session per family) is ironlb's default; MetalLB's
 	// FRR mode otherwise carries both families: see addressFamilies.
-	for _, f := range []string{"vrf", "routerID", "connectTime", "dynamicASN", "interface"} {
+	s.RouterID, _, _ = unstructured.NestedString(u.Object, "spec", "routerID")
+	if vrf, _, _ := unstructured.NestedString(u.Object, "spec", "vrf"); vrf != "" {
+		s.VRF = vrf
+		if s.BFD != nil {
+			s.BFD = nil
+			res.note("BGPPeer %s: BFD does not run in a VRF in ironlb yet; the session in VRF %s runs without it", u.GetName(), vrf)
+		}
+	}
+	for _, f := range []string{"connectTime", "dynamicASN", "interface"} {
 		if v, ok := spec[f]; ok && v != nil && v != false && v != "" {
 			res.note("BGPPeer %s: %s is not supported by ironlb; left out", u.GetName(), f)
 		}

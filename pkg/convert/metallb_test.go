@@ -77,6 +77,9 @@ func TestMetalLB(t *testing.T) {
 	if b.Spec.PasswordSecretRef == nil || b.Spec.PasswordSecretRef.Namespace != Namespace || b.Spec.PasswordSecretRef.Name != "peer-b-md5" {
 		t.Errorf("peer-b: %+v", b.Spec)
 	}
+	if b.Spec.VRF != "red" || b.Spec.RouterID != "192.0.2.9" {
+		t.Errorf("peer-b's vrf %q and routerID %q, want red and 192.0.2.9", b.Spec.VRF, b.Spec.RouterID)
+	}
 	svc := byName["Service/nginx"].(*corev1.Service)
 	for k, v := range map[string]string{"ironlb.dev/ip-pool": "reserved", "ironlb.dev/load-balancer-ips": "192.168.20.11",
 		"ironlb.dev/sharing-key": "key-to-share", "app.example.com/owner": "web-team"} {
@@ -98,6 +101,7 @@ func TestMetalLB(t *testing.T) {
 		"BGPPeer peer-a: its password was inline",
 		"copy the Secret metallb-system/peer-b-md5 to ironlb-system",
 		"ip-allocated-from-pool has no ironlb counterpart",
+		"BGPPeer peer-b: connectTime is not supported",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)

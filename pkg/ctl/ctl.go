@@ -103,8 +103,12 @@ func Status(ctx context.Context, c client.Reader, out io.Writer) (int, error) {
 		_, _ = fmt.Fprintln(tw, "BGP PEER\tADDRESS\tNODE\tSTATE\tFOR\tROUTES\tBFD\tGR")
 		slices.SortFunc(peers.Items, func(a, b ironlbv1alpha1.BGPPeer) int { return strings.Compare(a.Name, b.Name) })
 		for _, p := range peers.Items {
+			addr := p.Spec.PeerAddress
+			if addr == "" {
+				addr = p.Spec.DynamicPeerPrefix + " (dynamic)"
+			}
 			if len(p.Status.Nodes) == 0 {
-				_, _ = fmt.Fprintf(tw, "%s\t%s\t-\tno session yet\t\t\n", p.Name, p.Spec.PeerAddress)
+				_, _ = fmt.Fprintf(tw, "%s\t%s\t-\tno session yet\t\t\n", p.Name, addr)
 				continue
 			}
 			for _, n := range p.Status.Nodes {
@@ -120,7 +124,11 @@ func Status(ctx context.Context, c client.Reader, out io.Writer) (int, error) {
 				if gr == "" {
 					gr = "-"
 				}
-				_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, p.Spec.PeerAddress, n.Node, n.State, since, n.Prefixes, bfd, gr)
+				at := addr
+				if len(n.Routers) > 0 {
+					at = p.Spec.DynamicPeerPrefix + ": " + strings.Join(n.Routers, ",")
+				}
+				_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, at, n.Node, n.State, since, n.Prefixes, bfd, gr)
 				switch {
 				case n.State != "Established":
 					warnings = append(warnings, fmt.Sprintf("BGP session %s from %s is %s: %s", p.Name, n.Node, n.State, n.Message))
@@ -128,6 +136,8 @@ func Status(ctx context.Context, c client.Reader, out io.Writer) (int, error) {
 					warnings = append(warnings, fmt.Sprintf("BFD session %s from %s is %s: %s", p.Name, n.Node, n.BFD, n.Message))
 				case n.GracefulRestart == "NotSupportedByPeer":
 					warnings = append(warnings, fmt.Sprintf("BGP session %s from %s: the peer does not offer graceful restart; a restart of the speaker withdraws its routes", p.Name, n.Node))
+				case n.ExtendedNextHop == "NotSupportedByPeer":
+					warnings = append(warnings, fmt.Sprintf("BGP session %s from %s: the peer does not offer the extended next hop capability; IPv4 routes go with the node's IPv4 address as next hop", p.Name, n.Node))
 				}
 			}
 		}

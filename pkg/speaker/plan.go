@@ -264,6 +264,10 @@ func carries(p *ironlbv1alpha1.BGPPeer, ip netip.Addr) bool {
 	if len(p.Spec.AddressFamilies) > 0 {
 		return slices.Contains(p.Spec.AddressFamilies, fam)
 	}
+	if p.Spec.DynamicPeerPrefix != "" {
+		pfx, err := netip.ParsePrefix(p.Spec.DynamicPeerPrefix)
+		return err == nil && pfx.Addr().Unmap().Is4() == ip.Is4()
+	}
 	a, err := netip.ParseAddr(p.Spec.PeerAddress)
 	return err == nil && a.Unmap().Is4() == ip.Is4()
 }

@@ -262,6 +262,17 @@ func TestBGPRoutes(t *testing.T) {
 	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "v6" {
 		t.Errorf("node a, 10.0.0.5, with tor1 carrying IPv6 only: %+v", got)
 	}
+	// A dynamic peer's family is its prefix's.
+	w.bgpPeers = append(w.bgpPeers, ironlbv1alpha1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "fabric"},
+		Spec: ironlbv1alpha1.BGPPeerSpec{DynamicPeerPrefix: "192.0.2.0/28"}})
+	w.bgpAdvs[0].Spec.Peers = append(w.bgpAdvs[0].Spec.Peers, "fabric")
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "fabric,v6" {
+		t.Errorf("node a, 10.0.0.5, with a dynamic IPv4 peer: %+v", got)
+	}
+	w.bgpPeers[len(w.bgpPeers)-1].Spec.DynamicPeerPrefix = "2001:db8::/64"
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "v6" {
+		t.Errorf("node a, 10.0.0.5, with a dynamic IPv6 peer: %+v", got)
+	}
 }
 
 // TestAggregationStaysInPool: an aggregated prefix is announced only when

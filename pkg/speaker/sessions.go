@@ -24,6 +24,8 @@ type session struct {
 	state    string
 	bfd      string
 	gr       string
+	enh      string
+	routers  string // a dynamic peer's routers, comma-separated
 	since    time.Time
 	prefixes int
 	message  string
@@ -42,7 +44,7 @@ const notEstablishedAfter = 10 * time.Second
 // sessionsOf joins the configured peers, the ones that could not be
 // configured and the router's view of each session.
 func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]bgp.State, exported map[string]int,
-	bfds map[string]bfd.Status, held map[string]string, gr map[string]string) []session {
+	bfds map[string]bfd.Status, held map[string]string, gr map[string]string, enh map[string]string, routers map[string][]string) []session {
 	var out []session
 	for _, p := range peers {
 		st := states[p.Name]
@@ -50,7 +52,7 @@ func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]
 		if name == "" {
 			name = "Idle"
 		}
-		s := session{peer: p.Name, state: name, since: st.Since, prefixes: exported[p.Name]}
+		s := session{peer: p.Name, state: name, since: st.Since, prefixes: exported[p.Name], enh: enh[p.Name], routers: routersOf(routers[p.Name])}
 		b, hasBFD := bfds[p.Name]
 		if hasBFD {
 			s.bfd = b.State.String()
@@ -63,6 +65,8 @@ func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]
 			s.message = fmt.Sprintf("closed by this node: %s (it opens again once BFD is Up)", held[p.Name])
 		case hasBFD && b.State != bfd.Up && (name == "Established" || b.Err != ""):
 			s.message = b.String()
+		case name != "Established" && p.Dynamic.IsValid():
+			s.message = fmt.Sprintf("listening on %s port %d for routers in %s (AS %d, ours AS %d); none has a session", p.Listen, bgp.ListenPort, p.Dynamic, p.ASN, p.MyASN)
 		case name != "Established":
 			s.message = fmt.Sprintf("not established with %s (AS %d, ours AS %d)", p.Address, p.ASN, p.MyASN)
 			if !st.Since.IsZero() && time.Since(st.Since) > notEstablishedAfter {
@@ -117,6 +121,16 @@ func (w *writer) writeSessions(ctx context.Context) error {
 		}
 		if s.gr != "" {
 			entry["gracefulRestart"] = s.gr
+		}
+		if s.enh != "" {
+			entry["extendedNextHop"] = s.enh
+		}
+		if s.routers != "" {
+			var rs []any
+			for _, r := range strings.Split(s.routers, ",") {
+				rs = append(rs, r)
+			}
+			entry["routers"] = rs
 		}
 		if err := w.applyStatus(ctx, s.peer, []any{entry}); err != nil {
 			if !apierrors.IsNotFound(err) {

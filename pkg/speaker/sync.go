@@ -184,7 +184,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	s.writer.publish(mine, owned, w.alive)
 	s.writer.publishProblems(problems)
-	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported(), bfdStatus, s.bgp.Held(), s.bgp.GracefulRestart(ctx)))
+	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported(), bfdStatus, s.bgp.Held(), s.bgp.GracefulRestart(ctx), s.bgp.ExtendedNextHop(), s.bgp.Routers()))
 	if dpErr != nil {
 		s.metrics.dataplaneErrors.Inc()
 	}
@@ -308,6 +308,11 @@ func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string
 	var out []bgp.Peer
 	refs := map[string]bool{}
 	defer s.secretRefs.Store(&refs)
+	var l links
+	var linksErr error
+	if needsLinks(w.bgpPeers) {
+		l, linksErr = readLinks()
+	}
 	for i := range w.bgpPeers {
 		p := &w.bgpPeers[i]
 		if !config.Selects(p.Spec.NodeSelector, self.Labels) {
@@ -316,13 +321,19 @@ func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string
 		if r := p.Spec.PasswordSecretRef; r != nil {
 			refs[r.Namespace+"/"+r.Name] = true
 		}
-		bp, err := s.bgpPeer(ctx, p)
+		bp, err := s.bgpPeer(ctx, p, self.Name)
 		if err != nil {
 			problems[p.Name] = err.Error()
 			continue
 		}
-		addrs := selfOf(self)
-		bp.NextHop4, bp.NextHop6 = addrs.V4, addrs.V6
+		if linksErr != nil && (p.Spec.SourceInterface != "" || p.Spec.VRF != "") {
+			problems[p.Name] = linksErr.Error()
+			continue
+		}
+		if err := placeSession(&bp, &p.Spec, selfOf(self), l); err != nil {
+			problems[p.Name] = err.Error()
+			continue
+		}
 		if key := p.Spec.MyASNFromLabel; key != "" {
 			asn, err := asnFromLabel(self, key)
 			if err != nil {
@@ -334,7 +345,7 @@ func (s *Speaker) bgpPeers(ctx context.Context, w world) ([]bgp.Peer, map[string
 		out = append(out, bp)
 	}
 	slices.SortFunc(out, func(a, b bgp.Peer) int { return strings.Compare(a.Name, b.Name) })
-	return out, problems
+	return agreeOnRouterID(out, problems), problems
 }
 
 // asnFromLabel reads a node's AS number from its label key.
@@ -350,15 +361,33 @@ func asnFromLabel(n *corev1.Node, key string) (uint32, error) {
 	return uint32(asn), nil
 }
 
-func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.Peer, error) {
-	addr, err := netip.ParseAddr(p.Spec.PeerAddress)
-	if err != nil {
-		return bgp.Peer{}, fmt.Errorf("peerAddress: %w", err)
-	}
+func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer, node string) (bgp.Peer, error) {
 	out := bgp.Peer{
-		Name: p.Name, Address: addr.Unmap(), Port: uint16(p.Spec.PeerPort),
+		Name: p.Name, Port: uint16(p.Spec.PeerPort),
 		ASN: uint32(p.Spec.PeerASN), MyASN: uint32(p.Spec.MyASN), EBGPMultiHop: p.Spec.EBGPMultiHop,
+		ExtendedNextHop: p.Spec.ExtendedNextHop,
 	}
+	if p.Spec.DynamicPeerPrefix != "" {
+		pfx, err := netip.ParsePrefix(p.Spec.DynamicPeerPrefix)
+		if err != nil {
+			return bgp.Peer{}, fmt.Errorf("dynamicPeerPrefix: %w", err)
+		}
+		out.Dynamic = pfx.Masked()
+	} else {
+		addr, err := netip.ParseAddr(p.Spec.PeerAddress)
+		if err != nil {
+			return bgp.Peer{}, fmt.Errorf("peerAddress: %w", err)
+		}
+		out.Address = addr.Unmap()
+	}
+	if p.Spec.RouterID != "" {
+		id, err := netip.ParseAddr(p.Spec.RouterID)
+		if err != nil || !id.Is4() {
+			return bgp.Peer{}, fmt.Errorf("routerID %q is not an IPv4 address", p.Spec.RouterID)
+		}
+		out.RouterID = id
+	}
+	var err error
 	if p.Spec.SourceAddress != "" {
 		if out.Source, err = netip.ParseAddr(p.Spec.SourceAddress); err != nil {
 			return bgp.Peer{}, fmt.Errorf("sourceAddress: %w", err)
@@ -385,6 +414,11 @@ func (s *Speaker) bgpPeer(ctx context.Context, p *ironlbv1alpha1.BGPPeer) (bgp.P
 		}
 	}
 	if ref := p.Spec.PasswordSecretRef; ref != nil {
+		if p.Spec.PasswordPerNode {
+			perNode := *ref
+			perNode.Key = node
+			ref = &perNode
+		}
 		pw, err := s.password(ctx, ref)
 		if err != nil {
 			return bgp.Peer{}, err

@@ -21,11 +21,32 @@ type SecretKeyRef struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || !has(self.keepaliveTime) || duration(self.holdTime) == duration('0s') || duration(self.keepaliveTime) <= duration(self.holdTime)",message="keepaliveTime must not exceed holdTime"
 // +kubebuilder:validation:XValidation:rule="!has(self.bfd) || !has(self.bfd.minimumTTL) || (has(self.ebgpMultiHop) && self.ebgpMultiHop)",message="bfd.minimumTTL applies to multihop sessions only: set ebgpMultiHop, or drop it"
 // +kubebuilder:validation:XValidation:rule="has(self.myASN) != has(self.myASNFromLabel)",message="set exactly one of myASN and myASNFromLabel"
+// +kubebuilder:validation:XValidation:rule="has(self.peerAddress) != has(self.dynamicPeerPrefix)",message="set exactly one of peerAddress and dynamicPeerPrefix"
+// +kubebuilder:validation:XValidation:rule="!has(self.dynamicPeerPrefix) || has(self.passwordSecretRef)",message="dynamicPeerPrefix accepts sessions from a whole prefix: set passwordSecretRef, so that only routers that know the password get one"
+// +kubebuilder:validation:XValidation:rule="!has(self.dynamicPeerPrefix) || !has(self.bfd)",message="bfd needs the router's address: it cannot be used with dynamicPeerPrefix"
+// +kubebuilder:validation:XValidation:rule="!has(self.dynamicPeerPrefix) || !has(self.vrf)",message="dynamicPeerPrefix listens in the default VRF: it cannot be used with vrf"
+// +kubebuilder:validation:XValidation:rule="!has(self.vrf) || !has(self.bfd)",message="bfd does not run in a VRF yet: drop bfd, or vrf"
+// +kubebuilder:validation:XValidation:rule="!has(self.sourceAddress) || !has(self.sourceInterface)",message="set at most one of sourceAddress and sourceInterface"
+// +kubebuilder:validation:XValidation:rule="!has(self.extendedNextHop) || !self.extendedNextHop || !has(self.peerAddress) || !isIP(self.peerAddress) || ip(self.peerAddress).family() == 6",message="extendedNextHop is for IPv6 sessions: the peerAddress is IPv4"
+// +kubebuilder:validation:XValidation:rule="!has(self.passwordPerNode) || !self.passwordPerNode || has(self.passwordSecretRef)",message="passwordPerNode needs passwordSecretRef"
 type BGPPeerSpec struct {
-	// PeerAddress is the router's IP address.
+	// PeerAddress is the router's IP address. Set it, or
+	// dynamicPeerPrefix.
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IPv4 or IPv6 address"
-	PeerAddress string `json:"peerAddress"`
+	// +optional
+	PeerAddress string `json:"peerAddress,omitempty"`
+	// DynamicPeerPrefix makes the session dynamic (BGP dynamic neighbors):
+	// the nodes do not connect out; any router in this prefix may connect
+	// to them, and gets a session with these settings. Only then does a
+	// node listen for BGP: on TCP 179, bound to its own address of the
+	// prefix's family (sourceAddress or sourceInterface when set, else its
+	// InternalIP). It needs passwordSecretRef (TCP MD5), and peerPort is
+	// not used. Set it, or peerAddress.
+	// +kubebuilder:validation:MaxLength=49
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="must be a CIDR prefix with no host bits set, e.g. 10.0.0.0/24"
+	// +optional
+	DynamicPeerPrefix string `json:"dynamicPeerPrefix,omitempty"`
 	// PeerASN is the router's autonomous system number.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=4294967295
@@ -50,11 +71,41 @@ type BGPPeerSpec struct {
 	// +kubebuilder:default=179
 	// +optional
 	PeerPort int32 `json:"peerPort,omitempty"`
-	// SourceAddress is the local address the session starts from.
+	// SourceAddress is the local address the session starts from (one
+	// node's, so usually with a nodeSelector; see sourceInterface for an
+	// address per node).
 	// +kubebuilder:validation:MaxLength=45
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IPv4 or IPv6 address"
 	// +optional
 	SourceAddress string `json:"sourceAddress,omitempty"`
+	// SourceInterface takes the session's local address, on each node,
+	// from this interface: its first global address of the peer's family
+	// (a per-rack uplink, say). A node without the interface, or without
+	// such an address on it, keeps no session, and its status entry says
+	// why.
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9][-A-Za-z0-9_.@]*$')",message="must be a network interface name"
+	// +optional
+	SourceInterface string `json:"sourceInterface,omitempty"`
+	// RouterID is the BGP identifier (RFC 6286: an IPv4 address) the nodes
+	// open this session with; absent means the node's IPv4 InternalIP. A
+	// node runs one BGP router: every peer it keeps must agree on it, and
+	// a peer whose routerID differs from another's (the first by name
+	// wins) keeps no session on that node and says why. Changing the
+	// router ID restarts the node's BGP sessions.
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 4",message="must be an IPv4 address"
+	// +optional
+	RouterID string `json:"routerID,omitempty"`
+	// VRF opens the session bound to this Linux VRF device on each node
+	// (the socket is bound to the device, so the VRF's routing table
+	// reaches the router), and advertises the VIP routes on it, with the
+	// node's address in the VRF as next hop. A node without the device
+	// keeps no session, and its status entry says why.
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9][-A-Za-z0-9_.@]*$')",message="must be a network interface name"
+	// +optional
+	VRF string `json:"vrf,omitempty"`
 	// HoldTime is the BGP hold time: 0 (no keepalives) or at least 3s.
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="must not be negative"
 	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('3s')",message="must be 0 or at least 3s"
@@ -69,6 +120,11 @@ type BGPPeerSpec struct {
 	// PasswordSecretRef holds the TCP MD5 (RFC 2385) password.
 	// +optional
 	PasswordSecretRef *SecretKeyRef `json:"passwordSecretRef,omitempty"`
+	// PasswordPerNode: the Secret holds a password per node, under the
+	// node's name (passwordSecretRef's key is then not used). A node
+	// without its key keeps no session, and its status entry says why.
+	// +optional
+	PasswordPerNode bool `json:"passwordPerNode,omitempty"`
 	// EBGPMultiHop allows an eBGP peer that is more than one hop away.
 	// +optional
 	EBGPMultiHop bool `json:"ebgpMultiHop,omitempty"`
@@ -91,6 +147,14 @@ type BGPPeerSpec struct {
 	// +listType=set
 	// +optional
 	AddressFamilies []AddressFamily `json:"addressFamilies,omitempty"`
+	// ExtendedNextHop sends the IPv4 routes of an IPv6 session with this
+	// node's IPv6 session address as next hop (RFC 8950), for fabrics
+	// whose links have no IPv4. It takes effect once the router has
+	// offered the extended next hop capability on the session; until then,
+	// or when it does not, the IPv4 routes go with the node's IPv4 address
+	// as next hop, and the status says so.
+	// +optional
+	ExtendedNextHop bool `json:"extendedNextHop,omitempty"`
 	// GracefulRestart (RFC 4724) keeps this node's routes at the router
 	// while its speaker restarts (an upgrade, a crash): the router holds
 	// them as stale for up to restartTime, and the new speaker refreshes
@@ -177,6 +241,16 @@ type BGPSessionStatus struct {
 	// offered by the peer (NotSupportedByPeer), or not configured (empty).
 	// +optional
 	GracefulRestart string `json:"gracefulRestart,omitempty"`
+	// ExtendedNextHop tells, for a peer with extendedNextHop, whether the
+	// router offered the extended next hop capability (RFC 8950) on the
+	// current session (Negotiated: IPv4 routes go with an IPv6 next hop)
+	// or not (NotSupportedByPeer: they go with the node's IPv4 address).
+	// +optional
+	ExtendedNextHop string `json:"extendedNextHop,omitempty"`
+	// Routers are, for a dynamicPeerPrefix peer, the routers that have a
+	// session with the node now.
+	// +optional
+	Routers []string `json:"routers,omitempty"`
 	// Message explains a session that is not Established, or a BFD
 	// session that is not Up.
 	// +optional
@@ -199,6 +273,7 @@ type BGPPeerStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=bgpp
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.peerAddress`
+// +kubebuilder:printcolumn:name="Prefix",type=string,JSONPath=`.spec.dynamicPeerPrefix`,priority=1
 // +kubebuilder:printcolumn:name="ASN",type=integer,JSONPath=`.spec.peerASN`
 // +kubebuilder:printcolumn:name="My ASN",type=integer,JSONPath=`.spec.myASN`
 // +kubebuilder:printcolumn:name="Sessions",type=string,JSONPath=`.status.nodes[*].state`

@@ -117,12 +117,47 @@ func TestValidation(t *testing.T) {
 			wantErr: []string{"exactly one of myASN and myASNFromLabel"}},
 		"peer: ASN label not a key": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.MyASN, s.MyASNFromLabel = 0, "not a key!" }),
 			wantErr: []string{"spec.myASNFromLabel", "must be a label key"}},
-		"peer: keep over hold":   {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
-		"communities: valid":     {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
-		"community: 16-bit":      {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},
-		"community: junk":        {obj: adv("no-export", "hello"), wantErr: []string{"spec.communities[1]"}},
-		"community: large 2^32":  {obj: adv("large:4294967296:1:2"), wantErr: []string{"spec.communities[0]"}},
-		"community: large short": {obj: adv("large:1:2"), wantErr: []string{"spec.communities[0]"}},
+		"peer: dynamic": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.PeerAddress, s.DynamicPeerPrefix = "", "10.100.1.0/24"
+			s.PasswordSecretRef = &v1alpha1.SecretKeyRef{Namespace: "default", Name: "md5"}
+		})},
+		"peer: dynamic without a password": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PeerAddress, s.DynamicPeerPrefix = "", "10.100.1.0/24" }),
+			wantErr: []string{"set passwordSecretRef"}},
+		"peer: dynamic and an address": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.DynamicPeerPrefix = "10.100.1.0/24"
+			s.PasswordSecretRef = &v1alpha1.SecretKeyRef{Namespace: "default", Name: "md5"}
+		}), wantErr: []string{"exactly one of peerAddress and dynamicPeerPrefix"}},
+		"peer: neither address nor prefix": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PeerAddress = "" }),
+			wantErr: []string{"exactly one of peerAddress and dynamicPeerPrefix"}},
+		"peer: dynamic prefix with host bits": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.PeerAddress, s.DynamicPeerPrefix = "", "10.100.1.1/24"
+			s.PasswordSecretRef = &v1alpha1.SecretKeyRef{Namespace: "default", Name: "md5"}
+		}), wantErr: []string{"spec.dynamicPeerPrefix", "no host bits"}},
+		"peer: dynamic with bfd": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.PeerAddress, s.DynamicPeerPrefix = "", "fd00:100::/64"
+			s.PasswordSecretRef = &v1alpha1.SecretKeyRef{Namespace: "default", Name: "md5"}
+			s.BFD = &v1alpha1.BFDSpec{}
+		}), wantErr: []string{"cannot be used with dynamicPeerPrefix"}},
+		"peer: source interface":             {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.SourceInterface = "eth1.100" })},
+		"peer: source interface and address": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.SourceInterface, s.SourceAddress = "eth1", "10.0.0.1" }), wantErr: []string{"at most one of sourceAddress and sourceInterface"}},
+		"peer: source interface not a name":  {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.SourceInterface = "eth 1" }), wantErr: []string{"spec.sourceInterface", "interface name"}},
+		"peer: router id":                    {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.RouterID = "192.0.2.7" })},
+		"peer: router id IPv6":               {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.RouterID = "fd00::7" }), wantErr: []string{"spec.routerID", "IPv4"}},
+		"peer: vrf":                          {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.VRF = "red" })},
+		"peer: vrf with bfd":                 {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.VRF, s.BFD = "red", &v1alpha1.BFDSpec{} }), wantErr: []string{"VRF"}},
+		"peer: password per node": {obj: peer(func(s *v1alpha1.BGPPeerSpec) {
+			s.PasswordPerNode = true
+			s.PasswordSecretRef = &v1alpha1.SecretKeyRef{Namespace: "default", Name: "md5"}
+		})},
+		"peer: password per node, no Secret": {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PasswordPerNode = true }), wantErr: []string{"passwordPerNode needs passwordSecretRef"}},
+		"peer: extended next hop":            {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.PeerAddress, s.ExtendedNextHop = "fd00::1", true })},
+		"peer: extended next hop on IPv4":    {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.ExtendedNextHop = true }), wantErr: []string{"extendedNextHop is for IPv6 sessions"}},
+		"peer: keep over hold":               {obj: peer(func(s *v1alpha1.BGPPeerSpec) { s.HoldTime, s.KeepaliveTime = duration("9s"), duration("10s") }), wantErr: []string{"keepaliveTime must not exceed holdTime"}},
+		"communities: valid":                 {obj: adv("64512:100", "no-export", "large:64512:1:2", "65535:65535", "large:4294967295:0:0")},
+		"community: 16-bit":                  {obj: adv("64512:65536"), wantErr: []string{"spec.communities[0]", "ASN:VALUE"}},
+		"community: junk":                    {obj: adv("no-export", "hello"), wantErr: []string{"spec.communities[1]"}},
+		"community: large 2^32":              {obj: adv("large:4294967296:1:2"), wantErr: []string{"spec.communities[0]"}},
+		"community: large short":             {obj: adv("large:1:2"), wantErr: []string{"spec.communities[0]"}},
 		"advertisement: pools and selector": {obj: &v1alpha1.L2Advertisement{Spec: v1alpha1.L2AdvertisementSpec{PoolSelection: v1alpha1.PoolSelection{
 			IPPools: []string{"a"}, IPPoolSelector: &metav1.LabelSelector{},
 		}}}, wantErr: []string{"not both"}},
