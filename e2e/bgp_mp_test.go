@@ -47,6 +47,13 @@ func deletePeer(t *testing.T, name string) (restore func()) {
 // node's own address of the prefix's family as next hop.
 func waitBirdVia(t *testing.T, prefix netip.Prefix, session string) {
 	t.Helper()
+	waitBirdViaNextHop(t, prefix, session, prefix.Addr().Is6())
+}
+
+// waitBirdViaNextHop is waitBirdVia with the next hop's family given: the
+// node's IPv6 address (v6) or its IPv4 one.
+func waitBirdViaNextHop(t *testing.T, prefix netip.Prefix, session string, v6 bool) {
+	t.Helper()
 	eventually(t, 30*time.Second, func() error {
 		got, err := birdNextHops(t.Context(), prefix.String())
 		if err != nil {
@@ -58,7 +65,7 @@ func waitBirdVia(t *testing.T, prefix netip.Prefix, session string) {
 		for _, n := range cfg.NodeList() {
 			block := got[n.Name]
 			nh := n.IPv4
-			if prefix.Addr().Is6() {
+			if v6 {
 				nh = n.IPv6
 			}
 			if !strings.Contains(block, "[node_"+n.Letter+"_"+session) || !strings.Contains(block, "BGP.next_hop: "+nh.String()) {
@@ -98,6 +105,34 @@ func TestBGPMultiprotocol(t *testing.T) {
 			checkEchoes(t, openEchoes(t, ip, 3), fmt.Sprintf("%s carried both families", c.keep))
 		}
 		t.Logf("%s alone: BIRD has %s and %s from every node over its node_X_%s sessions, and both answer through the router", c.keep, v4, v6, c.session)
+		if c.session == "6" {
+			// RFC 8950: the IPv4 route over the IPv6 sessions with the
+			// nodes' IPv6 addresses as next hops (BIRD offers the
+			// capability on its node_X_6 sessions), and traffic to the
+			// IPv4 VIP through the router over them.
+			updatePeers(t, func(s *ironlbv1alpha1.BGPPeerSpec) { s.ExtendedNextHop = true }, c.keep)
+			waitBirdViaNextHop(t, v4, c.session, true)
+			eventually(t, 20*time.Second, func() error {
+				var p ironlbv1alpha1.BGPPeer
+				if err := cl.Get(t.Context(), client.ObjectKey{Name: c.keep}, &p); err != nil {
+					return err
+				}
+				n := 0
+				for _, st := range p.Status.Nodes {
+					if st.ExtendedNextHop == "Negotiated" {
+						n++
+					}
+				}
+				if n != cfg.Nodes {
+					return fmt.Errorf("extended next hop negotiated on %d of %d nodes: %+v", n, cfg.Nodes, p.Status.Nodes)
+				}
+				return nil
+			})
+			checkEchoes(t, openEchoes(t, ips[0], 3), "IPv4 VIP over IPv6 next hops")
+			updatePeers(t, func(s *ironlbv1alpha1.BGPPeerSpec) { s.ExtendedNextHop = false }, c.keep)
+			waitBirdViaNextHop(t, v4, c.session, false)
+			t.Logf("%s with extendedNextHop: BIRD has %s from every node with its IPv6 address as next hop (RFC 8950), and it answers through the router", c.keep, v4)
+		}
 		setFamilies(nil)
 		restore()
 		waitSessions(t, 30*time.Second)

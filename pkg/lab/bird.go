@@ -86,10 +86,12 @@ template bgp nodes {
 `, RouterIPv4, BFDInterval.Milliseconds(), BFDInterval.Milliseconds(), BFDMultiplier, BGPASN, int(BGPHoldTime/time.Second), BGPPassword)
 	for _, n := range c.NodeList() {
 		// Each session can carry both families (MP-BGP); a BGPPeer
-		// without addressFamilies offers only its own.
+		// without addressFamilies offers only its own. The IPv6 ones
+		// take IPv4 routes with IPv6 next hops (RFC 8950), which a node
+		// sends only with extendedNextHop.
 		fmt.Fprintf(&b, "protocol bgp node_%s_4 from nodes { local %s; neighbor %s as %d; ipv4 { import all; export none; }; ipv6 { import all; export none; }; }\n",
 			n.Letter, RouterIPv4, n.IPv4, BGPASN)
-		fmt.Fprintf(&b, "protocol bgp node_%s_6 from nodes { local %s; neighbor %s as %d; ipv6 { import all; export none; }; ipv4 { import all; export none; }; }\n",
+		fmt.Fprintf(&b, "protocol bgp node_%s_6 from nodes { local %s; neighbor %s as %d; ipv6 { import all; export none; }; ipv4 { import all; export none; extended next hop on; }; }\n",
 			n.Letter, RouterIPv6, n.IPv6, BGPASN)
 	}
 	return b.String()
