@@ -152,7 +152,9 @@ func TestGracefulRestart(t *testing.T) {
 			return nil
 		}
 	}
-	restart := func(how string, next func()) {
+	// next starts the next speaker and returns what stops it, which the
+	// watch of BIRD's route must end before (a stop withdraws).
+	restart := func(how string, next func() (stopNext func())) {
 		t.Helper()
 		p := startSpeakerProc(t, 30*time.Second)
 		b.eventually(10*time.Second, "route from the first speaker", hasRoute(true))
@@ -180,18 +182,20 @@ func TestGracefulRestart(t *testing.T) {
 		if err := hasRoute(true)(); err != nil {
 			t.Fatalf("%s: the route went with the session: %v", how, err)
 		}
-		next()
+		stopNext := next()
 		missing, polls := stop()
+		stopNext()
 		if missing > 0 {
 			t.Fatalf("%s: BIRD lacked the route in %d of %d polls through the restart", how, missing, polls)
 		}
 		t.Logf("%s: BIRD had the route in all %d polls (every 10 ms) through the restart", how, polls)
 	}
 	for _, how := range []string{"leave", "kill"} {
-		restart(how, func() {
+		restart(how, func() func() {
 			ctx := context.Background()
 			srv := New(testr.New(t), netip.MustParseAddr("10.200.0.1"), nil)
-			defer func() { _ = srv.Stop(ctx) }()
+			stopNext := func() { _ = srv.Stop(ctx) }
+			t.Cleanup(stopNext) // when a check below fails first
 			if err := srv.Apply(ctx, []Peer{grPeer(30 * time.Second)}, []Route{{Prefix: grPrefix, Peers: []string{"bird"}}}); err != nil {
 				t.Fatal(err)
 			}
@@ -223,6 +227,7 @@ func TestGracefulRestart(t *testing.T) {
 				}
 				return nil
 			})
+			return stopNext
 		})
 	}
 
