@@ -77,6 +77,10 @@ unit: ## Run the unit tests (no API server, no root).
 integration: kube-binaries ## Run the tests against a real kube-apiserver and etcd.
 	$(GO) test ./pkg/apis/... ./pkg/controller/...
 
+.PHONY: vm
+vm: deps ## Run the tests that need a kernel with VRF (this machine's has none) in a qemu VM with Debian's kernel (fetched by hack/vm-kernel.sh).
+	$(GO) test ./e2e/vm -count=1 -timeout 15m
+
 .PHONY: fuzz
 # Count-based budgets: a duration -fuzztime makes Go 1.26 fail at the deadline
 # with a bare "context deadline exceeded" (golang/go#75804, fixed in Go 1.27).
@@ -113,6 +117,7 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration, e2e and the 
 	$(MAKE) unit
 	$(MAKE) fuzz
 	$(MAKE) integration
+	$(MAKE) vm
 	$(MAKE) e2e
 	$(MAKE) e2e-kubelet
 
