@@ -89,6 +89,13 @@ func TestBGPGracefulRestartBFD(t *testing.T) {
 	if termMissing > 0 || killMissing > 0 {
 		t.Errorf("BFD and graceful restart, BIRD with bfd graceful: BIRD lacked node-b's route, SIGTERM in %d of %d polls, kill -9 in %d of %d", termMissing, termPolls, killMissing, killPolls)
 	}
+	// BFD off again: every session comes back, including one that BFD
+	// held closed (BIRD's reconfiguration restarts its BFD sessions).
+	if out, err := cfg.Birdc(ctx, "configure", fmt.Sprintf("%q", orig)); err != nil || !strings.Contains(out, "Reconfigured") {
+		t.Fatalf("birdc configure %s: %v: %s", orig, err, out)
+	}
+	updatePeers(t, func(s *ironlbv1alpha1.BGPPeerSpec) { s.GracefulRestart, s.BFD = nil, nil }, lab.BGPPeerV4, lab.BGPPeerV6)
+	waitSessions(t, 30*time.Second)
 	t.Logf("FIGURE BFD (%s x %d) with graceful restart, BIRD polled every 10 ms: with BIRD's bfd on, SIGTERM lost node-b's route in %d of %d polls (for %s); with bfd graceful, SIGTERM in %d of %d, kill -9 in %d of %d",
 		lab.BFDInterval, lab.BFDMultiplier, onMissing, onPolls, onLost.Round(time.Millisecond), termMissing, termPolls, killMissing, killPolls)
 }

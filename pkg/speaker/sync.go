@@ -20,6 +20,7 @@ import (
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bfd"
 	"github.com/ironlb/ironlb/pkg/bgp"
 	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/dataplane"
@@ -138,6 +139,15 @@ func (s *Speaker) sync(ctx context.Context) error {
 	bgpErr := s.bgp.Apply(ctx, peers, routes)
 	bfdWant, bfdStatus := bfdPeers(w, peers)
 	s.bfd.Set(bfdWant)
+	// A session held closed for its BFD is let go once its peer no longer
+	// runs BFD: nothing would bring BFD Up again.
+	for name := range s.bgp.Held() {
+		if !slices.ContainsFunc(bfdWant, func(p bfd.Peer) bool { return p.Name == name }) {
+			if err := s.bgp.Hold(ctx, name, ""); err != nil {
+				s.log.Error(err, "open a BGP session held for a BFD the peer no longer runs", "peer", name)
+			}
+		}
+	}
 	for _, p := range bfdWant {
 		s.metrics.bfdDowns.WithLabelValues(p.Name) // exported from 0
 	}
