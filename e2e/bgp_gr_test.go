@@ -17,7 +17,6 @@ import (
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/lab"
-	"github.com/ironlb/ironlb/pkg/speaker"
 )
 
 // setGracefulRestart gives the lab's BGPPeers graceful restart, or takes
@@ -209,9 +208,9 @@ func TestBGPGracefulRestart(t *testing.T) {
 				return err
 			}
 			if on {
-				n.Labels[speaker.ExcludeLabel] = "true"
+				n.Labels[ironlbv1alpha1.ExcludeLabel] = "true"
 			} else {
-				delete(n.Labels, speaker.ExcludeLabel)
+				delete(n.Labels, ironlbv1alpha1.ExcludeLabel)
 			}
 			return cl.Update(ctx, &n)
 		})

@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
-	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/lab"
 )
 
@@ -27,7 +26,7 @@ import (
 func bgpService(t *testing.T, name string, mutate func(*corev1.Service)) []netip.Addr {
 	t.Helper()
 	ips := demoService(t, name, 2, func(s *corev1.Service) {
-		s.Annotations = map[string]string{config.AnnotationPool: lab.BGPPool}
+		s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: lab.BGPPool}
 		if mutate != nil {
 			mutate(s)
 		}

@@ -21,9 +21,7 @@ import (
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
-	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/lab"
-	"github.com/ironlb/ironlb/pkg/speaker"
 )
 
 // macOf returns a node's eth0 MAC.
@@ -259,9 +257,9 @@ func TestExcludedNodeNeverAnnounces(t *testing.T) {
 			t.Fatal(err)
 		}
 		if on {
-			n.Labels[speaker.ExcludeLabel] = ""
+			n.Labels[ironlbv1alpha1.ExcludeLabel] = ""
 		} else {
-			delete(n.Labels, speaker.ExcludeLabel)
+			delete(n.Labels, ironlbv1alpha1.ExcludeLabel)
 		}
 		if err := cl.Update(ctx, &n); err != nil {
 			t.Fatal(err)
@@ -359,12 +357,12 @@ func TestSharedIPHasOneAnnouncer(t *testing.T) {
 	ports := [][]corev1.ServicePort{{lab.DemoPorts[0]}, {lab.DemoPorts[2]}}
 	for i, name := range names {
 		err := cfg.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-			s.Annotations = map[string]string{config.AnnotationSharingKey: "e2e"}
+			s.Annotations = map[string]string{ironlbv1alpha1.AnnotationSharingKey: "e2e"}
 			s.Spec.Ports = ports[i]
 			s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 			if i == 1 {
-				s.Annotations[config.AnnotationIPs] = "10.89.100.200"
+				s.Annotations[ironlbv1alpha1.AnnotationIPs] = "10.89.100.200"
 			}
 		})
 		if err != nil {
@@ -379,7 +377,7 @@ func TestSharedIPHasOneAnnouncer(t *testing.T) {
 	if err := cl.Get(ctx, types.NamespacedName{Namespace: "default", Name: names[0]}, &first); err != nil {
 		t.Fatal(err)
 	}
-	first.Annotations[config.AnnotationIPs] = "10.89.100.200"
+	first.Annotations[ironlbv1alpha1.AnnotationIPs] = "10.89.100.200"
 	if err := cl.Update(ctx, &first); err != nil {
 		t.Fatal(err)
 	}
@@ -465,7 +463,7 @@ func TestInterfaceMissing(t *testing.T) {
 	mkPool("ifaces-some", "10.89.102.0/29", "lbtest0")
 	inPool := func(pool string) func(*corev1.Service) {
 		return func(s *corev1.Service) {
-			s.Annotations = map[string]string{config.AnnotationPool: pool}
+			s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: pool}
 			s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 		}

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/internal/kube"
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/convert"
 	"github.com/ironlb/ironlb/pkg/ctl"
 	"github.com/ironlb/ironlb/pkg/dataplane"
@@ -101,7 +102,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 		fs.SetOutput(stderr)
 		node := fs.String("node", "", "the node (required)")
 		port := fs.Int("port", 7476, "the speakers' debug port (--debug-addr)")
-		namespace := fs.String("namespace", "ironlb-system", "the speakers' namespace")
+		namespace := fs.String("namespace", ironlbv1alpha1.SystemNamespace, "the speakers' namespace")
 		local := fs.Bool("local", false, "read the speaker on this machine (127.0.0.1) instead of port-forwarding through the API server: run it on the node")
 		if err := fs.Parse(rest[2:]); err != nil {
 			return 2, nil

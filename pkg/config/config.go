@@ -21,15 +21,6 @@ import (
 	"github.com/ironlb/ironlb/pkg/ipam"
 )
 
-// The LoadBalancerClass ironlb handles, and its Service annotations.
-const (
-	LoadBalancerClass       = "ironlb.dev/ironlb"
-	AnnotationPool          = "ironlb.dev/ip-pool"
-	AnnotationIPs           = "ironlb.dev/load-balancer-ips"
-	AnnotationSharingKey    = "ironlb.dev/sharing-key"
-	PoolProtectionFinalizer = "ironlb.dev/pool-protection"
-)
-
 // IsOurs reports whether ironlb should give the Service an IP: it is of type
 // LoadBalancer and of our class, or of no class when defaultClass is on.
 func IsOurs(svc *corev1.Service, defaultClass bool) bool {
@@ -39,7 +30,7 @@ func IsOurs(svc *corev1.Service, defaultClass bool) bool {
 	if svc.Spec.LoadBalancerClass == nil {
 		return defaultClass
 	}
-	return *svc.Spec.LoadBalancerClass == LoadBalancerClass
+	return *svc.Spec.LoadBalancerClass == ironlbv1alpha1.LoadBalancerClass
 }
 
 // Pool converts an IPPool. Entries that do not parse are returned as an error
@@ -102,8 +93,8 @@ func Service(svc *corev1.Service, nsLabels map[string]string) (ipam.Service, err
 		Namespace:       svc.Namespace,
 		NamespaceLabels: nsLabels,
 		Labels:          svc.Labels,
-		Pool:            svc.Annotations[AnnotationPool],
-		SharingKey:      svc.Annotations[AnnotationSharingKey],
+		Pool:            svc.Annotations[ironlbv1alpha1.AnnotationPool],
+		SharingKey:      svc.Annotations[ironlbv1alpha1.AnnotationSharingKey],
 	}
 	for _, f := range svc.Spec.IPFamilies {
 		switch f {
@@ -121,7 +112,7 @@ func Service(svc *corev1.Service, nsLabels map[string]string) (ipam.Service, err
 			out.Policy = ipam.RequireDualStack
 		}
 	}
-	requested := svc.Annotations[AnnotationIPs]
+	requested := svc.Annotations[ironlbv1alpha1.AnnotationIPs]
 	if requested == "" {
 		requested = svc.Spec.LoadBalancerIP // deprecated, still honoured
 	}
@@ -131,7 +122,7 @@ func Service(svc *corev1.Service, nsLabels map[string]string) (ipam.Service, err
 		}
 		ip, err := netip.ParseAddr(s)
 		if err != nil || ip.Zone() != "" {
-			return out, fmt.Errorf("annotation %s: %q is not an IP address", AnnotationIPs, s)
+			return out, fmt.Errorf("annotation %s: %q is not an IP address", ironlbv1alpha1.AnnotationIPs, s)
 		}
 		out.RequestedIPs = append(out.RequestedIPs, ip.Unmap())
 	}

@@ -80,14 +80,14 @@ func DefaultOptions() Options {
 	return Options{
 		DefaultClass:            true,
 		LeaderElection:          true,
-		LeaderElectionNamespace: "ironlb-system",
+		LeaderElectionNamespace: ironlbv1alpha1.SystemNamespace,
 		LeaseDuration:           15 * time.Second,
 		RenewDeadline:           10 * time.Second,
 		RetryPeriod:             2 * time.Second,
 		MetricsAddr:             ":7472",
 		HealthAddr:              ":7474",
 		Workers:                 16,
-		Namespace:               "ironlb-system",
+		Namespace:               ironlbv1alpha1.SystemNamespace,
 		MemberlistSecret:        "ironlb-memberlist",
 	}
 }

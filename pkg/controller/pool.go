@@ -86,9 +86,9 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	}
 	if r.state.uninstalling.Load() {
 		// Uninstalling: nothing may be left holding the pool.
-		if pool.Name != "" && controllerutil.ContainsFinalizer(pool, config.PoolProtectionFinalizer) {
+		if pool.Name != "" && controllerutil.ContainsFinalizer(pool, ironlbv1alpha1.PoolProtectionFinalizer) {
 			patch := client.MergeFrom(pool.DeepCopy())
-			controllerutil.RemoveFinalizer(pool, config.PoolProtectionFinalizer)
+			controllerutil.RemoveFinalizer(pool, ironlbv1alpha1.PoolProtectionFinalizer)
 			if err := r.patchPool(ctx, pool, patch); err != nil {
 				return ctrl.Result{}, err
 			}
@@ -134,9 +134,9 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		poolUsed.WithLabelValues(pool.Name, fam).Set(float64(u.Used))
 	}
 
-	if pool.DeletionTimestamp == nil && !controllerutil.ContainsFinalizer(pool, config.PoolProtectionFinalizer) {
+	if pool.DeletionTimestamp == nil && !controllerutil.ContainsFinalizer(pool, ironlbv1alpha1.PoolProtectionFinalizer) {
 		patch := client.MergeFrom(pool.DeepCopy())
-		controllerutil.AddFinalizer(pool, config.PoolProtectionFinalizer)
+		controllerutil.AddFinalizer(pool, ironlbv1alpha1.PoolProtectionFinalizer)
 		if err := r.patchPool(ctx, pool, patch); err != nil {
 			return ctrl.Result{}, err
 		}
@@ -159,13 +159,13 @@ func (r *PoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		}
 	}
 
-	if pool.DeletionTimestamp != nil && controllerutil.ContainsFinalizer(pool, config.PoolProtectionFinalizer) {
+	if pool.DeletionTimestamp != nil && controllerutil.ContainsFinalizer(pool, ironlbv1alpha1.PoolProtectionFinalizer) {
 		if len(usage.Holders) > 0 {
 			r.recorder.Eventf(pool, nil, corev1.EventTypeWarning, "PoolInUse", "Delete", "Deletion waits for Services that hold its addresses: %s", strings.Join(usage.Holders, ", "))
 			return ctrl.Result{}, nil
 		}
 		patch := client.MergeFrom(pool.DeepCopy())
-		controllerutil.RemoveFinalizer(pool, config.PoolProtectionFinalizer)
+		controllerutil.RemoveFinalizer(pool, ironlbv1alpha1.PoolProtectionFinalizer)
 		if err := r.patchPool(ctx, pool, patch); err != nil {
 			return ctrl.Result{}, err
 		}

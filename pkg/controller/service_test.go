@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
-	"github.com/ironlb/ironlb/pkg/config"
 )
 
 func TestAutomaticAllocation(t *testing.T) {
@@ -46,7 +45,7 @@ func TestRequestedIP(t *testing.T) {
 	startController(t, testOptions())
 	ns := namespace(t, nil)
 	createPool(t, "requested", poolFor(ns, "10.11.0.0/24"))
-	createService(t, ns, "by-annotation", withAnnotation(config.AnnotationIPs, "10.11.0.42"))
+	createService(t, ns, "by-annotation", withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.11.0.42"))
 	waitIPs(t, ns, "by-annotation", "10.11.0.42")
 	createService(t, ns, "by-spec", func(s *corev1.Service) { s.Spec.LoadBalancerIP = "10.11.0.43" })
 	waitIPs(t, ns, "by-spec", "10.11.0.43")
@@ -54,11 +53,11 @@ func TestRequestedIP(t *testing.T) {
 	createService(t, ns, "auto")
 	waitIPs(t, ns, "auto", "10.11.0.0")
 
-	createService(t, ns, "taken", withAnnotation(config.AnnotationIPs, "10.11.0.42"))
+	createService(t, ns, "taken", withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.11.0.42"))
 	waitEvent(t, ns, "taken", "RequestedIPInUse")
-	createService(t, ns, "outside", withAnnotation(config.AnnotationIPs, "10.99.0.1"))
+	createService(t, ns, "outside", withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.99.0.1"))
 	waitEvent(t, ns, "outside", "RequestedIPNotInPool")
-	createService(t, ns, "garbage", withAnnotation(config.AnnotationIPs, "ten.eleven"))
+	createService(t, ns, "garbage", withAnnotation(ironlbv1alpha1.AnnotationIPs, "ten.eleven"))
 	waitEvent(t, ns, "garbage", "InvalidRequest")
 	for _, name := range []string{"taken", "outside", "garbage"} {
 		if ips := ingressIPs(getService(t, ns, name)); len(ips) > 0 {
@@ -68,7 +67,7 @@ func TestRequestedIP(t *testing.T) {
 
 	// Changing the request moves the Service; the old address is free again.
 	svc := getService(t, ns, "by-annotation")
-	update(t, svc, func() { svc.Annotations[config.AnnotationIPs] = "10.11.0.44" })
+	update(t, svc, func() { svc.Annotations[ironlbv1alpha1.AnnotationIPs] = "10.11.0.44" })
 	waitIPs(t, ns, "by-annotation", "10.11.0.44")
 	waitIPs(t, ns, "taken", "10.11.0.42")
 }
@@ -85,9 +84,9 @@ func TestPoolAnnotation(t *testing.T) {
 	// The automatic pool is full, and the manual one is never used unasked.
 	createService(t, ns, "unasked")
 	waitEvent(t, ns, "unasked", "PoolExhausted")
-	createService(t, ns, "asked", withAnnotation(config.AnnotationPool, "manual"))
+	createService(t, ns, "asked", withAnnotation(ironlbv1alpha1.AnnotationPool, "manual"))
 	waitIPs(t, ns, "asked", "10.12.1.0")
-	createService(t, ns, "missing", withAnnotation(config.AnnotationPool, "no-such-pool"))
+	createService(t, ns, "missing", withAnnotation(ironlbv1alpha1.AnnotationPool, "no-such-pool"))
 	waitEvent(t, ns, "missing", "NoPool")
 }
 
@@ -106,12 +105,12 @@ func TestNamespaceAndSelectorRestrictions(t *testing.T) {
 	})
 
 	// Team B may not take team A's address, by request or by pool name.
-	createService(t, teamB, "steal-ip", withAnnotation(config.AnnotationIPs, "10.13.0.1"))
+	createService(t, teamB, "steal-ip", withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.13.0.1"))
 	e := waitEvent(t, teamB, "steal-ip", "NotAllowed")
 	if e.Type != corev1.EventTypeWarning {
 		t.Errorf("NotAllowed event of type %s", e.Type)
 	}
-	createService(t, teamB, "steal-pool", withAnnotation(config.AnnotationPool, "team-a"))
+	createService(t, teamB, "steal-pool", withAnnotation(ironlbv1alpha1.AnnotationPool, "team-a"))
 	waitEvent(t, teamB, "steal-pool", "NotAllowed")
 	createService(t, teamB, "plain")
 	waitEvent(t, teamB, "plain", "NoPool")
@@ -122,7 +121,7 @@ func TestNamespaceAndSelectorRestrictions(t *testing.T) {
 	waitIPs(t, teamA, "plain", "10.13.0.0")
 	createService(t, teamA, "public", func(s *corev1.Service) { s.Labels = map[string]string{"expose": "public"} })
 	waitIPs(t, teamA, "public", "10.13.1.0")
-	createService(t, teamA, "own-ip", withAnnotation(config.AnnotationIPs, "10.13.0.3"))
+	createService(t, teamA, "own-ip", withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.13.0.3"))
 	waitIPs(t, teamA, "own-ip", "10.13.0.3")
 
 	for _, name := range []string{"steal-ip", "steal-pool", "plain"} {
@@ -136,7 +135,7 @@ func TestSharing(t *testing.T) {
 	startController(t, testOptions())
 	ns := namespace(t, nil)
 	createPool(t, "sharing", poolFor(ns, "10.14.0.0/29"))
-	key := withAnnotation(config.AnnotationSharingKey, "k")
+	key := withAnnotation(ironlbv1alpha1.AnnotationSharingKey, "k")
 
 	createService(t, ns, "http", key, withPorts(80))
 	waitIPs(t, ns, "http", "10.14.0.0")
@@ -145,14 +144,14 @@ func TestSharing(t *testing.T) {
 
 	// Refused: a clashing port, Local next to Cluster, Local with another
 	// selector, no key, another key.
-	at := withAnnotation(config.AnnotationIPs, "10.14.0.0")
+	at := withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.14.0.0")
 	createService(t, ns, "clash", key, withPorts(80), at)
 	waitEvent(t, ns, "clash", "SharingConflict")
 	createService(t, ns, "local", key, withPorts(8080), withLocal(map[string]string{"app": "x"}), at)
 	waitEvent(t, ns, "local", "SharingConflict")
 	createService(t, ns, "nokey", withPorts(8081), at)
 	waitEvent(t, ns, "nokey", "RequestedIPInUse")
-	createService(t, ns, "otherkey", withAnnotation(config.AnnotationSharingKey, "other"), withPorts(8082), at)
+	createService(t, ns, "otherkey", withAnnotation(ironlbv1alpha1.AnnotationSharingKey, "other"), withPorts(8082), at)
 	waitEvent(t, ns, "otherkey", "SharingConflict")
 
 	// Local Services share with Local Services of the same selector only.
@@ -160,7 +159,7 @@ func TestSharing(t *testing.T) {
 	s := waitIPs(t, ns, "local-a", "10.14.0.1")
 	createService(t, ns, "local-b", key, withPorts(443), withLocal(map[string]string{"app": "x"}))
 	waitIPs(t, ns, "local-b", "10.14.0.1")
-	createService(t, ns, "local-c", key, withPorts(8443), withLocal(map[string]string{"app": "y"}), withAnnotation(config.AnnotationIPs, "10.14.0.1"))
+	createService(t, ns, "local-c", key, withPorts(8443), withLocal(map[string]string{"app": "y"}), withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.14.0.1"))
 	waitEvent(t, ns, "local-c", "SharingConflict")
 
 	// The shared address stays until its last holder goes.
@@ -168,7 +167,7 @@ func TestSharing(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitIPs(t, ns, "local-b", "10.14.0.1")
-	createService(t, ns, "after", withAnnotation(config.AnnotationIPs, "10.14.0.1"))
+	createService(t, ns, "after", withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.14.0.1"))
 	waitEvent(t, ns, "after", "RequestedIPInUse")
 }
 
@@ -245,7 +244,7 @@ func TestClasses(t *testing.T) {
 	startController(t, testOptions())
 	ns := namespace(t, nil)
 	createPool(t, "classes", poolFor(ns, "10.18.0.0/30"))
-	createService(t, ns, "ours", withClass(config.LoadBalancerClass))
+	createService(t, ns, "ours", withClass(ironlbv1alpha1.LoadBalancerClass))
 	waitIPs(t, ns, "ours", "10.18.0.0")
 	createService(t, ns, "classless")
 	waitIPs(t, ns, "classless", "10.18.0.1")
@@ -253,7 +252,7 @@ func TestClasses(t *testing.T) {
 	createService(t, ns, "cluster-ip", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeClusterIP })
 	// A later Service of ours gets its IP: the controller has seen the
 	// two before it, so a window without change means something.
-	createService(t, ns, "later", withClass(config.LoadBalancerClass))
+	createService(t, ns, "later", withClass(ironlbv1alpha1.LoadBalancerClass))
 	waitIPs(t, ns, "later", "10.18.0.2")
 	consistently(t, "other classes and types are left alone", time.Second, func() (bool, string) {
 		for _, name := range []string{"theirs", "cluster-ip"} {
@@ -272,10 +271,10 @@ func TestDefaultClassOff(t *testing.T) {
 	startController(t, opts)
 	ns := namespace(t, nil)
 	createPool(t, "class-only", poolFor(ns, "10.19.0.0/30"))
-	createService(t, ns, "ours", withClass(config.LoadBalancerClass))
+	createService(t, ns, "ours", withClass(ironlbv1alpha1.LoadBalancerClass))
 	waitIPs(t, ns, "ours", "10.19.0.0")
 	createService(t, ns, "classless")
-	createService(t, ns, "later", withClass(config.LoadBalancerClass))
+	createService(t, ns, "later", withClass(ironlbv1alpha1.LoadBalancerClass))
 	waitIPs(t, ns, "later", "10.19.0.1")
 	consistently(t, "a class-less Service is not ours", time.Second, func() (bool, string) {
 		ips := ingressIPs(getService(t, ns, "classless"))
@@ -307,7 +306,7 @@ func TestDeletingPoolInUseIsHeld(t *testing.T) {
 	waitIPs(t, ns, "holder", "10.21.0.0")
 	eventually(t, "pool finalizer", func() (bool, string) {
 		p := getPool(t, "held")
-		return slices.Contains(p.Finalizers, config.PoolProtectionFinalizer), fmt.Sprintf("%v", p.Finalizers)
+		return slices.Contains(p.Finalizers, ironlbv1alpha1.PoolProtectionFinalizer), fmt.Sprintf("%v", p.Finalizers)
 	})
 	if err := k8s.Delete(context.Background(), getPool(t, "held")); err != nil {
 		t.Fatal(err)
@@ -361,7 +360,7 @@ func TestPoolProblemsAreConditions(t *testing.T) {
 	createPool(t, "reversed-v6", poolFor(ns, "fd00:23::9-fd00:23::1", "10.23.5.0/32"))
 	waitCondition(t, "reversed-v6", "Ready", metav1.ConditionFalse, "spec.addresses[0]", "start is after end")
 	waitEvent(t, "", "reversed-v6", "InvalidAddresses")
-	createService(t, ns, "still-served", withAnnotation(config.AnnotationPool, "reversed-v6"))
+	createService(t, ns, "still-served", withAnnotation(ironlbv1alpha1.AnnotationPool, "reversed-v6"))
 	waitIPs(t, ns, "still-served", "10.23.5.0")
 }
 
@@ -411,10 +410,10 @@ func TestIPStability(t *testing.T) {
 	}
 	// An IP shared under key k elsewhere: a new allocation with k would
 	// take it.
-	createService(t, ns, "kshare", withAnnotation(config.AnnotationSharingKey, "k"), withPorts(443))
+	createService(t, ns, "kshare", withAnnotation(ironlbv1alpha1.AnnotationSharingKey, "k"), withPorts(443))
 	kIP := ingressIPs(waitIPsAny(t, ns, "kshare"))[0]
 
-	edit("web", func(s *corev1.Service) { s.Annotations = map[string]string{config.AnnotationSharingKey: "k"} })
+	edit("web", func(s *corev1.Service) { s.Annotations = map[string]string{ironlbv1alpha1.AnnotationSharingKey: "k"} })
 	processed("web")
 	waitIPs(t, ns, "web", "10.15.0.1")
 	if kIP == "10.15.0.1" {
@@ -432,10 +431,10 @@ func TestIPStability(t *testing.T) {
 	waitIPs(t, ns, "web", "10.15.0.1")
 
 	// A clash: web2 shares web's IP under k, then web2's key changes.
-	createService(t, ns, "web2", withAnnotation(config.AnnotationSharingKey, "k"), withPorts(8080),
-		withLocal(map[string]string{"app": "web2"}), withAnnotation(config.AnnotationIPs, "10.15.0.1"))
+	createService(t, ns, "web2", withAnnotation(ironlbv1alpha1.AnnotationSharingKey, "k"), withPorts(8080),
+		withLocal(map[string]string{"app": "web2"}), withAnnotation(ironlbv1alpha1.AnnotationIPs, "10.15.0.1"))
 	waitIPs(t, ns, "web2", "10.15.0.1")
-	edit("web2", func(s *corev1.Service) { s.Annotations[config.AnnotationSharingKey] = "other" })
+	edit("web2", func(s *corev1.Service) { s.Annotations[ironlbv1alpha1.AnnotationSharingKey] = "other" })
 	waitEvent(t, ns, "web2", "SharingConflict")
 	waitIPs(t, ns, "web2", "10.15.0.1")
 	// web goes: the clash is gone, web2 keeps its IP under its new key.

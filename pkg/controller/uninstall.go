@@ -21,7 +21,6 @@ import (
 	"github.com/ironlb/ironlb/internal/kube"
 	"github.com/ironlb/ironlb/internal/uninstall"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
-	"github.com/ironlb/ironlb/pkg/config"
 )
 
 // +kubebuilder:rbac:groups=apps,resources=deployments,resourceNames=ironlb-controller,verbs=get;list;watch
@@ -96,7 +95,7 @@ func (u *uninstaller) pass(ctx context.Context) (int, error) {
 		return left, errors.Join(append(errs, err)...)
 	}
 	for _, p := range pools.Items {
-		if !controllerutil.ContainsFinalizer(&p, config.PoolProtectionFinalizer) {
+		if !controllerutil.ContainsFinalizer(&p, ironlbv1alpha1.PoolProtectionFinalizer) {
 			continue
 		}
 		left++

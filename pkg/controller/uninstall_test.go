@@ -9,7 +9,7 @@ import (
 
 	servicehelper "k8s.io/cloud-provider/service/helpers"
 
-	"github.com/ironlb/ironlb/pkg/config"
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/controller"
 )
 
@@ -24,7 +24,7 @@ func TestLetGo(t *testing.T) {
 	waitIPs(t, ns, "web", "10.40.0.0")
 	eventually(t, "pool finalizer", func() (bool, string) {
 		p := getPool(t, "letgo")
-		return slices.Contains(p.Finalizers, config.PoolProtectionFinalizer), fmt.Sprintf("%v", p.Finalizers)
+		return slices.Contains(p.Finalizers, ironlbv1alpha1.PoolProtectionFinalizer), fmt.Sprintf("%v", p.Finalizers)
 	})
 	stop()
 	// Stopping alone lets go of nothing: a restart must find it all.
@@ -37,7 +37,7 @@ func TestLetGo(t *testing.T) {
 	if err := controller.LetGo(ctx, env.Config, testOptions()); err != nil {
 		t.Fatal(err)
 	}
-	if p := getPool(t, "letgo"); slices.Contains(p.Finalizers, config.PoolProtectionFinalizer) {
+	if p := getPool(t, "letgo"); slices.Contains(p.Finalizers, ironlbv1alpha1.PoolProtectionFinalizer) {
 		t.Errorf("pool keeps %v", p.Finalizers)
 	}
 	s := getService(t, ns, "web")

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"time"
 
@@ -23,12 +22,11 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
-	"github.com/ironlb/ironlb/pkg/config"
 )
 
 // Namespace is where converted password Secrets go: the speaker reads
 // Secrets there only.
-const Namespace = "ironlb-system"
+const Namespace = ironlbv1alpha1.SystemNamespace
 
 // Result is what a conversion produced: ironlb objects to apply, and what
 // could not be carried over (each a sentence naming the object and field).
@@ -225,7 +223,7 @@ func bgpAdv(u *unstructured.Unstructured, aliases map[string]string, res *Result
 		switch {
 		case strings.HasPrefix(c, "large:"):
 			a.Spec.Communities = append(a.Spec.Communities, ironlbv1alpha1.Community(c))
-		case strings.Count(c, ":") == 1 || slices.Contains(wellKnown, c):
+		case strings.Count(c, ":") == 1 || ironlbv1alpha1.WellKnownCommunities[c] != "":
 			a.Spec.Communities = append(a.Spec.Communities, ironlbv1alpha1.Community(c))
 		default:
 			res.note("BGPAdvertisement %s: community %q is neither ASN:VALUE, large:G:L1:L2, a well-known name nor a Community alias in the input; left out",
@@ -234,9 +232,6 @@ func bgpAdv(u *unstructured.Unstructured, aliases map[string]string, res *Result
 	}
 	return a
 }
-
-var wellKnown = []string{"no-export", "no-advertise", "no-export-subconfed", "no-peer", "blackhole",
-	"graceful-shutdown", "accept-own", "llgr-stale", "no-llgr"}
 
 func peer(u *unstructured.Unstructured, profiles map[string]*unstructured.Unstructured, res *Result) []client.Object {
 	p := &ironlbv1alpha1.BGPPeer{TypeMeta: typeMeta("BGPPeer"), ObjectMeta: meta(u.GetName())}
@@ -346,9 +341,9 @@ func bfdSpec(prof *unstructured.Unstructured, peer string, multihop bool, res *R
 
 // The Service annotations MetalLB reads, under both of its prefixes.
 var annotations = map[string]string{
-	"address-pool":    config.AnnotationPool,
-	"loadBalancerIPs": "ironlb.dev/load-balancer-ips",
-	"allow-shared-ip": "ironlb.dev/sharing-key",
+	"address-pool":    ironlbv1alpha1.AnnotationPool,
+	"loadBalancerIPs": ironlbv1alpha1.AnnotationIPs,
+	"allow-shared-ip": ironlbv1alpha1.AnnotationSharingKey,
 }
 
 func service(u *unstructured.Unstructured, res *Result) client.Object {

@@ -15,7 +15,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
-	"github.com/ironlb/ironlb/pkg/config"
 )
 
 // BGPResult summarises one kind of BGP measurement.
@@ -126,7 +125,7 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 		pfx := netip.PrefixFrom(ip, 32).String()
 		t0 := time.Now()
 		err := c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-			s.Annotations = map[string]string{config.AnnotationPool: BGPPool, config.AnnotationIPs: ip.String()}
+			s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: BGPPool, ironlbv1alpha1.AnnotationIPs: ip.String()}
 			s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 		})
@@ -244,7 +243,7 @@ func (c Config) BenchLinkCut(ctx context.Context, runs int, log io.Writer) ([]BG
 	pfx := netip.PrefixFrom(ip, 32).String()
 	const name = "bgp-bench-link"
 	err = c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-		s.Annotations = map[string]string{config.AnnotationPool: BGPPool, config.AnnotationIPs: ip.String()}
+		s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: BGPPool, ironlbv1alpha1.AnnotationIPs: ip.String()}
 		s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 	})

@@ -21,6 +21,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 )
 
 // The kubelet lab (ironlb-lab up --kubelet): the control plane lives in
@@ -629,7 +631,7 @@ func (c Config) createKubeletObjects(ctx context.Context, cl client.Client) erro
 	}
 	svc := DemoServiceObject(DemoService)
 	if c.BGP {
-		svc.Annotations = map[string]string{"ironlb.dev/ip-pool": BGPPool}
+		svc.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: BGPPool}
 	}
 	if err := cl.Create(ctx, svc); err != nil {
 		return fmt.Errorf("create Service %s: %w", DemoService, err)

@@ -19,7 +19,6 @@ import (
 
 	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
-	"github.com/ironlb/ironlb/pkg/config"
 )
 
 // Names of the sample objects.
@@ -27,7 +26,7 @@ const (
 	DemoService  = "demo"
 	DemoPool     = "lab"
 	EndpointsBy  = "lab.ironlb.dev"
-	SystemNS     = "ironlb-system"
+	SystemNS     = ironlbv1alpha1.SystemNamespace
 	managedByKey = "endpointslice.kubernetes.io/managed-by"
 )
 
@@ -81,7 +80,7 @@ func (c Config) createObjects(ctx context.Context, crdDir string) error {
 	}
 	return c.CreateDemoService(ctx, cl, DemoService, func(s *corev1.Service) {
 		if c.BGP {
-			s.Annotations = map[string]string{config.AnnotationPool: BGPPool}
+			s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: BGPPool}
 		}
 	})
 }

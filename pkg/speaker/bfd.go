@@ -138,7 +138,7 @@ func (s *Speaker) drainRoutes(w world, routes []bgp.Route) []bgp.Route {
 	excluded := false
 	for i := range w.nodes {
 		if w.nodes[i].Name == s.opts.NodeName {
-			_, excluded = w.nodes[i].Labels[ExcludeLabel]
+			_, excluded = w.nodes[i].Labels[ironlbv1alpha1.ExcludeLabel]
 		}
 	}
 	if !excluded {

@@ -16,9 +16,6 @@ import (
 	"github.com/ironlb/ironlb/pkg/ipam"
 )
 
-// ExcludeLabel keeps a node out of external load balancing.
-const ExcludeLabel = "node.kubernetes.io/exclude-from-external-load-balancers"
-
 // world is everything one decision looks at, as read from the cache.
 type world struct {
 	nodes    []corev1.Node
@@ -146,7 +143,7 @@ func plan(w world, self string) []decision {
 		var selfLabels map[string]string
 		for i := range w.nodes {
 			n := &w.nodes[i]
-			_, excluded := n.Labels[ExcludeLabel]
+			_, excluded := n.Labels[ironlbv1alpha1.ExcludeLabel]
 			an := announce.Node{
 				Name:           n.Name,
 				Alive:          w.alive[n.Name] && nodeReady(n),
@@ -320,7 +317,7 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 		for _, c := range adv.Spec.Communities {
 			if rest, ok := strings.CutPrefix(string(c), "large:"); ok {
 				r.large = append(r.large, rest)
-			} else if v, ok := wellKnown[string(c)]; ok {
+			} else if v, ok := ironlbv1alpha1.WellKnownCommunities[string(c)]; ok {
 				r.communities = append(r.communities, v)
 			} else {
 				r.communities = append(r.communities, string(c))
@@ -350,18 +347,4 @@ func withinPool(pfx netip.Prefix, pool *ironlbv1alpha1.IPPool) bool {
 		}
 	}
 	return false
-}
-
-// wellKnown are the community names the API accepts, as ASN:VALUE
-// (RFC 1997, 3765, 7999, 8326, 7611, RFC 9494).
-var wellKnown = map[string]string{
-	"graceful-shutdown":   "65535:0",
-	"accept-own":          "65535:1",
-	"llgr-stale":          "65535:6",
-	"no-llgr":             "65535:7",
-	"blackhole":           "65535:666",
-	"no-export":           "65535:65281",
-	"no-advertise":        "65535:65282",
-	"no-export-subconfed": "65535:65283",
-	"no-peer":             "65535:65284",
 }

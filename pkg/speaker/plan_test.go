@@ -95,7 +95,7 @@ func TestPlan(t *testing.T) {
 			wantOwner: "a",
 		},
 		"excluded node": {
-			w: world{nodes: []corev1.Node{testNode("a", map[string]string{ExcludeLabel: ""}, corev1.ConditionTrue), abc[1]},
+			w: world{nodes: []corev1.Node{testNode("a", map[string]string{ironlbv1alpha1.ExcludeLabel: ""}, corev1.ConditionTrue), abc[1]},
 				services: []corev1.Service{testService("s", "192.0.2.10", false)}, slices: []discoveryv1.EndpointSlice{testSlice("s", "a")},
 				pools: pools, l2: allAdv, alive: allAlive},
 			wantOwner: "b",
@@ -202,7 +202,7 @@ func TestBGPRoutes(t *testing.T) {
 		nodes: []corev1.Node{
 			testNode("a", map[string]string{"rack": "1"}, corev1.ConditionTrue),
 			testNode("b", map[string]string{"rack": "2"}, corev1.ConditionTrue),
-			testNode("x", map[string]string{ExcludeLabel: ""}, corev1.ConditionTrue),
+			testNode("x", map[string]string{ironlbv1alpha1.ExcludeLabel: ""}, corev1.ConditionTrue),
 		},
 		services: []corev1.Service{testService("web", "10.0.0.5", false), testService("loc", "10.0.0.6", true)},
 		slices:   []discoveryv1.EndpointSlice{testSlice("web", "a"), testSlice("loc", "b")},

@@ -86,7 +86,7 @@ type Options struct {
 // DefaultOptions returns the defaults of the flags.
 func DefaultOptions() Options {
 	return Options{
-		Namespace:   "ironlb-system",
+		Namespace:   ironlbv1alpha1.SystemNamespace,
 		Dataplane:   "xdp",
 		MetricsAddr: ":7473",
 		HealthAddr:  ":7475",

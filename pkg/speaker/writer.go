@@ -22,13 +22,6 @@ import (
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 )
 
-// Labels on Announcement objects, so they can be listed by node or Service.
-const (
-	LabelNode     = "ironlb.dev/node"
-	LabelService  = "ironlb.dev/service"
-	LabelProtocol = "ironlb.dev/protocol"
-)
-
 // announcement is one (Service, IP, protocol) this node announces.
 type announcement struct {
 	service    types.NamespacedName
@@ -249,9 +242,9 @@ func (w *writer) write(ctx context.Context) error {
 				Namespace: key.Namespace,
 				Name:      key.Name,
 				Labels: map[string]string{
-					LabelNode:     labelValue(w.node),
-					LabelService:  labelValue(m.service.Name),
-					LabelProtocol: string(m.protocol),
+					ironlbv1alpha1.LabelNode:     labelValue(w.node),
+					ironlbv1alpha1.LabelService:  labelValue(m.service.Name),
+					ironlbv1alpha1.LabelProtocol: string(m.protocol),
 				},
 				OwnerReferences: []metav1.OwnerReference{{
 					APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: svc.UID,

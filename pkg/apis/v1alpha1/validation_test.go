@@ -3,6 +3,11 @@ package v1alpha1_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -221,5 +226,49 @@ func TestDefaults(t *testing.T) {
 	}
 	if rt := gr.Spec.GracefulRestart.RestartTime; rt == nil || rt.Duration != 120*time.Second {
 		t.Errorf("graceful restart default: %v, want 120s", rt)
+	}
+}
+
+// TestWellKnownCommunities: the API server admits every name in
+// WellKnownCommunities (what the speaker and the converter translate),
+// and no other word: the CEL rule on Community and the map agree.
+func TestWellKnownCommunities(t *testing.T) {
+	ctx := context.Background()
+	i := 0
+	create := func(c v1alpha1.Community) error {
+		i++
+		a := &v1alpha1.BGPAdvertisement{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("wk%d", i)},
+			Spec: v1alpha1.BGPAdvertisementSpec{Communities: []v1alpha1.Community{c}}}
+		err := k8s.Create(ctx, a)
+		if err == nil {
+			_ = k8s.Delete(ctx, a)
+		}
+		return err
+	}
+	for name := range v1alpha1.WellKnownCommunities {
+		if err := create(v1alpha1.Community(name)); err != nil {
+			t.Errorf("well-known community %q refused: %v", name, err)
+		}
+	}
+	for _, name := range []string{"no-exports", "internet", "local-as"} {
+		if err := create(v1alpha1.Community(name)); err == nil {
+			t.Errorf("%q admitted, but WellKnownCommunities has no value for it", name)
+		}
+	}
+	// And the rule names no word the map lacks.
+	crd, err := os.ReadFile(filepath.Join("..", "..", "..", "manifests", "crd", "ironlb.dev_bgpadvertisements.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`self in \[([^\]]*)\]`).FindSubmatch(crd)
+	if m == nil {
+		t.Fatal("no list of names in the Community rule")
+	}
+	var names []string
+	for _, n := range strings.Split(string(m[1]), ",") {
+		names = append(names, strings.Trim(strings.TrimSpace(n), "'"))
+	}
+	if want := slices.Sorted(maps.Keys(v1alpha1.WellKnownCommunities)); !slices.Equal(slices.Sorted(slices.Values(names)), want) {
+		t.Errorf("the Community rule names %v, WellKnownCommunities %v", names, want)
 	}
 }
