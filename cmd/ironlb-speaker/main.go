@@ -20,7 +20,7 @@ import (
 
 	"github.com/ironlb/ironlb/internal/flagenv"
 	"github.com/ironlb/ironlb/internal/uninstall"
-	"github.com/ironlb/ironlb/pkg/dataplane"
+	"github.com/ironlb/ironlb/pkg/dataplane/loader"
 	"github.com/ironlb/ironlb/pkg/speaker"
 )
 
@@ -77,13 +77,13 @@ func run() error {
 	}
 	opts.XDP.RingSize, opts.XDP.Flows = uint32(*ringSize), uint32(*flows)
 	if *cleanup {
-		return dataplane.Cleanup(opts.XDP.PinDir)
+		return loader.Cleanup(opts.XDP.PinDir)
 	}
 	if opts.Dataplane == "kernel" {
 		// A program an earlier xdp run left attached would go on
 		// forwarding with frozen rings: kube-proxy or the CNI
 		// forwards now.
-		if err := dataplane.Cleanup(opts.XDP.PinDir); err != nil {
+		if err := loader.Cleanup(opts.XDP.PinDir); err != nil {
 			return fmt.Errorf("--dataplane=kernel: detach the data plane an earlier run left: %w", err)
 		}
 	}
@@ -119,7 +119,7 @@ func run() error {
 	err = s.Start(ctx)
 	if ctx.Err() != nil && w != nil && opts.Dataplane != "kernel" && w.Uninstalling() {
 		ctrl.Log.WithName("uninstall").Info("the install is being removed: detaching the data plane and removing its pins", "pins", opts.XDP.PinDir)
-		if cerr := dataplane.Cleanup(opts.XDP.PinDir); cerr != nil {
+		if cerr := loader.Cleanup(opts.XDP.PinDir); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("uninstall: %w", cerr))
 		}
 	}

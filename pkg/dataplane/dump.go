@@ -33,10 +33,12 @@ type DumpPort struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 }
 
-func dumpPorts(entries []Entry, ids map[Key]uint32) []DumpPort {
+// DumpPorts describes the ports a data plane holds, given the IDs it gave
+// their keys, for its Dump.
+func DumpPorts(entries []Entry, ids map[Key]uint32) []DumpPort {
 	out := make([]DumpPort, 0, len(entries))
 	for _, e := range entries {
-		p := DumpPort{VIP: e.Key.VIP, Port: e.Key.Port, Protocol: protoName(e.Key.Proto), ID: ids[e.Key], Affinity: e.Affinity, Local: e.Local}
+		p := DumpPort{VIP: e.Key.VIP, Port: e.Key.Port, Protocol: ProtocolName(e.Key.Proto), ID: ids[e.Key], Affinity: e.Affinity, Local: e.Local}
 		if len(e.Ring) > 0 {
 			p.Ring = map[string]int{}
 			for _, i := range e.Ring {
@@ -60,7 +62,8 @@ func dumpPorts(entries []Entry, ids map[Key]uint32) []DumpPort {
 	return out
 }
 
-func protoName(p uint8) string {
+// ProtocolName names an IP protocol number as the dump and the metrics do.
+func ProtocolName(p uint8) string {
 	if p == UDP {
 		return "UDP"
 	}

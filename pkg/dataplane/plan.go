@@ -1,9 +1,12 @@
-// Package dataplane turns Services, EndpointSlices and Nodes into the maps
-// of ironlb's XDP program (bpf/), and loads, attaches and pins it.
+// Package dataplane is the plain part of ironlb's XDP data plane: Plan
+// turns the Services' ports, endpoints and nodes into the entries the
+// program's maps hold, and Dump and Options describe it. It is pure (a
+// depguard rule keeps it so), so ironlbctl links it without the loader;
+// pkg/dataplane/loader loads, attaches and pins the program (bpf/) and
+// writes the entries.
 //
-// plan.go is pure: Plan is what every node computes from the same
-// Kubernetes state, and its rings must be identical on every node for the
-// same input, which its tests check.
+// Plan is what every node computes from the same state, and its rings must
+// be identical on every node for the same input, which its tests check.
 package dataplane
 
 import (

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/dataplane"
+	"github.com/ironlb/ironlb/pkg/dataplane/loader"
 	"github.com/ironlb/ironlb/pkg/ipam"
 )
 
@@ -122,7 +123,7 @@ func linkOf(addr netip.Addr) (string, error) {
 
 // openDataplane loads the XDP data plane on the interfaces given, or on
 // the one that holds the node's InternalIP.
-func (s *Speaker) openDataplane(_ context.Context, self *corev1.Node) (*dataplane.Dataplane, error) {
+func (s *Speaker) openDataplane(_ context.Context, self *corev1.Node) (*loader.Dataplane, error) {
 	opts := s.opts.XDP
 	if len(opts.Interfaces) == 0 {
 		me := selfOf(self)
@@ -141,5 +142,5 @@ func (s *Speaker) openDataplane(_ context.Context, self *corev1.Node) (*dataplan
 			opts.MTU = uint32(i.MTU)
 		}
 	}
-	return dataplane.Open(s.log.WithName("dataplane"), opts)
+	return loader.Open(s.log.WithName("dataplane"), opts)
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/ironlb/ironlb/pkg/bfd"
 	"github.com/ironlb/ironlb/pkg/bgp"
 	"github.com/ironlb/ironlb/pkg/dataplane"
+	"github.com/ironlb/ironlb/pkg/dataplane/loader"
 	"github.com/ironlb/ironlb/pkg/layer2"
 )
 
@@ -126,13 +127,13 @@ type Speaker struct {
 	owners map[netip.Addr]string
 	// dp is the XDP data plane; nil with --dataplane=kernel. planner
 	// computes its plans, keeping the last one's rings.
-	dp      *dataplane.Dataplane
+	dp      *loader.Dataplane
 	planner dataplane.Planner
 	// unserved is the count of ready endpoints past the data plane's
 	// limit at the last sync, to log a change once.
 	unserved int
 	// dump is dp once it is open, for the debug endpoint.
-	dump atomic.Pointer[dataplane.Dataplane]
+	dump atomic.Pointer[loader.Dataplane]
 	// bgp is the embedded BGP router; it starts with the first peer.
 	bgp *bgp.Server
 	// bfd runs the BFD sessions of the peers that ask for BFD.

@@ -1,6 +1,6 @@
 //go:build linux
 
-package dataplane
+package loader
 
 import (
 	"strconv"
@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ironlb/ironlb/bpf"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
 var (
@@ -32,11 +33,11 @@ func (d *Dataplane) Describe(ch chan<- *prometheus.Desc) {
 // and counts the conntrack tables (a walk of each, at scrape time).
 func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 	d.mu.Lock()
-	ids := make(map[uint32]Key, len(d.ids))
+	ids := make(map[uint32]dataplane.Key, len(d.ids))
 	for k, id := range d.ids {
 		ids[id] = k
 	}
-	services := make(map[Key]string, len(d.last))
+	services := make(map[dataplane.Key]string, len(d.last))
 	for _, e := range d.last {
 		services[e.Key] = e.Service
 	}
@@ -53,7 +54,7 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 			s.NewFlows += p.NewFlows
 			s.Denied += p.Denied
 		}
-		labels := []string{k.VIP.String(), strconv.Itoa(int(k.Port)), protoName(k.Proto)}
+		labels := []string{k.VIP.String(), strconv.Itoa(int(k.Port)), dataplane.ProtocolName(k.Proto)}
 		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.Packets), labels...)
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.Bytes), labels...)
 		ch <- prometheus.MustNewConstMetric(descNewFlows, prometheus.CounterValue, float64(s.NewFlows), labels...)

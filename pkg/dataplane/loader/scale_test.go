@@ -1,6 +1,6 @@
 //go:build linux
 
-package dataplane
+package loader
 
 import (
 	"fmt"
@@ -15,29 +15,31 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/go-logr/logr"
 	"github.com/vishvananda/netlink"
+
+	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
 // scaleWorld is n Services of 10 ports each over 1 000 nodes; Service i
 // has two endpoints on each of three nodes, so the ten ports of a
 // Service share one ring.
-func scaleWorld(services int) ([]Node, []Port) {
+func scaleWorld(services int) ([]dataplane.Node, []dataplane.Port) {
 	const nodeCount = 1000
-	nodes := make([]Node, nodeCount)
+	nodes := make([]dataplane.Node, nodeCount)
 	for i := range nodes {
-		nodes[i] = Node{Name: fmt.Sprintf("node-%04d", i), Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})}}
+		nodes[i] = dataplane.Node{Name: fmt.Sprintf("node-%04d", i), Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})}}
 	}
-	var ports []Port
+	var ports []dataplane.Port
 	for s := range services {
-		var eps []Endpoint
+		var eps []dataplane.Endpoint
 		for k := range 3 {
 			n := (s*7 + k) % nodeCount
 			for e := range 2 {
-				eps = append(eps, Endpoint{Addr: netip.AddrFrom4([4]byte{10, 128 + byte(n>>8), byte(n), byte(10 + e)}), Port: 8080, Node: nodes[n].Name, Ready: true, Serving: true})
+				eps = append(eps, dataplane.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 128 + byte(n>>8), byte(n), byte(10 + e)}), Port: 8080, Node: nodes[n].Name, Ready: true, Serving: true})
 			}
 		}
 		vip := netip.AddrFrom4([4]byte{192, 168, byte(s >> 8), byte(s)})
 		for p := range 10 {
-			ports = append(ports, Port{Service: "default/svc-" + strconv.Itoa(s), VIP: vip, Port: uint16(80 + p), Proto: TCP, Endpoints: eps})
+			ports = append(ports, dataplane.Port{Service: "default/svc-" + strconv.Itoa(s), VIP: vip, Port: uint16(80 + p), Proto: dataplane.TCP, Endpoints: eps})
 		}
 	}
 	return nodes, ports
@@ -97,7 +99,7 @@ func BenchmarkApplyScale(b *testing.B) {
 			if err := netlink.AddrAdd(t0, addr); err != nil {
 				b.Fatal(err)
 			}
-			opts := DefaultOptions()
+			opts := dataplane.DefaultOptions()
 			opts.PinDir, opts.Interfaces = dir, []string{"t0"}
 			d, err := Open(logr.Discard(), opts)
 			if err != nil {
@@ -106,9 +108,9 @@ func BenchmarkApplyScale(b *testing.B) {
 			defer func() { _ = Cleanup(dir) }()
 			defer func() { _ = d.Close() }()
 			nodes, ports := scaleWorld(services)
-			self := Self{V4: nodes[0].Addrs[0]}
+			self := dataplane.Self{V4: nodes[0].Addrs[0]}
 			for b.Loop() {
-				var planner Planner
+				var planner dataplane.Planner
 				start := time.Now()
 				entries, err := planner.Plan(nodes[0].Name, nodes, ports, opts.RingSize)
 				if err != nil {

@@ -1,6 +1,6 @@
 //go:build linux
 
-package dataplane
+package loader
 
 import (
 	"net"
@@ -20,11 +20,26 @@ import (
 
 	"github.com/ironlb/ironlb/bpf"
 	"github.com/ironlb/ironlb/internal/netnstest"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
 // sandbox puts this goroutine's thread in a new network namespace with a
 // veth pair (t0, t1) and mounts a bpffs of the test's own; it returns the
 // pin directory.
+// The test world, as in the plan's tests.
+var (
+	nodes = []dataplane.Node{
+		{Name: "node-a", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("fd00::11")}},
+		{Name: "node-b", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.12")}},
+		{Name: "node-c", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.13"), netip.MustParseAddr("fd00::13")}},
+	}
+	vip = netip.MustParseAddr("10.9.0.1")
+)
+
+func ep(addr, node string, ready bool) dataplane.Endpoint {
+	return dataplane.Endpoint{Addr: netip.MustParseAddr(addr), Port: 8080, Node: node, Ready: ready, Serving: ready}
+}
+
 func sandbox(t testing.TB) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -56,13 +71,13 @@ func sandbox(t testing.TB) string {
 // cleanup detaches everything.
 func TestLoaderRestartAndCleanup(t *testing.T) {
 	dir := sandbox(t)
-	opts := DefaultOptions()
+	opts := dataplane.DefaultOptions()
 	opts.PinDir, opts.Interfaces, opts.RingSize = dir, []string{"t0"}, 251
-	self := Self{V4: netip.MustParseAddr("10.0.0.11")}
-	port := Port{VIP: vip, Port: 80, Proto: TCP, Endpoints: []Endpoint{
+	self := dataplane.Self{V4: netip.MustParseAddr("10.0.0.11")}
+	port := dataplane.Port{VIP: vip, Port: 80, Proto: dataplane.TCP, Endpoints: []dataplane.Endpoint{
 		ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true),
 	}}
-	entries, err := Plan("node-a", nodes, []Port{port}, 251)
+	entries, err := dataplane.Plan("node-a", nodes, []dataplane.Port{port}, 251)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,11 +90,11 @@ func TestLoaderRestartAndCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 	var info bpf.LbVipInfo
-	if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, 80, TCP), &info); err != nil {
+	if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, 80, dataplane.TCP), &info); err != nil {
 		t.Fatal(err)
 	}
 	// A flow in conntrack, as traffic would leave it.
-	flow := bpf.LbFlow{Src: bpf.Addr(netip.MustParseAddr("10.9.9.9")), Dst: bpf.Addr(vip), Sport: bpf.Port(1234), Dport: bpf.Port(80), Proto: TCP, Family: 4}
+	flow := bpf.LbFlow{Src: bpf.Addr(netip.MustParseAddr("10.9.9.9")), Dst: bpf.Addr(vip), Sport: bpf.Port(1234), Dport: bpf.Port(80), Proto: dataplane.TCP, Family: 4}
 	if err := d.objs.Ct1.Put(flow, bpf.LbCt1Entry{Node: bpf.Addr(netip.MustParseAddr("10.0.0.12")), Idx: 2}); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +131,7 @@ ironlb_dataplane_conntrack_entries{table="tier2"} 0
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := d2.ids[Key{vip, 80, TCP}]; got != info.ServiceId {
+	if got := d2.ids[dataplane.Key{VIP: vip, Port: 80, Proto: dataplane.TCP}]; got != info.ServiceId {
 		t.Errorf("the restarted speaker numbered the port %d, was %d", got, info.ServiceId)
 	}
 	var ce bpf.LbCt1Entry
@@ -134,7 +149,7 @@ ironlb_dataplane_conntrack_entries{table="tier2"} 0
 	if err := d2.Apply(self, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := d2.objs.Vips.Lookup(bpf.VipKeyFor(vip, 80, TCP), &info); err == nil {
+	if err := d2.objs.Vips.Lookup(bpf.VipKeyFor(vip, 80, dataplane.TCP), &info); err == nil {
 		t.Error("a removed port is still in vips")
 	}
 	_ = d2.Close()
@@ -188,14 +203,14 @@ func TestEndpointLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	port := Port{VIP: vip, Port: 80, Proto: TCP, Endpoints: []Endpoint{
+	port := dataplane.Port{VIP: vip, Port: 80, Proto: dataplane.TCP, Endpoints: []dataplane.Endpoint{
 		ep("10.1.0.2", "node-a", true), ep("10.1.0.3", "node-a", true),
 	}}
-	entries, err := Plan("node-a", nodes, []Port{port}, 251)
+	entries, err := dataplane.Plan("node-a", nodes, []dataplane.Port{port}, 251)
 	if err != nil {
 		t.Fatal(err)
 	}
-	self := Self{V4: netip.MustParseAddr("10.0.0.11")}
+	self := dataplane.Self{V4: netip.MustParseAddr("10.0.0.11")}
 	listed := func(d *Dataplane) (links []uint32, redirect bool) {
 		var k, v uint32
 		it := d.objs.EndpointLinks.Iterate()
@@ -213,7 +228,7 @@ func TestEndpointLinks(t *testing.T) {
 	}
 
 	for _, on := range []bool{true, false} {
-		opts := DefaultOptions()
+		opts := dataplane.DefaultOptions()
 		opts.PinDir, opts.Interfaces, opts.RingSize, opts.EndpointRedirect = dir, []string{"t0"}, 251, on
 		d, err := Open(logr.Discard(), opts)
 		if err != nil {
@@ -245,9 +260,9 @@ func TestEndpointLinks(t *testing.T) {
 // with another layout are replaced on start even though their sizes fit.
 func TestLoaderSafety(t *testing.T) {
 	dir := sandbox(t)
-	opts := DefaultOptions()
+	opts := dataplane.DefaultOptions()
 	opts.PinDir, opts.Interfaces, opts.RingSize = dir, []string{"t0"}, 251
-	self := Self{V4: netip.MustParseAddr("10.0.0.11")}
+	self := dataplane.Self{V4: netip.MustParseAddr("10.0.0.11")}
 	d, err := Open(logr.Discard(), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -276,14 +291,14 @@ func TestLoaderSafety(t *testing.T) {
 	}
 	info := func(port uint16) bpf.LbVipInfo {
 		var v bpf.LbVipInfo
-		if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, port, TCP), &v); err != nil {
+		if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, port, dataplane.TCP), &v); err != nil {
 			t.Fatal(err)
 		}
 		return v
 	}
-	apply := func(ports ...Port) {
+	apply := func(ports ...dataplane.Port) {
 		t.Helper()
-		entries, err := Plan("node-a", nodes, ports, 251)
+		entries, err := dataplane.Plan("node-a", nodes, ports, 251)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -291,9 +306,9 @@ func TestLoaderSafety(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eps := []Endpoint{ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true)}
-	p80 := Port{VIP: vip, Port: 80, Proto: TCP, Endpoints: eps, SourceRanges: ranges("198.51.100.0/24", "203.0.113.0/25")}
-	p81 := Port{VIP: vip, Port: 81, Proto: TCP, Endpoints: eps, SourceRanges: ranges("203.0.113.0/25", "198.51.100.0/24")}
+	eps := []dataplane.Endpoint{ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true)}
+	p80 := dataplane.Port{VIP: vip, Port: 80, Proto: dataplane.TCP, Endpoints: eps, SourceRanges: ranges("198.51.100.0/24", "203.0.113.0/25")}
+	p81 := dataplane.Port{VIP: vip, Port: 81, Proto: dataplane.TCP, Endpoints: eps, SourceRanges: ranges("203.0.113.0/25", "198.51.100.0/24")}
 	apply(p80, p81)
 	if a, b := info(80).Acl, info(81).Acl; a == 0 || a != b {
 		t.Errorf("two ports with one list of ranges: acl %d and %d, want one shared id", a, b)
@@ -313,7 +328,7 @@ func TestLoaderSafety(t *testing.T) {
 		t.Errorf("two ports with one ring use maps %d and %d (%d held), want one", in80, in81, len(d.ringMaps))
 	}
 	// What the kernel holds is the plan's ring, slot by slot.
-	ringPlan, err := Plan("node-a", nodes, []Port{p80}, 251)
+	ringPlan, err := dataplane.Plan("node-a", nodes, []dataplane.Port{p80}, 251)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +374,7 @@ func TestLoaderSafety(t *testing.T) {
 	// node-b dies: the members change and the generation moves.
 	dead := slices.Clone(nodes)
 	dead[1].Dead = true
-	entries, err := Plan("node-a", dead, []Port{p80, p81}, 251)
+	entries, err := dataplane.Plan("node-a", dead, []dataplane.Port{p80, p81}, 251)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +396,7 @@ func TestLoaderSafety(t *testing.T) {
 
 	// Port 80 goes, port 82 comes: it takes the freed id.
 	freed := info(80).ServiceId
-	apply(p81, Port{VIP: vip, Port: 82, Proto: TCP, Endpoints: eps})
+	apply(p81, dataplane.Port{VIP: vip, Port: 82, Proto: dataplane.TCP, Endpoints: eps})
 	if got := info(82).ServiceId; got != freed {
 		t.Errorf("the new port got id %d, want the freed %d", got, freed)
 	}
@@ -405,10 +420,10 @@ func TestLoaderSafety(t *testing.T) {
 	if eid, _ := emptyInfo.ID(); ebpf.MapID(innerID) != eid || len(d.ringMaps) != 0 {
 		t.Errorf("a removed port's slot holds map %d, want the empty ring %d; %d rings held", innerID, eid, len(d.ringMaps))
 	}
-	apply(p81, Port{VIP: vip, Port: 82, Proto: TCP, Endpoints: eps})
+	apply(p81, dataplane.Port{VIP: vip, Port: 82, Proto: dataplane.TCP, Endpoints: eps})
 
 	// A flow, then a pinned config of another layout: replaced on start.
-	flow := bpf.LbFlow{Src: bpf.Addr(netip.MustParseAddr("10.9.9.9")), Dst: bpf.Addr(vip), Sport: bpf.Port(1), Dport: bpf.Port(81), Proto: TCP, Family: 4}
+	flow := bpf.LbFlow{Src: bpf.Addr(netip.MustParseAddr("10.9.9.9")), Dst: bpf.Addr(vip), Sport: bpf.Port(1), Dport: bpf.Port(81), Proto: dataplane.TCP, Family: 4}
 	if err := d.objs.Ct1.Put(flow, bpf.LbCt1Entry{Idx: 1}); err != nil {
 		t.Fatal(err)
 	}

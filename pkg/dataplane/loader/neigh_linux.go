@@ -1,6 +1,6 @@
 //go:build linux
 
-package dataplane
+package loader
 
 import (
 	"errors"

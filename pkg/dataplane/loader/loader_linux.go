@@ -1,6 +1,6 @@
 //go:build linux
 
-package dataplane
+package loader
 
 import (
 	"encoding/binary"
@@ -21,32 +21,33 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ironlb/ironlb/bpf"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/maglev"
 )
 
 // Dataplane is the loaded program and its maps.
 type Dataplane struct {
-	opts Options
+	opts dataplane.Options
 	log  logr.Logger
 	objs bpf.LbObjects
 	ring *ebpf.MapSpec
 
 	mu   sync.Mutex
-	self Self
+	self dataplane.Self
 	// ids numbers the ports (vip_info.service_id), nodes the ring nodes;
 	// both are read back from the pinned maps on start, and both are
 	// reused once free.
-	ids   map[Key]uint32
+	ids   map[dataplane.Key]uint32
 	nodes map[netip.Addr]uint32
 	// freeIDs are ids below topID that no port uses; topID is one more
 	// than the highest id ever given.
 	freeIDs []uint32
 	topID   uint32
-	rings   map[uint32]RingID // id -> the ring last written
+	rings   map[uint32]dataplane.RingID // id -> the ring last written
 	// ringMaps are the kernel maps of the rings in use, one per RingID,
 	// shared by every port with that ring; ringUsers count the ports.
-	ringMaps  map[RingID]*ebpf.Map
-	ringUsers map[RingID]int
+	ringMaps  map[dataplane.RingID]*ebpf.Map
+	ringUsers map[dataplane.RingID]int
 	// empty is a ring of zeros (node index 0, no node) that a port's
 	// slot gets when its ring goes: an array of maps cannot delete in a
 	// batch, and each single delete waits for an RCU grace period.
@@ -70,7 +71,7 @@ type Dataplane struct {
 	// peers are the node addresses written in tunnel_peers.
 	peers map[netip.Addr]bool
 	// last is what the last Apply was given, for Dump.
-	last []Entry
+	last []dataplane.Entry
 }
 
 const bpfFSMagic = 0xcafe4a11
@@ -78,7 +79,7 @@ const bpfFSMagic = 0xcafe4a11
 // Open loads the program, reusing the maps pinned under opts.PinDir, and
 // attaches it to opts.Interfaces, replacing a program a previous speaker
 // left there without a gap.
-func Open(log logr.Logger, opts Options) (*Dataplane, error) {
+func Open(log logr.Logger, opts dataplane.Options) (*Dataplane, error) {
 	if !slices.Contains(maglev.Sizes, opts.RingSize) {
 		return nil, fmt.Errorf("maglev table size %d is not one of %v", opts.RingSize, maglev.Sizes)
 	}
@@ -92,8 +93,8 @@ func Open(log logr.Logger, opts Options) (*Dataplane, error) {
 	if st.Type != bpfFSMagic {
 		return nil, fmt.Errorf("%s is not on a bpffs mount: mount one (mount -t bpf bpf /sys/fs/bpf) or choose --bpf-pin-dir", opts.PinDir)
 	}
-	d := &Dataplane{opts: opts, log: log, ids: map[Key]uint32{}, nodes: map[netip.Addr]uint32{},
-		rings: map[uint32]RingID{}, ringMaps: map[RingID]*ebpf.Map{}, ringUsers: map[RingID]int{},
+	d := &Dataplane{opts: opts, log: log, ids: map[dataplane.Key]uint32{}, nodes: map[netip.Addr]uint32{},
+		rings: map[uint32]dataplane.RingID{}, ringMaps: map[dataplane.RingID]*ebpf.Map{}, ringUsers: map[dataplane.RingID]int{},
 		sets: map[uint32]uint64{}, resolved: map[netip.Addr]bool{},
 		members: map[uint32]map[uint32]bool{}, gens: map[uint32]uint32{},
 		acls: map[string]uint32{}, aclNets: map[uint32][]netip.Prefix{}, peers: map[netip.Addr]bool{}, topID: 1}
@@ -193,11 +194,11 @@ func (d *Dataplane) recover() error {
 	var v bpf.LbVipInfo
 	it := d.objs.Vips.Iterate()
 	for it.Next(&k, &v) {
-		key := Key{VIP: bpf.AddrFrom(k.Addr, k.Family), Port: bpf.PortFrom(k.Port), Proto: k.Proto}
+		key := dataplane.Key{VIP: bpf.AddrFrom(k.Addr, k.Family), Port: bpf.PortFrom(k.Port), Proto: k.Proto}
 		d.ids[key] = v.ServiceId
 		d.topID = max(d.topID, v.ServiceId+1)
 		// Unknown contents: the first Apply rewrites or removes them.
-		d.rings[v.ServiceId], d.sets[v.ServiceId] = RingID{}, 0
+		d.rings[v.ServiceId], d.sets[v.ServiceId] = dataplane.RingID{}, 0
 		d.gens[v.ServiceId] = v.Gen
 		if v.Acl != 0 {
 			// An unknown list: the first Apply writes a new one and
@@ -350,7 +351,7 @@ func Cleanup(dir string) error {
 
 // setHash fingerprints the endpoints last written, to skip rewriting an
 // unchanged set on every sync. (Rings are named by their RingID.)
-func setHash(bs []Backend, ready int) uint64 {
+func setHash(bs []dataplane.Backend, ready int) uint64 {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte{byte(ready)})
 	for _, b := range bs {
@@ -365,7 +366,7 @@ func setHash(bs []Backend, ready int) uint64 {
 // packets from the nodes' addresses only, and refreshes the heartbeat. A ring or a set of endpoints is written only when it
 // changed; a ring is filled in a new map and swapped in whole; a port's
 // generation is bumped after its ring, endpoints and members are written.
-func (d *Dataplane) Apply(self Self, nodes []Node, entries []Entry) error {
+func (d *Dataplane) Apply(self dataplane.Self, nodes []dataplane.Node, entries []dataplane.Entry) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.self = self
@@ -405,7 +406,7 @@ func (d *Dataplane) Apply(self Self, nodes []Node, entries []Entry) error {
 	}
 	// Ports that left first, so new ones can take their ids.
 	var swaps ringSwaps
-	want := map[Key]bool{}
+	want := map[dataplane.Key]bool{}
 	for _, e := range entries {
 		want[e.Key] = true
 	}
@@ -447,7 +448,7 @@ func (d *Dataplane) Apply(self Self, nodes []Node, entries []Entry) error {
 }
 
 // Lacks reports whether entries have a port the maps do not hold yet.
-func (d *Dataplane) Lacks(entries []Entry) bool {
+func (d *Dataplane) Lacks(entries []dataplane.Entry) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, e := range entries {
@@ -599,9 +600,9 @@ type vipWrite struct {
 type ringSwaps struct {
 	ids      []uint32
 	fds      []uint32
-	rings    []RingID
+	rings    []dataplane.RingID
 	dels     []uint32
-	released []RingID
+	released []dataplane.RingID
 	failed   map[uint32]bool
 }
 
@@ -618,7 +619,7 @@ func (s *ringSwaps) drop(d *Dataplane, id uint32) {
 
 // put writes everything of a port but its ring (staged in swaps) and its
 // vips entry (returned).
-func (d *Dataplane) put(e Entry, swaps *ringSwaps) (vipWrite, error) {
+func (d *Dataplane) put(e dataplane.Entry, swaps *ringSwaps) (vipWrite, error) {
 	id, ok := d.ids[e.Key]
 	if !ok {
 		id = d.freeID()
@@ -713,7 +714,7 @@ func (d *Dataplane) putMembers(id uint32, addrs []netip.Addr) (bool, error) {
 
 // dropNodes clears the node indexes of nodes that are neither live nor
 // used by a ring or a member list, and frees them.
-func (d *Dataplane) dropNodes(entries []Entry, live []netip.Addr) error {
+func (d *Dataplane) dropNodes(entries []dataplane.Entry, live []netip.Addr) error {
 	used := map[netip.Addr]bool{}
 	for _, a := range live {
 		used[a.Unmap()] = true
@@ -764,7 +765,7 @@ func (d *Dataplane) nodeIndex(a netip.Addr) (uint32, error) {
 
 // stageRing stages the port's ring in swaps when it changed (a new kernel
 // map only for a ring no port has yet), and reports whether it did.
-func (d *Dataplane) stageRing(id uint32, e Entry, swaps *ringSwaps) (bool, error) {
+func (d *Dataplane) stageRing(id uint32, e dataplane.Entry, swaps *ringSwaps) (bool, error) {
 	if e.Ring == nil {
 		if _, ok := d.rings[id]; ok {
 			swaps.drop(d, id)
@@ -825,7 +826,7 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 		}
 	}
 	for _, rid := range swaps.released {
-		if rid != (RingID{}) { // not a ring a previous process wrote
+		if rid != (dataplane.RingID{}) { // not a ring a previous process wrote
 			d.ringUsers[rid]--
 		}
 	}
@@ -843,7 +844,7 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 }
 
 // newRing fills a new kernel map with a ring.
-func (d *Dataplane) newRing(e Entry) (*ebpf.Map, error) {
+func (d *Dataplane) newRing(e dataplane.Entry) (*ebpf.Map, error) {
 	idx := make([]uint32, len(e.RingNodes))
 	for i, a := range e.RingNodes {
 		if !d.resolved[a] && a != d.self.V4 && a != d.self.V6 {
@@ -883,7 +884,7 @@ func (d *Dataplane) newRing(e Entry) (*ebpf.Map, error) {
 	return ring, nil
 }
 
-func (d *Dataplane) putBackends(id uint32, bs []Backend, ready int) (bool, error) {
+func (d *Dataplane) putBackends(id uint32, bs []dataplane.Backend, ready int) (bool, error) {
 	if len(bs) == 0 {
 		if _, ok := d.sets[id]; ok {
 			delete(d.sets, id)
@@ -914,7 +915,7 @@ func (d *Dataplane) putBackends(id uint32, bs []Backend, ready int) (bool, error
 // putEndpointLinks makes endpoint_links list the veths in front of the
 // local endpoints, or nothing when redirection is off. The kernel drops a
 // link's entry when the link goes.
-func (d *Dataplane) putEndpointLinks(entries []Entry) error {
+func (d *Dataplane) putEndpointLinks(entries []dataplane.Entry) error {
 	want := map[uint32]bool{}
 	var err error
 	if d.opts.EndpointRedirect {
@@ -952,7 +953,7 @@ func (d *Dataplane) putEndpointLinks(entries []Entry) error {
 	return errors.Join(errs...)
 }
 
-func (d *Dataplane) remove(k Key, id uint32, swaps *ringSwaps) error {
+func (d *Dataplane) remove(k dataplane.Key, id uint32, swaps *ringSwaps) error {
 	err := ignoreNotExist(d.objs.Vips.Delete(bpf.VipKeyFor(k.VIP, k.Port, k.Proto)))
 	err = errors.Join(err, ignoreNotExist(d.objs.Backends.Delete(id)))
 	_, merr := d.putMembers(id, nil)
@@ -972,9 +973,9 @@ func ignoreNotExist(err error) error {
 }
 
 // Dump reports what the data plane holds.
-func (d *Dataplane) Dump() Dump {
+func (d *Dataplane) Dump() dataplane.Dump {
 	d.mu.Lock()
-	out := Dump{Self: d.self, RingSize: d.opts.RingSize, Ports: dumpPorts(d.last, d.ids)}
+	out := dataplane.Dump{Self: d.self, RingSize: d.opts.RingSize, Ports: dataplane.DumpPorts(d.last, d.ids)}
 	d.mu.Unlock()
 	out.Conntrack, out.Capacity = map[string]int{}, map[string]int{}
 	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity} {
