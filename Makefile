@@ -43,6 +43,9 @@ kubelet-binaries: ## Also build kubelet, kube-controller-manager, kube-scheduler
 # The BPF objects are committed; they are byte-identical only when built by
 # the same clang major version, so generate insists on it.
 CLANG_MAJOR := 14
+# The multiarch include folder of the build host (asm/types.h for the BPF
+# C): x86_64-linux-gnu, aarch64-linux-gnu...
+BPF_MULTIARCH ?= $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Regenerate deepcopy, CRDs, RBAC and the BPF objects.
@@ -55,7 +58,7 @@ generate: $(CONTROLLER_GEN) ## Regenerate deepcopy, CRDs, RBAC and the BPF objec
 	cp manifests/rbac/controller/role.yaml charts/ironlb/files/rbac/controller/
 	cp manifests/rbac/speaker/role.yaml charts/ironlb/files/rbac/speaker/
 	@v=$$(clang -dumpversion 2>/dev/null | cut -d. -f1); [[ "$$v" == "$(CLANG_MAJOR)" ]] || { echo "generate: need clang $(CLANG_MAJOR) for reproducible BPF objects, found '$$v' (make deps installs it)"; exit 1; }
-	$(GO) generate ./bpf/...
+	BPF_MULTIARCH=$(BPF_MULTIARCH) $(GO) generate ./bpf/...
 
 .PHONY: verify
 verify: deps ## Fail when generated files are stale or code is not gofmt'ed.

@@ -74,7 +74,7 @@ func BenchmarkXDP(b *testing.B) {
 	must(b, objs.IfMacs.Put(IfMacSlot(ifindex), mac))
 	prog, floorProg, cfgMap := harness(b, objs)
 	// As the speaker runs it: a heartbeat, and a bound on it.
-	var settings LbSettings
+	var settings LbConfigEntry
 	must(b, objs.Config.Lookup(uint32(0), &settings))
 	settings.StaleAfter, settings.Heartbeat = 300_000_000_000, nowCoarse(b)
 	must(b, objs.Config.Put(uint32(0), settings))

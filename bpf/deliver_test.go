@@ -55,9 +55,9 @@ func TestDeliver(t *testing.T) {
 	setRing(t, objs, 3, 11)
 	setBackends(t, objs, 3, 8080, pod6)
 	redirect := func(on bool) {
-		cfg := LbSettings{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}
+		cfg := LbConfigEntry{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}
 		if on {
-			cfg.Flags = SettingsRedirect
+			cfg.Flags = ConfigRedirect
 		}
 		must(t, objs.Config.Put(uint32(0), cfg))
 	}

@@ -106,7 +106,7 @@ var worldVIPs = map[uint32]struct {
 // oracle must treat as served.
 func world(t testing.TB, objs *LbObjects) map[LbVipKey]bool {
 	t.Helper()
-	must(t, objs.Config.Put(uint32(0), LbSettings{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
+	must(t, objs.Config.Put(uint32(0), LbConfigEntry{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
 	for i, n := range []netip.Addr{self4, nodeB4, nodeC4} {
 		must(t, objs.Nodes.Put(uint32(i+1), LbNodeInfo{Addr: Addr(n), Family: 4}))
 	}

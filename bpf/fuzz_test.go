@@ -102,7 +102,7 @@ func icmpAboutVIP(m []byte, dst netip.Addr, proto uint8, vips map[LbVipKey]bool,
 // nothing malformed is ever rewritten or sent on.
 func FuzzXDP(f *testing.F) {
 	objs := load(f)
-	must(f, objs.Config.Put(uint32(0), LbSettings{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
+	must(f, objs.Config.Put(uint32(0), LbConfigEntry{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
 	must(f, objs.Nodes.Put(uint32(1), LbNodeInfo{Addr: Addr(self4), Family: 4}))
 	must(f, objs.Nodes.Put(uint32(11), LbNodeInfo{Addr: Addr(self6), Family: 6}))
 	vips := map[LbVipKey]bool{}
@@ -187,7 +187,7 @@ func l4Tuple(b []byte) (src, dst netip.Addr, sport, dport uint16, proto uint8, o
 // writes there is the flow's VIP and port as the source.
 func FuzzTC(f *testing.F) {
 	objs := load(f)
-	must(f, objs.Config.Put(uint32(0), LbSettings{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
+	must(f, objs.Config.Put(uint32(0), LbConfigEntry{Self4: Addr(self4)[0], Self6: Addr(self6), RingSize: ringSize, Mtu: 1500}))
 	must(f, objs.Nodes.Put(uint32(1), LbNodeInfo{Addr: Addr(self4), Family: 4}))
 	must(f, objs.Nodes.Put(uint32(11), LbNodeInfo{Addr: Addr(self6), Family: 6}))
 	for id, k := range map[uint32]LbVipKey{1: key(vip4, 80, 6), 2: key(vip4, 7, 17), 3: key(vip6, 80, 6)} {

@@ -74,25 +74,33 @@ const (
 	VIPLocal    = 2
 )
 
-// Flags of a node's settings (settings.flags).
+// Flags of a node's configuration (config_entry.flags).
 const (
-	// SettingsRedirect lets packets for local endpoints leave in XDP by
+	// ConfigRedirect lets packets for local endpoints leave in XDP by
 	// the links listed in endpoint_links.
-	SettingsRedirect = 1
+	ConfigRedirect = 1
 )
 
-// DropReasons names the drops map's indexes, as consts.h numbers them.
-// stale_speaker counts VIP packets passed to the kernel untouched because
-// the speaker stopped refreshing the data plane, not drops.
-var DropReasons = []string{"no_config", "no_ring", "no_node", "no_backend", "fib", "encap", "decap", "malformed", "too_big",
-	"source_range", "untrusted_tunnel", "stale_speaker"}
-
-// Indexes of DropReasons the loader and tests name.
-const (
-	DropSourceRange     = 9
-	DropUntrustedTunnel = 10
-	PassStale           = 11
-)
+// DropReasons names the drops map's indexes, enum drop_reason in consts.h
+// (generated as LbDropReason, so a reason renamed in C fails this build,
+// and one added there has no name until it gets one here: a test checks),
+// for the metrics' reason label. stale_speaker counts VIP packets passed
+// to the kernel untouched because the speaker stopped refreshing the data
+// plane, not drops.
+var DropReasons = [LbDropReasonDROP_REASONS]string{
+	LbDropReasonDROP_NO_CONFIG:        "no_config",
+	LbDropReasonDROP_NO_RING:          "no_ring",
+	LbDropReasonDROP_NO_NODE:          "no_node",
+	LbDropReasonDROP_NO_BACKEND:       "no_backend",
+	LbDropReasonDROP_FIB:              "fib",
+	LbDropReasonDROP_ENCAP:            "encap",
+	LbDropReasonDROP_DECAP:            "decap",
+	LbDropReasonDROP_MALFORMED:        "malformed",
+	LbDropReasonDROP_TOO_BIG:          "too_big",
+	LbDropReasonDROP_SOURCE_RANGE:     "source_range",
+	LbDropReasonDROP_UNTRUSTED_TUNNEL: "untrusted_tunnel",
+	LbDropReasonPASS_STALE:            "stale_speaker",
+}
 
 // MapsLayout is MAPS_LAYOUT in consts.h: the version of the pinned maps'
 // layout and meaning, which the loader stamps in the config map.

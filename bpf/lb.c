@@ -25,16 +25,18 @@
 #include "include/parse.h"
 #include "include/csum.h"
 #include "include/hash.h"
-#include "include/icmp.h"
-#include "include/icmperr.h"
+#include "include/icmp_too_big.h"
+#include "include/icmp_steer.h"
 
 /* Enough for Ethernet, IPv4 with options or IPv6, and TCP with options. */
-#define PULL_LEN (14 + 60 + 60)
+#define PULL_LEN (ETH_HDR_LEN + IPV4_MAX_HDR_LEN + TCP_MAX_HDR_LEN)
 
 #define AF_INET 2
 #define AF_INET6 10
 
-static __always_inline void count_drop(enum drop_reason r)
+/* Not inlined: drops are rare, and its signature puts enum drop_reason in
+ * the object's BTF, from which bpf2go generates bpf.LbDropReason. */
+static __attribute__((noinline)) void count_drop(enum drop_reason r)
 {
 	__u32 reason = r;
 	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
@@ -71,7 +73,7 @@ static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
 }
 
 /* is_self reports whether addr (of the flow's family) is this node's. */
-static __always_inline int is_self(const struct settings *cfg, const __u32 *addr, __u8 family)
+static __always_inline int is_self(const struct config_entry *cfg, const __u32 *addr, __u8 family)
 {
 	if (family == FAMILY_V4)
 		return cfg->self4 != 0 && addr[0] == cfg->self4;
@@ -87,7 +89,7 @@ static __always_inline int admitted(const struct vip_info *vip, const struct flo
 	if (vip->acl == 0)
 		return 1;
 	struct range_key k = {
-		.prefixlen = 32 + (f->family == FAMILY_V4 ? 32 : 128),
+		.prefixlen = RANGE_KEY_ACL_BITS + (f->family == FAMILY_V4 ? ADDR_BITS_V4 : ADDR_BITS_V6),
 		.acl = vip->acl,
 	};
 	__builtin_memcpy(k.addr, f->src, sizeof(k.addr));
@@ -112,7 +114,7 @@ static __always_inline int admitted(const struct vip_info *vip, const struct flo
 /* stale reports whether the speaker has not refreshed the data plane for
  * longer than it allowed: its rings and endpoints may be wrong, and VIP
  * traffic goes to the kernel (kube-proxy, if it runs) untouched. */
-static __always_inline int stale(const struct settings *cfg)
+static __always_inline int stale(const struct config_entry *cfg)
 {
 	return cfg->stale_after != 0 && coarse_now() > cfg->heartbeat + cfg->stale_after;
 }
@@ -214,17 +216,17 @@ static __always_inline void ip_decrease_ttl(struct iphdr *ip)
 }
 
 /* deliver sends a packet DNAT made for a local endpoint. When the speaker
- * allows it (SETTINGS_REDIRECT) and the route to the endpoint leaves by a
+ * allows it (CONFIG_REDIRECT) and the route to the endpoint leaves by a
  * link it listed in endpoint_links (a veth that takes XDP frames), the
  * packet goes there directly, as the kernel would forward it: same next
  * hop, TTL one lower. Everything else, including a TTL about to expire, a
  * packet over the link's MTU and an unresolved neighbour, goes to the
  * kernel, which routes it (and answers with ICMP when it must). The way
  * is kept in the flow's conntrack entry (ce) for NEXTHOP_TTL_NS. */
-static __always_inline int deliver(struct xdp_md *ctx, const struct settings *cfg,
+static __always_inline int deliver(struct xdp_md *ctx, const struct config_entry *cfg,
 				   const struct flow *f, struct ct2_entry *ce)
 {
-	if (!(cfg->flags & SETTINGS_REDIRECT))
+	if (!(cfg->flags & CONFIG_REDIRECT))
 		return XDP_PASS;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -372,7 +374,7 @@ static __always_inline int pick_backend(const struct vip_info *vip, const struct
 
 /* tier2 sends a VIP packet to one of this node's endpoints: the flow's
  * own while it still serves, else a new one. */
-static __always_inline int tier2(struct xdp_md *ctx, const struct settings *cfg,
+static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *cfg,
 				 struct flow *f, struct hdrs *h, void *data,
 				 void *data_end, const struct vip_info *vip,
 				 struct ct2_entry *ce)
@@ -443,125 +445,7 @@ static __always_inline int tier2_icmp(const struct flow *cf, void *data, void *d
 	return XDP_PASS;
 }
 
-/* encap wraps the packet in an outer IP header from this node to node and
- * sends it towards it. */
-static __always_inline int encap(struct xdp_md *ctx, const struct settings *cfg,
-				 const struct flow *f, const __u32 *node, __u32 idx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct bpf_fib_lookup fib = {};
-	__u16 inner_len;
-	__u8 tos;
-	int overhead;
-
-	__u32 in_if = ctx->ingress_ifindex;
-	fib.ifindex = in_if;
-	if (f->family == FAMILY_V4) {
-		struct iphdr *inner = data + sizeof(struct ethhdr);
-		if ((void *)(inner + 1) > data_end)
-			return drop(DROP_MALFORMED);
-		inner_len = bpf_ntohs(inner->tot_len);
-		tos = inner->tos;
-		if (inner_len + IPIP4_OVERHEAD > cfg->mtu) {
-			/* A router would fragment a packet without DF; we
-			 * cannot, and drop it. */
-			count_drop(DROP_TOO_BIG);
-			if (!(inner->frag_off & IP_DF_BE) ||
-			    too_big4(ctx, cfg->mtu - IPIP4_OVERHEAD) < 0)
-				return XDP_DROP;
-			return XDP_TX;
-		}
-		fib.family = AF_INET;
-		fib.ipv4_src = cfg->self4;
-		fib.ipv4_dst = node[0];
-		fib.tot_len = inner_len + IPIP4_OVERHEAD;
-		overhead = IPIP4_OVERHEAD;
-	} else {
-		struct ipv6hdr *inner = data + sizeof(struct ethhdr);
-		if ((void *)(inner + 1) > data_end)
-			return drop(DROP_MALFORMED);
-		inner_len = bpf_ntohs(inner->payload_len) + sizeof(struct ipv6hdr);
-		tos = (inner->priority << 4) | (inner->flow_lbl[0] >> 4);
-		if (inner_len + IPIP6_OVERHEAD > cfg->mtu) {
-			count_drop(DROP_TOO_BIG);
-			if (too_big6(ctx, cfg->mtu - IPIP6_OVERHEAD) < 0)
-				return XDP_DROP;
-			return XDP_TX;
-		}
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_src, cfg->self6, 16);
-		__builtin_memcpy(fib.ipv6_dst, node, 16);
-		fib.tot_len = inner_len + IPIP6_OVERHEAD;
-		overhead = IPIP6_OVERHEAD;
-	}
-	/* The next hop towards the node: from the cache while it is fresh,
-	 * else a FIB lookup (an output lookup: we originate the outer
-	 * packet), which refreshes it. */
-	__u64 now = coarse_now();
-	struct nexthop *nh = bpf_map_lookup_elem(&nexthops, &idx);
-	if (!nh)
-		return drop(DROP_NO_NODE);
-	if (nh->expires <= now || nh->in_ifindex != in_if || !addr_eq(nh->node, node)) {
-		int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-			return drop(DROP_FIB);
-		__builtin_memcpy(nh->node, node, 16);
-		__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
-		nh->ifindex = fib.ifindex;
-		nh->in_ifindex = in_if;
-		nh->expires = now + NEXTHOP_TTL_NS;
-	}
-	struct nexthop hop = *nh;
-
-	if (bpf_xdp_adjust_head(ctx, -overhead))
-		return drop(DROP_ENCAP);
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return drop(DROP_ENCAP);
-	__builtin_memcpy(eth->h_dest, hop.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, hop.smac, ETH_ALEN);
-
-	if (f->family == FAMILY_V4) {
-		struct iphdr *outer = (void *)(eth + 1);
-		if ((void *)(outer + 1) > data_end)
-			return drop(DROP_ENCAP);
-		eth->h_proto = ETH_P_IP_BE;
-		outer->version = 4;
-		outer->ihl = 5;
-		outer->tos = tos;
-		outer->tot_len = bpf_htons(inner_len + IPIP4_OVERHEAD);
-		outer->id = 0;
-		outer->frag_off = IP_DF_BE;
-		outer->ttl = 64;
-		outer->protocol = IPPROTO_IPIP;
-		outer->check = 0;
-		outer->saddr = cfg->self4;
-		outer->daddr = node[0];
-		outer->check = ipv4_csum(outer);
-	} else {
-		struct ipv6hdr *outer = (void *)(eth + 1);
-		if ((void *)(outer + 1) > data_end)
-			return drop(DROP_ENCAP);
-		eth->h_proto = ETH_P_IPV6_BE;
-		outer->version = 6;
-		outer->priority = tos >> 4;
-		outer->flow_lbl[0] = (tos & 0xf) << 4;
-		outer->flow_lbl[1] = 0;
-		outer->flow_lbl[2] = 0;
-		outer->payload_len = bpf_htons(inner_len);
-		outer->nexthdr = IPPROTO_IPV6;
-		outer->hop_limit = 64;
-		__builtin_memcpy(&outer->saddr, cfg->self6, 16);
-		__builtin_memcpy(&outer->daddr, node, 16);
-	}
-	if (hop.ifindex == in_if)
-		return XDP_TX;
-	return bpf_redirect(hop.ifindex, 0);
-}
+#include "include/encap.h"
 
 static __always_inline struct vip_info *lookup_vip(const struct flow *f)
 {
@@ -576,7 +460,7 @@ static __always_inline struct vip_info *lookup_vip(const struct flow *f)
 
 /* decap opens a packet another node's tier 1 sent here, when it is ours:
  * addressed to this node, and carrying a VIP packet. */
-static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
+static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *cfg,
 				 const struct flow *outer, struct hdrs *oh)
 {
 	void *data_end = (void *)(long)ctx->data_end;
@@ -610,10 +494,10 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 	if (inner == PARSE_ICMP) {
 		/* Only our own encapsulation (no IPv4 options): a constant
 		 * offset for the verifier. */
-		if (olen != (outer->family == FAMILY_V4 ? 20 : 40))
+		if (olen != (outer->family == FAMILY_V4 ? IPIP4_OVERHEAD : IPIP6_OVERHEAD))
 			return XDP_PASS;
 		void *il3 = (void *)(long)ctx->data + sizeof(struct ethhdr) +
-			    (outer->family == FAMILY_V4 ? 20 : 40);
+			    (outer->family == FAMILY_V4 ? IPIP4_OVERHEAD : IPIP6_OVERHEAD);
 		if (icmp_flow(il3, data_end, &f, &cf) < 0)
 			return XDP_PASS;
 	} else if (inner == PARSE_L4) {
@@ -648,7 +532,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct settings *cfg,
 	if ((void *)(eth + 1) > data_end)
 		return XDP_PASS;
 	struct ethhdr saved = *eth;
-	if (olen < (int)sizeof(struct iphdr) || olen > 60)
+	if (olen < (int)sizeof(struct iphdr) || olen > IPV4_MAX_HDR_LEN)
 		return drop(DROP_DECAP);
 	if (bpf_xdp_adjust_head(ctx, olen))
 		return drop(DROP_DECAP);
@@ -705,7 +589,7 @@ static __always_inline int ct1_keeps(const struct vip_info *vip, const struct fl
  * else its ring slot. st (when given: a real packet of the flow, not an
  * ICMP error) records it as a new flow. It returns -1, or the reason to
  * drop the packet. */
-static __always_inline int choose_node(const struct settings *cfg, const struct vip_info *vip,
+static __always_inline int choose_node(const struct config_entry *cfg, const struct vip_info *vip,
 				       struct flow *f, struct ct1_entry *ce, int syn,
 				       struct ct1_entry *node, struct service_stats *st)
 {
@@ -782,7 +666,7 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
 	struct vip_info *vip = lookup_vip(&cf);
 	if (!vip)
 		return XDP_PASS;
-	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || cfg->ring_size == 0)
 		return XDP_PASS;
 	if (!admitted(vip, &cf))
@@ -840,7 +724,7 @@ int ironlb_xdp(struct xdp_md *ctx)
 	if (r == PARSE_ENCAP) {
 		if (!for_this_host(ctx, data, data_end))
 			return XDP_PASS;
-		struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+		struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);
 		if (!cfg)
 			return XDP_PASS;
 		return decap(ctx, cfg, &f, &h);
@@ -856,7 +740,7 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (!for_this_host(ctx, data, data_end))
 		return XDP_PASS;
-	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return XDP_PASS;
 
@@ -907,7 +791,7 @@ static __always_inline void clamp_mss(struct __sk_buff *skb, __u32 l4off, __u16 
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	if (l4off > 128)
+	if (l4off > MSS_CLAMP_MAX_L4_OFFSET)
 		return; /* bounds the offset for the verifier */
 	struct tcphdr *tcp = data + l4off;
 	if ((void *)(tcp + 1) > data_end)
@@ -976,10 +860,10 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 
 	if (f.proto == IPPROTO_TCP) {
 		__u32 zero = 0;
-		struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
-		if (cfg && cfg->mtu > 200) {
-			__u32 over = f.family == FAMILY_V4 ? 20 + 20 + IPIP4_OVERHEAD
-							   : 40 + 20 + IPIP6_OVERHEAD;
+		struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);
+		if (cfg && cfg->mtu > MSS_CLAMP_MIN_MTU) {
+			__u32 over = f.family == FAMILY_V4 ? IPV4_HDR_LEN + TCP_HDR_LEN + IPIP4_OVERHEAD
+							   : IPV6_HDR_LEN + TCP_HDR_LEN + IPIP6_OVERHEAD;
 			clamp_mss(skb, l4off, cfg->mtu - over);
 		}
 	}

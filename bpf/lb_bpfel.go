@@ -53,6 +53,19 @@ type LbClock struct {
 	Ns      uint64
 }
 
+type LbConfigEntry struct {
+	_          structs.HostLayout
+	Self4      uint32
+	Self6      [4]uint32
+	RingSize   uint32
+	Mtu        uint32
+	Flags      uint32
+	Layout     uint32
+	Pad        uint32
+	Heartbeat  uint64
+	StaleAfter uint64
+}
+
 type LbCt1Entry struct {
 	_     structs.HostLayout
 	Node  [4]uint32
@@ -74,6 +87,24 @@ type LbCt2Entry struct {
 	AclOk    uint32
 	RevnatAt uint64
 }
+
+type LbDropReason uint32
+
+const (
+	LbDropReasonDROP_NO_CONFIG        LbDropReason = 0
+	LbDropReasonDROP_NO_RING          LbDropReason = 1
+	LbDropReasonDROP_NO_NODE          LbDropReason = 2
+	LbDropReasonDROP_NO_BACKEND       LbDropReason = 3
+	LbDropReasonDROP_FIB              LbDropReason = 4
+	LbDropReasonDROP_ENCAP            LbDropReason = 5
+	LbDropReasonDROP_DECAP            LbDropReason = 6
+	LbDropReasonDROP_MALFORMED        LbDropReason = 7
+	LbDropReasonDROP_TOO_BIG          LbDropReason = 8
+	LbDropReasonDROP_SOURCE_RANGE     LbDropReason = 9
+	LbDropReasonDROP_UNTRUSTED_TUNNEL LbDropReason = 10
+	LbDropReasonPASS_STALE            LbDropReason = 11
+	LbDropReasonDROP_REASONS          LbDropReason = 12
+)
 
 type LbFlow struct {
 	_      structs.HostLayout
@@ -137,19 +168,6 @@ type LbServiceStats struct {
 	Bytes    uint64
 	NewFlows uint64
 	Denied   uint64
-}
-
-type LbSettings struct {
-	_          structs.HostLayout
-	Self4      uint32
-	Self6      [4]uint32
-	RingSize   uint32
-	Mtu        uint32
-	Flags      uint32
-	Layout     uint32
-	Pad        uint32
-	Heartbeat  uint64
-	StaleAfter uint64
 }
 
 type LbVipInfo struct {

@@ -100,8 +100,8 @@ func TestSourceRanges(t *testing.T) {
 			t.Errorf("%s: verdict %d, want %d", s.name, ret, s.want)
 		}
 	}
-	if d := drops(t, objs); d[DropSourceRange] != 3 {
-		t.Errorf("source_range drops %d, want 3", d[DropSourceRange])
+	if d := drops(t, objs); d[LbDropReasonDROP_SOURCE_RANGE] != 3 {
+		t.Errorf("source_range drops %d, want 3", d[LbDropReasonDROP_SOURCE_RANGE])
 	}
 	if n := denied(t, objs, 1); n != 2 {
 		t.Errorf("VIP 1 denied %d packets, want 2", n)
@@ -157,8 +157,8 @@ func TestTrustedTunnels(t *testing.T) {
 			t.Errorf("%s: delivered to %s, want %s", tc.name, dstOf(out), pod1)
 		}
 	}
-	if d := drops(t, objs); d[DropUntrustedTunnel] != 3 {
-		t.Errorf("untrusted_tunnel drops %d, want 3", d[DropUntrustedTunnel])
+	if d := drops(t, objs); d[LbDropReasonDROP_UNTRUSTED_TUNNEL] != 3 {
+		t.Errorf("untrusted_tunnel drops %d, want 3", d[LbDropReasonDROP_UNTRUSTED_TUNNEL])
 	}
 	// A node that leaves the cluster is a stranger from then on.
 	must(t, objs.TunnelPeers.Delete(PeerKeyFor(nodeB4)))
@@ -326,7 +326,7 @@ func TestStaleSpeaker(t *testing.T) {
 	world(t, objs)
 	setRing(t, objs, 1, 1)
 	setBackends(t, objs, 1, 8080, pod1)
-	var cfg LbSettings
+	var cfg LbConfigEntry
 	must(t, objs.Config.Lookup(uint32(0), &cfg))
 	in := pkt{src: client4, dst: vip4, proto: 6, sport: 44000, dport: 80, flags: tcpSYN}.frame()
 
@@ -337,8 +337,8 @@ func TestStaleSpeaker(t *testing.T) {
 	if ret != xdpPass || !bytes.Equal(out[:len(in)], in) {
 		t.Errorf("stale: verdict %d, modified %v; want XDP_PASS, untouched", ret, !bytes.Equal(out[:len(in)], in))
 	}
-	if d := drops(t, objs); d[PassStale] != 1 {
-		t.Errorf("stale_speaker count %d, want 1", d[PassStale])
+	if d := drops(t, objs); d[LbDropReasonPASS_STALE] != 1 {
+		t.Errorf("stale_speaker count %d, want 1", d[LbDropReasonPASS_STALE])
 	}
 	cfg.Heartbeat = nowCoarse(t)
 	must(t, objs.Config.Put(uint32(0), cfg))

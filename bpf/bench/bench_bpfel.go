@@ -64,6 +64,19 @@ type BenchClock struct {
 	Ns      uint64
 }
 
+type BenchConfigEntry struct {
+	_          structs.HostLayout
+	Self4      uint32
+	Self6      [4]uint32
+	RingSize   uint32
+	Mtu        uint32
+	Flags      uint32
+	Layout     uint32
+	Pad        uint32
+	Heartbeat  uint64
+	StaleAfter uint64
+}
+
 type BenchCt1Entry struct {
 	_     structs.HostLayout
 	Node  [4]uint32
@@ -154,19 +167,6 @@ type BenchServiceStats struct {
 	Bytes    uint64
 	NewFlows uint64
 	Denied   uint64
-}
-
-type BenchSettings struct {
-	_          structs.HostLayout
-	Self4      uint32
-	Self6      [4]uint32
-	RingSize   uint32
-	Mtu        uint32
-	Flags      uint32
-	Layout     uint32
-	Pad        uint32
-	Heartbeat  uint64
-	StaleAfter uint64
 }
 
 type BenchVipInfo struct {

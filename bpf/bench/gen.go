@@ -3,4 +3,4 @@
 // the benchmarks import it.
 package bench
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel Bench bench.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/$BPF_MULTIARCH" -target bpfel Bench bench.c

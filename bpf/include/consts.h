@@ -95,15 +95,46 @@
 #define VIP_AFFINITY 1 /* sessionAffinity ClientIP: hash the client only */
 #define VIP_LOCAL 2    /* externalTrafficPolicy Local: this node's endpoints */
 
-/* settings.flags */
-#define SETTINGS_REDIRECT 1 /* redirect to endpoint_links links in XDP */
+/* config_entry.flags (the value of the config map) */
+#define CONFIG_REDIRECT 1 /* redirect to endpoint_links links in XDP */
 
 /* The key of a tier-2 affinity entry, as opposed to a tier-1 one. */
 #define AFFINITY_TIER2 2
 
-/* Headers the encapsulation adds. */
-#define IPIP4_OVERHEAD 20
-#define IPIP6_OVERHEAD 40
+/* Header sizes: an IPv4 header without options and with the most (15
+ * words), an IPv6 header, a TCP header without options and with the most,
+ * an Ethernet header. */
+#define IPV4_HDR_LEN 20
+#define IPV4_MAX_HDR_LEN 60
+#define IPV6_HDR_LEN 40
+#define TCP_HDR_LEN 20
+#define TCP_MAX_HDR_LEN 60
+#define ETH_HDR_LEN 14
+
+/* Headers the encapsulation adds: one IPv4 header without options, or one
+ * IPv6 header (IPIP, IPv6-in-IPv6). */
+#define IPIP4_OVERHEAD IPV4_HDR_LEN
+#define IPIP6_OVERHEAD IPV6_HDR_LEN
+
+/* The hop limit of the headers the data plane writes: the outer one when
+ * it encapsulates, and the ICMP "too big" errors it sends. */
+#define ENCAP_TTL 64
+#define ICMP_ERROR_TTL 64
+
+/* Address bits by family, and the bits of a source_ranges key before the
+ * address (the access list's id). */
+#define ADDR_BITS_V4 32
+#define ADDR_BITS_V6 128
+#define RANGE_KEY_ACL_BITS 32
+
+/* The TC program clamps the MSS of a SYN only when the L4 header starts
+ * within this many bytes of the packet (Ethernet, and IPv6 with a few
+ * extension headers); the bound is also what the verifier needs. */
+#define MSS_CLAMP_MAX_L4_OFFSET 128
+
+/* An MTU below this in the config map is taken as unset: no MSS clamping
+ * (the loader writes the real one; IPv6 needs 1280 anyway). */
+#define MSS_CLAMP_MIN_MTU 200
 
 /* TCP option kinds. */
 #define TCPOPT_MSS_KIND 2

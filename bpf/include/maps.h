@@ -14,7 +14,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct settings);
+	__type(value, struct config_entry);
 } config SEC(".maps");
 
 /* VIP:port:protocol -> Service port. */

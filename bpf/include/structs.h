@@ -83,7 +83,7 @@ struct flow {
  * heartbeat (bpf_ktime_get_coarse_ns' clock) on every sync; once it is
  * older than stale_after, VIP traffic goes to the kernel untouched rather
  * than by rings and endpoints nobody keeps up to date. */
-struct settings {
+struct config_entry {
 	__u32 self4;
 	__u32 self6[4];
 	__u32 ring_size; /* slots of every ring */

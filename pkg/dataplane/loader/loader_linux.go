@@ -144,7 +144,7 @@ func (d *Dataplane) load() error {
 			// Maps of another version may have the same sizes and mean
 			// something else; a ring size change leaves the outer map
 			// compatible but its inner maps are not: start over.
-			var cfg bpf.LbSettings
+			var cfg bpf.LbConfigEntry
 			e := d.objs.Config.Lookup(uint32(0), &cfg)
 			switch {
 			case e != nil || cfg.RingSize == 0 || attempt > 0:
@@ -371,7 +371,7 @@ func (d *Dataplane) Apply(self dataplane.Self, nodes []dataplane.Node, entries [
 	defer d.mu.Unlock()
 	d.self = self
 	d.last = entries
-	cfg := bpf.LbSettings{RingSize: d.opts.RingSize, Mtu: d.opts.MTU, Layout: bpf.MapsLayout,
+	cfg := bpf.LbConfigEntry{RingSize: d.opts.RingSize, Mtu: d.opts.MTU, Layout: bpf.MapsLayout,
 		Heartbeat: monotonicCoarse(), StaleAfter: uint64(d.opts.StaleAfter)}
 	if self.V4.IsValid() {
 		cfg.Self4 = bpf.Addr(self.V4)[0]
@@ -386,7 +386,7 @@ func (d *Dataplane) Apply(self dataplane.Self, nodes []dataplane.Node, entries [
 		errs = append(errs, err)
 	}
 	if d.opts.EndpointRedirect {
-		cfg.Flags |= bpf.SettingsRedirect
+		cfg.Flags |= bpf.ConfigRedirect
 	}
 	if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -464,7 +464,7 @@ func (d *Dataplane) Lacks(entries []dataplane.Entry) bool {
 func (d *Dataplane) Beat() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var cfg bpf.LbSettings
+	var cfg bpf.LbConfigEntry
 	if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}

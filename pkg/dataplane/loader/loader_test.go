@@ -220,11 +220,11 @@ func TestEndpointLinks(t *testing.T) {
 		if err := it.Err(); err != nil {
 			t.Fatal(err)
 		}
-		var cfg bpf.LbSettings
+		var cfg bpf.LbConfigEntry
 		if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
 			t.Fatal(err)
 		}
-		return links, cfg.Flags&bpf.SettingsRedirect != 0
+		return links, cfg.Flags&bpf.ConfigRedirect != 0
 	}
 
 	for _, on := range []bool{true, false} {
@@ -427,7 +427,7 @@ func TestLoaderSafety(t *testing.T) {
 	if err := d.objs.Ct1.Put(flow, bpf.LbCt1Entry{Idx: 1}); err != nil {
 		t.Fatal(err)
 	}
-	var cfg bpf.LbSettings
+	var cfg bpf.LbConfigEntry
 	if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -444,5 +444,18 @@ func TestLoaderSafety(t *testing.T) {
 	var ce bpf.LbCt1Entry
 	if err := d2.objs.Ct1.Lookup(flow, &ce); err == nil {
 		t.Error("maps of another layout were kept")
+	}
+}
+
+// TestTiedToC: the Go side's limits and names are the C side's, as bpf2go
+// generated them from the object's BTF.
+func TestTiedToC(t *testing.T) {
+	if n := len(bpf.LbBackendSet{}.Be); n != dataplane.MaxLocalBackends {
+		t.Errorf("a backend_set holds %d endpoints (MAX_LOCAL_BACKENDS), the planner keeps %d (dataplane.MaxLocalBackends)", n, dataplane.MaxLocalBackends)
+	}
+	for i, name := range bpf.DropReasons {
+		if name == "" {
+			t.Errorf("drop reason %d (enum drop_reason) has no name in bpf.DropReasons", i)
+		}
 	}
 }

@@ -5,8 +5,8 @@
  * reach the endpoint that sent the reply, so it is steered with the flow
  * it quotes, and on the endpoint's node rewritten as if the endpoint had
  * been the sender. */
-#ifndef IRONLB_ICMPERR_H
-#define IRONLB_ICMPERR_H
+#ifndef IRONLB_ICMP_STEER_H
+#define IRONLB_ICMP_STEER_H
 
 #include <linux/bpf.h>
 #include <linux/in.h>

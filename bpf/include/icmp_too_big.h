@@ -3,8 +3,8 @@
  * that no longer fits the link once encapsulated. The frame is rewritten
  * in place into the ICMP error, from the VIP to the client, quoting the
  * IP header and the first 8 bytes after it, and sent back (XDP_TX). */
-#ifndef IRONLB_ICMP_H
-#define IRONLB_ICMP_H
+#ifndef IRONLB_ICMP_TOO_BIG_H
+#define IRONLB_ICMP_TOO_BIG_H
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -82,7 +82,7 @@ static __always_inline int too_big4(struct xdp_md *ctx, __u16 mtu)
 	out->tot_len = bpf_htons(sizeof(struct iphdr) + ICMP_HDR + QUOTE4);
 	out->id = 0;
 	out->frag_off = 0;
-	out->ttl = 64;
+	out->ttl = ICMP_ERROR_TTL;
 	out->protocol = IPPROTO_ICMP;
 	out->check = 0;
 	out->saddr = vip;
@@ -131,7 +131,7 @@ static __always_inline int too_big6(struct xdp_md *ctx, __u32 mtu)
 	out->flow_lbl[2] = 0;
 	out->payload_len = bpf_htons(ICMP_HDR + QUOTE6);
 	out->nexthdr = IPPROTO_ICMPV6;
-	out->hop_limit = 64;
+	out->hop_limit = ICMP_ERROR_TTL;
 	out->saddr = vip;
 	out->daddr = client;
 	struct icmp6_too_big *icmp = (void *)(out + 1);
