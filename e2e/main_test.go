@@ -5,10 +5,12 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -75,6 +77,9 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	if !runLast() && code == 0 {
+		code = 1
+	}
 	if code != 0 {
 		fmt.Printf("e2e: failed; logs are in %s/logs\n", cfg.Dir)
 	}
@@ -92,6 +97,28 @@ func run(m *testing.M) int {
 		fmt.Println("e2e: lab down left no namespace, link or process behind")
 	}
 	return code
+}
+
+// last are the tests that run after all the others, in this order (an
+// explicit order, not their names' or files'): the RBAC check reads the
+// daemons' logs of the whole run, before the outage, whose restarted API
+// server refuses everyone until its RBAC caches fill; the outage leaves
+// the controller without its Lease for a while.
+var last = []testing.InternalTest{
+	{Name: "TestNoRBACRefusals", F: noRBACRefusals},
+	{Name: "TestAPIServerOutage", F: apiServerOutage},
+}
+
+// runLast runs last with go test's flags (-run, -skip, -v...) and tells
+// whether they passed.
+func runLast() bool {
+	match := func(pat, name string) (bool, error) { return regexp.MatchString(pat, name) }
+	// Only when -run selects one of them: RunTests warns about an empty run.
+	pat := strings.Split(flag.Lookup("test.run").Value.String(), "/")[0]
+	if !slices.ContainsFunc(last, func(t testing.InternalTest) bool { ok, _ := match(pat, t.Name); return ok }) {
+		return true
+	}
+	return testing.RunTests(match, last)
 }
 
 // eventually polls cond every 100 ms until it returns nil or limit passes.

@@ -1,8 +1,9 @@
 package e2e
 
-// The API server outage runs last of all (this file sorts last): the
-// controller loses its Lease while the API server is away and must then
-// wait for the Lease to expire before it allocates again.
+// These run after every other test, in the order of last (main_test.go),
+// whatever the files are called: the RBAC check reads the logs of the
+// whole run, and during the API server outage the controller loses its
+// Lease and must then wait for it to expire before it allocates again.
 
 import (
 	"context"
@@ -13,11 +14,11 @@ import (
 	"github.com/ironlb/ironlb/pkg/lab"
 )
 
-// TestNoRBACRefusals: the daemons run as their service accounts, so a
+// noRBACRefusals (TestNoRBACRefusals): the daemons run as their service accounts, so a
 // permission the manifests' RBAC lacks shows as "is forbidden" in their
 // logs, even where no test noticed. Checked before the outage: a
 // restarted API server refuses everyone until its RBAC caches fill.
-func TestNoRBACRefusals(t *testing.T) {
+func noRBACRefusals(t *testing.T) {
 	bad, err := forbidden(cfg.Dir, cfg.NodeList())
 	if err != nil {
 		t.Fatalf("the daemons' logs: %v", err)
@@ -27,10 +28,10 @@ func TestNoRBACRefusals(t *testing.T) {
 	}
 }
 
-// TestAPIServerOutage stops kube-apiserver: the speakers keep answering
+// apiServerOutage (TestAPIServerOutage) stops kube-apiserver: the speakers keep answering
 // (and advertising over BGP) from what they last knew, and a speaker death
 // is still covered, since failure detection does not need the API server.
-func TestAPIServerOutage(t *testing.T) {
+func apiServerOutage(t *testing.T) {
 	ctx := t.Context()
 	bgpCheck := bgpOutage(t)
 	owner := oneAnnouncer(t, lab.DemoService, vip4, nil)
