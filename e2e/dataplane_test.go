@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/ironlb/ironlb/internal/nsrun"
 	"github.com/ironlb/ironlb/pkg/lab"
 )
 
@@ -145,7 +146,7 @@ func TestDataplaneDistributionAndClientAddress(t *testing.T) {
 			if p.Node.Name != n.Name {
 				continue
 			}
-			err := lab.InNamespace(n.NS, func() error {
+			err := nsrun.In(n.NS, func() error {
 				l, err := netlink.LinkByName(p.HostLink)
 				if err == nil {
 					want[uint32(l.Attrs().Index)] = true

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/ironlb/ironlb/internal/nsrun"
 	"github.com/ironlb/ironlb/pkg/lab"
 )
 
@@ -133,7 +134,7 @@ func TestForgedTunnelRefused(t *testing.T) {
 		sport := uint16(40770 + i)
 		// The answer, if any, would come to this socket.
 		var reply net.PacketConn
-		err := lab.InNamespace(lab.ClientNS, func() error {
+		err := nsrun.In(lab.ClientNS, func() error {
 			var err error
 			reply, err = net.ListenPacket("udp4", netip.AddrPortFrom(client, sport).String())
 			return err
@@ -146,7 +147,7 @@ func TestForgedTunnelRefused(t *testing.T) {
 		before := counted(n)
 		sent := 0
 		for ; sent < 3 && counted(n) == before; sent++ {
-			err = lab.InNamespace(lab.ClientNS, func() error {
+			err = nsrun.In(lab.ClientNS, func() error {
 				fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_IPIP)
 				if err != nil {
 					return err
@@ -322,7 +323,7 @@ func TestKernelModeDetaches(t *testing.T) {
 	n := nodeNamed(t, "node-c")
 	attached := func() (bool, error) {
 		var on bool
-		err := lab.InNamespace(n.NS, func() error {
+		err := nsrun.In(n.NS, func() error {
 			l, err := netlink.LinkByName("eth0")
 			if err != nil {
 				return err
@@ -383,7 +384,7 @@ func TestMemberlistCoexistsWithMetalLB(t *testing.T) {
 	}()
 	var tcp net.Listener
 	var udp net.PacketConn
-	err := lab.InNamespace(n.NS, func() error {
+	err := nsrun.In(n.NS, func() error {
 		var err error
 		if tcp, err = net.Listen("tcp", ":7946"); err != nil {
 			return err

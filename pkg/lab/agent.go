@@ -3,54 +3,23 @@ package lab
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/ironlb/ironlb/internal/nsrun"
 )
-
-// InNamespace runs fn on an OS thread switched into network namespace ns,
-// then switches the thread back. Sockets fn creates stay in ns for their
-// whole life, whichever goroutine uses them later. If the thread cannot be
-// switched back it is left locked, so the Go runtime retires it.
-func InNamespace(ns string, fn func() error) error {
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer func() { _ = target.Close() }()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("current namespace: %w", err)
-	}
-	defer func() { _ = orig.Close() }()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter namespace %s: %w", ns, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return errors.Join(ferr, fmt.Errorf("leave namespace %s: %w", ns, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
 
 // DialIn opens a connection from inside a lab namespace.
 func DialIn(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 	var conn net.Conn
-	err := InNamespace(ns, func() error {
+	err := nsrun.In(ns, func() error {
 		var err error
 		d := net.Dialer{Timeout: 2 * time.Second}
 		conn, err = d.DialContext(ctx, network, addr)
@@ -91,7 +60,7 @@ func (c Config) RunAgent(ctx context.Context) error {
 	}
 	for _, n := range c.NodeList() {
 		var l net.Listener
-		if err := InNamespace(n.NS, func() error {
+		if err := nsrun.In(n.NS, func() error {
 			var err error
 			l, err = net.Listen("tcp", api)
 			return err
@@ -104,7 +73,7 @@ func (c Config) RunAgent(ctx context.Context) error {
 	for _, p := range c.Pods() {
 		var httpL, echoL net.Listener
 		var udp net.PacketConn
-		if err := InNamespace(p.NS, func() error {
+		if err := nsrun.In(p.NS, func() error {
 			var err error
 			if httpL, err = net.Listen("tcp", ":80"); err != nil {
 				return err

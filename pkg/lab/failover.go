@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ironlb/ironlb/internal/nsrun"
 )
 
 // Death is how the announcing node dies in a failover.
@@ -66,7 +68,7 @@ func (c Config) StartProbe(ctx context.Context, vip netip.Addr) (*Probe, error) 
 	}
 	p := &Probe{vip: vip, last: map[string]time.Time{}, stop: make(chan struct{}), psock: -1}
 	p.cond = sync.NewCond(&p.mu)
-	err := InNamespace(ClientNS, func() error {
+	err := nsrun.In(ClientNS, func() error {
 		ifi, err := net.InterfaceByName("eth0")
 		if err != nil {
 			return err
@@ -250,7 +252,7 @@ func (p *Probe) Close() {
 func (c Config) MACs() (map[string]Node, error) {
 	out := map[string]Node{}
 	for _, n := range c.NodeList() {
-		err := InNamespace(n.NS, func() error {
+		err := nsrun.In(n.NS, func() error {
 			ifi, err := net.InterfaceByName("eth0")
 			if err != nil {
 				return err

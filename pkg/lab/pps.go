@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ironlb/ironlb/internal/nsrun"
 )
 
 // PPSResult is one data plane's forwarding rate.
@@ -62,7 +64,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	var dst net.HardwareAddr
 	var src net.HardwareAddr
 	var ifindex int
-	err := InNamespace(ClientNS, func() error {
+	err := nsrun.In(ClientNS, func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -108,7 +110,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	// drops beyond 1 000 packets, which no NIC does).
 	if c.Dataplane == "kernel" {
 		for _, n := range c.NodeList() {
-			if err := InNamespace(n.NS, func() error { return napiOn("eth0") }); err != nil {
+			if err := nsrun.In(n.NS, func() error { return napiOn("eth0") }); err != nil {
 				return PPSResult{}, err
 			}
 		}
@@ -177,7 +179,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	}
 	var took time.Duration
 	var sent uint32
-	err = InNamespace(ClientNS, func() error {
+	err = nsrun.In(ClientNS, func() error {
 		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: ifindex})
 		if err != nil {
 			return fmt.Errorf("attach to the client's link: %w", err)
@@ -297,7 +299,7 @@ func (c Config) fabricSwitch(clientMAC net.HardwareAddr) (*ebpf.Program, *ebpf.M
 	}
 	add := func(mac net.HardwareAddr, port string) error {
 		var idx int
-		if err := InNamespace(FabricNS, func() error {
+		if err := nsrun.In(FabricNS, func() error {
 			l, err := netlink.LinkByName(port)
 			if err == nil {
 				idx = l.Attrs().Index
@@ -316,7 +318,7 @@ func (c Config) fabricSwitch(clientMAC net.HardwareAddr) (*ebpf.Program, *ebpf.M
 	}
 	for _, n := range c.NodeList() {
 		var mac net.HardwareAddr
-		err := InNamespace(n.NS, func() error {
+		err := nsrun.In(n.NS, func() error {
 			l, err := netlink.LinkByName("eth0")
 			if err == nil {
 				mac = l.Attrs().HardwareAddr

@@ -10,6 +10,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ironlb/ironlb/internal/nsrun"
 )
 
 // BPFFS is where the lab mounts a bpffs of its own, under its directory:
@@ -71,7 +73,7 @@ func (c Config) enableVethXDP() error {
 	defer func() { _ = prog.Close() }()
 	// The outside world's hosts checksum in full.
 	for _, ns := range []string{ClientNS, RouterNS} {
-		if err := InNamespace(ns, func() error { return fullChecksums("eth0") }); err != nil {
+		if err := nsrun.In(ns, func() error { return fullChecksums("eth0") }); err != nil {
 			return err
 		}
 	}
@@ -84,7 +86,7 @@ func (c Config) enableVethXDP() error {
 
 // setXDP attaches prog (nil: detaches) in native mode to links of ns.
 func setXDP(ns string, links []string, prog *ebpf.Program) error {
-	return InNamespace(ns, func() error {
+	return nsrun.In(ns, func() error {
 		for _, name := range links {
 			l, err := netlink.LinkByName(name)
 			if err != nil {

@@ -17,7 +17,7 @@ import (
 	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/ndp"
 
-	"github.com/ironlb/ironlb/pkg/lab"
+	"github.com/ironlb/ironlb/internal/nsrun"
 )
 
 const speakerLink, clientLink = "l2spk0", "l2cli0"
@@ -69,7 +69,7 @@ func pair(t *testing.T) (speakerNS, clientNS string) {
 
 func inNS(t *testing.T, ns string, fn func() error) {
 	t.Helper()
-	if err := lab.InNamespace(ns, fn); err != nil {
+	if err := nsrun.In(ns, fn); err != nil {
 		t.Fatal(err)
 	}
 }
