@@ -9,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/ipam"
@@ -303,14 +302,8 @@ func SelectedPools(sel ironlbv1alpha1.PoolSelection, pools []ironlbv1alpha1.IPPo
 // Selects evaluates a label selector; nil selects everything and an
 // invalid one nothing.
 func Selects(sel *metav1.LabelSelector, set map[string]string) bool {
-	if sel == nil {
-		return true
-	}
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	if err != nil {
-		return false
-	}
-	return s.Matches(labels.Set(set))
+	m, err := matcher(sel)
+	return err == nil && (m == nil || m(set))
 }
 
 func names(pools []*ironlbv1alpha1.IPPool) string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bgp"
 	"github.com/ironlb/ironlb/pkg/config"
 	"github.com/ironlb/ironlb/pkg/ipam"
 )
@@ -37,16 +38,6 @@ type world struct {
 	ifaces map[string]ifaceFacts
 }
 
-// bgpRoute is a route this node advertises for an IP, from one
-// BGPAdvertisement.
-type bgpRoute struct {
-	prefix      netip.Prefix
-	peers       []string
-	communities []string
-	large       []string
-	localPref   uint32
-}
-
 // decision is the layer-2 answer for one IP.
 type decision struct {
 	ip       netip.Addr
@@ -62,7 +53,7 @@ type decision struct {
 	// bgp are this node's routes for the IP (none when it is not
 	// eligible), bgpSelf why it does or does not advertise, and bgpOwner
 	// the first eligible node, which cleans up after dead ones.
-	bgp      []bgpRoute
+	bgp      []bgp.Route
 	bgpSelf  announce.Reason
 	bgpOwner string
 	// missing, when no node may answer because every live candidate
@@ -274,10 +265,10 @@ func carries(p *ironlbv1alpha1.BGPPeer, ip netip.Addr) bool {
 // peers it names (all when none) that peer with the node, the prefix cut
 // to the advertisement's aggregation length.
 func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string]string,
-	advs []ironlbv1alpha1.BGPAdvertisement, peers []ironlbv1alpha1.BGPPeer) []bgpRoute {
+	advs []ironlbv1alpha1.BGPAdvertisement, peers []ironlbv1alpha1.BGPPeer) []bgp.Route {
 	sorted := slices.Clone(advs)
 	slices.SortFunc(sorted, func(a, b ironlbv1alpha1.BGPAdvertisement) int { return cmp.Compare(a.Name, b.Name) })
-	var out []bgpRoute
+	var out []bgp.Route
 	for i := range sorted {
 		adv := &sorted[i]
 		if !config.SelectsPool(adv.Spec.PoolSelection, pool) || !config.Selects(adv.Spec.NodeSelector, nodeLabels) {
@@ -296,7 +287,7 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 			// announce a neighbour's addresses: never.
 			continue
 		}
-		r := bgpRoute{prefix: pfx}
+		r := bgp.Route{Prefix: pfx}
 		for j := range peers {
 			p := &peers[j]
 			if len(adv.Spec.Peers) > 0 && !slices.Contains(adv.Spec.Peers, p.Name) {
@@ -308,23 +299,23 @@ func bgpRoutes(ip netip.Addr, pool *ironlbv1alpha1.IPPool, nodeLabels map[string
 			if !carries(p, ip) {
 				continue
 			}
-			r.peers = append(r.peers, p.Name)
+			r.Peers = append(r.Peers, p.Name)
 		}
-		if len(r.peers) == 0 {
+		if len(r.Peers) == 0 {
 			continue
 		}
-		slices.Sort(r.peers)
+		slices.Sort(r.Peers)
 		for _, c := range adv.Spec.Communities {
 			if rest, ok := strings.CutPrefix(string(c), "large:"); ok {
-				r.large = append(r.large, rest)
+				r.LargeCommunities = append(r.LargeCommunities, rest)
 			} else if v, ok := ironlbv1alpha1.WellKnownCommunities[string(c)]; ok {
-				r.communities = append(r.communities, v)
+				r.Communities = append(r.Communities, v)
 			} else {
-				r.communities = append(r.communities, string(c))
+				r.Communities = append(r.Communities, string(c))
 			}
 		}
 		if adv.Spec.LocalPref != nil && *adv.Spec.LocalPref > 0 {
-			r.localPref = uint32(*adv.Spec.LocalPref)
+			r.LocalPref = uint32(*adv.Spec.LocalPref)
 		}
 		out = append(out, r)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ironlb/ironlb/pkg/announce"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/bgp"
 )
 
 func testNode(name string, labels map[string]string, ready corev1.ConditionStatus) corev1.Node {
@@ -222,7 +223,7 @@ func TestBGPRoutes(t *testing.T) {
 		},
 		alive: map[string]bool{"a": true, "b": true, "x": true},
 	}
-	routes := func(self, ip string) []bgpRoute {
+	routes := func(self, ip string) []bgp.Route {
 		for _, d := range plan(w, self) {
 			if d.ip.String() == ip {
 				return d.bgp
@@ -231,15 +232,15 @@ func TestBGPRoutes(t *testing.T) {
 		t.Fatalf("no decision for %s", ip)
 		return nil
 	}
-	want := []bgpRoute{
-		{prefix: netip.MustParsePrefix("10.0.0.5/32"), peers: []string{"tor1"}, communities: []string{"64512:100", "65535:65281"}, large: []string{"64512:1:2"}, localPref: 120},
-		{prefix: netip.MustParsePrefix("10.0.0.0/24"), peers: []string{"other"}},
+	want := []bgp.Route{
+		{Prefix: netip.MustParsePrefix("10.0.0.5/32"), Peers: []string{"tor1"}, Communities: []string{"64512:100", "65535:65281"}, LargeCommunities: []string{"64512:1:2"}, LocalPref: 120},
+		{Prefix: netip.MustParsePrefix("10.0.0.0/24"), Peers: []string{"other"}},
 	}
-	if diff := cmp.Diff(want, routes("a", "10.0.0.5"), cmp.AllowUnexported(bgpRoute{}), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(want, routes("a", "10.0.0.5"), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 		t.Errorf("node a, 10.0.0.5 (-want +got):\n%s", diff)
 	}
 	// Node b also peers with tor2 (rack 2).
-	if got := routes("b", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "tor1,tor2" {
+	if got := routes("b", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].Peers, ",") != "tor1,tor2" {
 		t.Errorf("node b, 10.0.0.5: %+v", got)
 	}
 	if got := routes("x", "10.0.0.5"); got != nil {
@@ -254,23 +255,23 @@ func TestBGPRoutes(t *testing.T) {
 	// An IPv6 session that carries both families (MP-BGP) gets the IPv4
 	// route too; without addressFamilies it does not (above).
 	w.bgpPeers[2].Spec.AddressFamilies = []ironlbv1alpha1.AddressFamily{ironlbv1alpha1.FamilyIPv4, ironlbv1alpha1.FamilyIPv6}
-	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "tor1,v6" {
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].Peers, ",") != "tor1,v6" {
 		t.Errorf("node a, 10.0.0.5, with v6 carrying IPv4: %+v", got)
 	}
 	// An IPv4 session limited to IPv6 carries no IPv4 route.
 	w.bgpPeers[0].Spec.AddressFamilies = []ironlbv1alpha1.AddressFamily{ironlbv1alpha1.FamilyIPv6}
-	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "v6" {
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].Peers, ",") != "v6" {
 		t.Errorf("node a, 10.0.0.5, with tor1 carrying IPv6 only: %+v", got)
 	}
 	// A dynamic peer's family is its prefix's.
 	w.bgpPeers = append(w.bgpPeers, ironlbv1alpha1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "fabric"},
 		Spec: ironlbv1alpha1.BGPPeerSpec{DynamicPeerPrefix: "192.0.2.0/28"}})
 	w.bgpAdvs[0].Spec.Peers = append(w.bgpAdvs[0].Spec.Peers, "fabric")
-	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "fabric,v6" {
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].Peers, ",") != "fabric,v6" {
 		t.Errorf("node a, 10.0.0.5, with a dynamic IPv4 peer: %+v", got)
 	}
 	w.bgpPeers[len(w.bgpPeers)-1].Spec.DynamicPeerPrefix = "2001:db8::/64"
-	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].peers, ",") != "v6" {
+	if got := routes("a", "10.0.0.5"); len(got) != 2 || strings.Join(got[0].Peers, ",") != "v6" {
 		t.Errorf("node a, 10.0.0.5, with a dynamic IPv6 peer: %+v", got)
 	}
 }

@@ -97,10 +97,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	var owned []ownedIP
 	var problems []problem
 	for _, d := range decisions {
-		for _, r := range d.bgp {
-			routes = append(routes, bgp.Route{Prefix: r.prefix, Peers: r.peers,
-				Communities: r.communities, LargeCommunities: r.large, LocalPref: r.localPref})
-		}
+		routes = append(routes, d.bgp...)
 		if d.bgpOwner == s.opts.NodeName {
 			owned = append(owned, ownedIP{ip: d.ip, services: d.services, protocol: ironlbv1alpha1.ProtocolBGP})
 		}
@@ -234,10 +231,10 @@ func (s *Speaker) announced(decisions []decision, l2Err, bgpErr error) ([]announ
 		if len(d.bgp) > 0 {
 			var peers []string
 			for _, r := range d.bgp {
-				if !installed[r.prefix] {
+				if !installed[r.Prefix] {
 					continue
 				}
-				for _, p := range r.peers {
+				for _, p := range r.Peers {
 					if states[p].State == bgp.Established {
 						peers = append(peers, p)
 					}
