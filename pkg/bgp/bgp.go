@@ -129,15 +129,53 @@ type Route struct {
 	LocalPref uint32
 }
 
-// State is a session's state, as BGP names it (idle, connect, active,
-// opensent, openconfirm, established), with when it got there.
-type State struct {
-	State string
-	Since time.Time
+// SessionState is a BGP session's state (RFC 4271, 8.2.2); its String is
+// how the BGPPeer status spells it.
+type SessionState uint8
+
+// The session states. A dynamic peer is Active while it listens with no
+// router connected.
+const (
+	Idle SessionState = iota
+	Connect
+	Active
+	OpenSent
+	OpenConfirm
+	// Established is the state of a session that exchanges routes.
+	Established
+)
+
+var stateNames = [...]string{"Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established"}
+
+func (s SessionState) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "Idle"
 }
 
-// Established is the state of a session that exchanges routes.
-const Established = "established"
+// sessionState is GoBGP's state as ours (unknown is Idle).
+func sessionState(st api.PeerState_SessionState) SessionState {
+	switch st {
+	case api.PeerState_CONNECT:
+		return Connect
+	case api.PeerState_ACTIVE:
+		return Active
+	case api.PeerState_OPENSENT:
+		return OpenSent
+	case api.PeerState_OPENCONFIRM:
+		return OpenConfirm
+	case api.PeerState_ESTABLISHED:
+		return Established
+	}
+	return Idle
+}
+
+// State is a session's state, with when it got there.
+type State struct {
+	State SessionState
+	Since time.Time
+}
 
 // Server is the embedded router.
 type Server struct {
@@ -342,7 +380,7 @@ func (b *Server) dynamicOf(addr string) (string, bool) {
 }
 
 func (b *Server) setState(addr string, st api.PeerState_SessionState) {
-	name := strings.ToLower(st.String())
+	name := sessionState(st)
 	b.mu.Lock()
 	peer, ok := b.byAddr[addr]
 	if !ok {
@@ -359,7 +397,7 @@ func (b *Server) setState(addr string, st api.PeerState_SessionState) {
 			} else {
 				delete(rs, addr)
 			}
-			name = "active"
+			name = Active
 			if len(rs) > 0 {
 				name = Established
 			}
@@ -372,7 +410,7 @@ func (b *Server) setState(addr string, st api.PeerState_SessionState) {
 	}
 	b.mu.Unlock()
 	if changed {
-		b.log.Info("session", "peer", peer, "address", addr, "state", name)
+		b.log.Info("session", "peer", peer, "address", addr, "state", name.String())
 		if b.onChange != nil {
 			b.onChange()
 		}
@@ -531,7 +569,7 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		b.peers[p.Name] = p
 		if p.Dynamic.IsValid() {
 			if _, ok := b.states[p.Name]; !ok {
-				b.states[p.Name] = State{State: "active", Since: time.Now()}
+				b.states[p.Name] = State{State: Active, Since: time.Now()}
 			}
 			continue
 		}
@@ -542,7 +580,7 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 			}
 		}
 		if _, ok := b.states[p.Name]; !ok {
-			b.states[p.Name] = State{State: "idle", Since: time.Now()}
+			b.states[p.Name] = State{State: Idle, Since: time.Now()}
 		}
 	}
 

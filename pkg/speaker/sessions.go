@@ -29,12 +29,9 @@ type session struct {
 	since    time.Time
 	prefixes int
 	message  string
-}
-
-// stateNames spell GoBGP's states as BGP does.
-var stateNames = map[string]string{
-	"unknown": "Idle", "idle": "Idle", "connect": "Connect", "active": "Active",
-	"opensent": "OpenSent", "openconfirm": "OpenConfirm", "established": "Established",
+	// failing: the message reports a failure to act on (a Warning Event),
+	// not a session on its way up or a dynamic peer waiting for routers.
+	failing bool
 }
 
 // notEstablishedAfter is how long a session may take to come up before its
@@ -48,28 +45,28 @@ func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]
 	var out []session
 	for _, p := range peers {
 		st := states[p.Name]
-		name := stateNames[st.State]
-		if name == "" {
-			name = "Idle"
-		}
-		s := session{peer: p.Name, state: name, since: st.Since, prefixes: exported[p.Name], enh: enh[p.Name], routers: routersOf(routers[p.Name])}
+		up := st.State == bgp.Established
+		s := session{peer: p.Name, state: st.State.String(), since: st.Since, prefixes: exported[p.Name], enh: enh[p.Name], routers: routersOf(routers[p.Name])}
 		b, hasBFD := bfds[p.Name]
 		if hasBFD {
 			s.bfd = b.State.String()
 		}
-		if p.GracefulRestart > 0 && name == "Established" {
+		if p.GracefulRestart > 0 && up {
 			s.gr = gr[p.Name]
 		}
 		switch {
 		case held[p.Name] != "":
 			s.message = fmt.Sprintf("closed by this node: %s (it opens again once BFD is Up)", held[p.Name])
-		case hasBFD && b.State != bfd.Up && (name == "Established" || b.Err != ""):
+			s.failing = true
+		case hasBFD && b.State != bfd.Up && (up || b.Err != ""):
 			s.message = b.String()
-		case name != "Established" && p.Dynamic.IsValid():
+			s.failing = b.Err != ""
+		case !up && p.Dynamic.IsValid():
 			s.message = fmt.Sprintf("listening on %s port %d for routers in %s (AS %d, ours AS %d); none has a session", p.Listen, bgp.ListenPort, p.Dynamic, p.ASN, p.MyASN)
-		case name != "Established":
+		case !up:
 			s.message = fmt.Sprintf("not established with %s (AS %d, ours AS %d)", p.Address, p.ASN, p.MyASN)
 			if !st.Since.IsZero() && time.Since(st.Since) > notEstablishedAfter {
+				s.failing = true
 				if p.Password != "" {
 					s.message += ": the peer does not answer; check the TCP MD5 password (a peer drops segments signed with a wrong one without a word), that it expects this node, and that it is reachable"
 				} else {
@@ -80,7 +77,7 @@ func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]
 		out = append(out, s)
 	}
 	for name, msg := range problems {
-		out = append(out, session{peer: name, state: "Idle", message: msg})
+		out = append(out, session{peer: name, state: bgp.Idle.String(), message: msg, failing: true})
 	}
 	return out
 }
@@ -175,14 +172,14 @@ func (w *writer) event(ctx context.Context, s session) {
 		return
 	}
 	switch {
-	case s.state == "Established":
+	case s.state == bgp.Established.String():
 		if w.warned[s.peer] || !w.peerUp[s.peer] {
 			w.recorder.Eventf(&p, nil, corev1.EventTypeNormal, "SessionEstablished", "Peer",
 				"node %s: BGP session established, %d routes offered", w.node, s.prefixes)
 		}
 		w.peerUp[s.peer] = true
 		w.warned[s.peer] = false
-	case !w.warned[s.peer] && (w.peerUp[s.peer] || strings.Contains(s.message, ": ")):
+	case !w.warned[s.peer] && (w.peerUp[s.peer] || s.failing):
 		reason := "SessionDown"
 		if !w.peerUp[s.peer] {
 			reason = "SessionNotEstablished"

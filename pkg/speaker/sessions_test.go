@@ -26,7 +26,7 @@ func TestSessionsOf(t *testing.T) {
 	for _, s := range sessionsOf(
 		[]bgp.Peer{peer("plain", 0), peer("bfd-up", 0), peer("bfd-down", 0), peer("held", 0), peer("gr", time.Minute), peer("gr-no", time.Minute), peer("ttl", 0), dyn("fabric"), dyn("quiet")},
 		map[string]string{"broken": "passwordSecretRef: not found"},
-		map[string]bgp.State{"plain": up, "bfd-up": up, "bfd-down": up, "held": {State: "idle", Since: now}, "gr": up, "gr-no": up, "ttl": up, "fabric": up, "quiet": {State: "active", Since: now}},
+		map[string]bgp.State{"plain": up, "bfd-up": up, "bfd-down": up, "held": {State: bgp.Idle, Since: now}, "gr": up, "gr-no": up, "ttl": up, "fabric": up, "quiet": {State: bgp.Active, Since: now}},
 		map[string]int{"plain": 2},
 		map[string]bfd.Status{
 			"bfd-up":   {State: bfd.Up},
@@ -61,6 +61,12 @@ func TestSessionsOf(t *testing.T) {
 	check("broken", "Idle", "", "", "passwordSecretRef: not found")
 	check("fabric", "Established", "", "", "")
 	check("quiet", "Active", "", "", "listening on 192.0.2.10 port 179 for routers in 192.0.2.0/24")
+	// What is a failure worth a Warning, and what is not.
+	for name, want := range map[string]bool{"plain": false, "held": true, "broken": true, "quiet": false, "fabric": false, "bfd-down": false} {
+		if got[name].failing != want {
+			t.Errorf("%s: failing %v, want %v (%q)", name, got[name].failing, want, got[name].message)
+		}
+	}
 	if r := got["fabric"].routers; r != "192.0.2.1,192.0.2.2" {
 		t.Errorf("fabric's routers %q", r)
 	}
