@@ -622,10 +622,38 @@ func (b *Server) Hold(ctx context.Context, name, why string) error {
 	if !ok || !b.started || was == (why != "") {
 		return nil // not open yet (Apply holds it), or no change
 	}
-	if why != "" {
-		return b.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.Address.String(), Communication: why})
+	if why == "" {
+		// A new neighbour starts enabled. EnablePeer would not do: GoBGP
+		// drops an admin-state request while the previous one is still
+		// pending, silently (a release right after a hold was lost, and
+		// the session stayed closed for good).
+		if err := b.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+			return fmt.Errorf("reopen the session to %s: %w", name, err)
+		}
+		if err := b.s.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+			return fmt.Errorf("reopen the session to %s: %w", name, err)
+		}
+		return nil
 	}
-	return b.s.EnablePeer(ctx, &api.EnablePeerRequest{Address: p.Address.String()})
+	// The same for a hold: ask until GoBGP says the neighbour is down.
+	addr := p.Address.String()
+	for {
+		if err := b.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: addr, Communication: why}); err != nil {
+			return err
+		}
+		down := false
+		_ = b.s.ListPeer(ctx, &api.ListPeerRequest{Address: addr}, func(n *api.Peer) {
+			down = n.State != nil && n.State.AdminState == api.PeerState_DOWN
+		})
+		if down {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("hold the session to %s closed: %w", name, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Held returns the peers whose sessions are held closed, and why.

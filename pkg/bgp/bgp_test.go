@@ -375,4 +375,21 @@ func TestHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.eventually(15*time.Second, "session up after release", up(true))
+
+	// A held peer changed and released at once (as when its bfd is
+	// removed): Apply adds it again disabled, and GoBGP drops an
+	// admin-state request while the previous one is pending; the session
+	// must open all the same (it once stayed closed for good).
+	if err := srv.Hold(ctx, "bird", "BFD session down: NeighborSignaledSessionDown"); err != nil {
+		t.Fatal(err)
+	}
+	b.eventually(5*time.Second, "session closed by Hold again", up(false))
+	peer.HoldTime = 9 * time.Second
+	if err := srv.Apply(ctx, []Peer{peer}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Hold(ctx, "bird", ""); err != nil {
+		t.Fatal(err)
+	}
+	b.eventually(15*time.Second, "session up after a change and a release at once", up(true))
 }
