@@ -67,6 +67,30 @@ type decision struct {
 // plan decides, for every LoadBalancer IP in a pool, which node answers
 // for it, and why this node does or does not.
 func plan(w world, self string) []decision {
+	ips := ipStates(w)
+	out := make([]decision, 0, len(ips))
+	for ip, st := range ips {
+		d := decision{ip: ip, pool: st.pool.Name, services: st.services}
+		planL2(&d, w, st, self)
+		planBGP(&d, w, st, self)
+		slices.SortFunc(d.services, func(a, b types.NamespacedName) int { return cmp.Compare(a.String(), b.String()) })
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b decision) int { return a.ip.Compare(b.ip) })
+	return out
+}
+
+// ipState is what the Services sharing one of our IPs ask of it.
+type ipState struct {
+	pool     *ironlbv1alpha1.IPPool
+	services []types.NamespacedName
+	svc      announce.Service
+	perNode  map[string]int
+}
+
+// ipStates gathers, per IP of one of our pools, the Services that hold it
+// and their endpoints per node.
+func ipStates(w world) map[netip.Addr]*ipState {
 	type poolRanges struct {
 		pool   *ironlbv1alpha1.IPPool
 		ranges []ipam.Range
@@ -93,13 +117,6 @@ func plan(w world, self string) []decision {
 		}
 		return nil
 	}
-
-	type ipState struct {
-		pool     *ironlbv1alpha1.IPPool
-		services []types.NamespacedName
-		svc      announce.Service
-		perNode  map[string]int
-	}
 	ips := map[netip.Addr]*ipState{}
 	for _, f := range w.facts() {
 		if f.deleting {
@@ -123,99 +140,111 @@ func plan(w world, self string) []decision {
 			}
 		}
 	}
+	return ips
+}
 
-	out := make([]decision, 0, len(ips))
-	for ip, st := range ips {
-		nodes := make([]announce.Node, 0, len(w.nodes))
-		bgpNodes := make([]announce.Node, 0, len(w.nodes))
-		var ifaces, missing []string
-		var live []string
-		autoIfaces := false
-		var selfLabels map[string]string
-		for i := range w.nodes {
-			n := &w.nodes[i]
-			_, excluded := n.Labels[ironlbv1alpha1.ExcludeLabel]
-			an := announce.Node{
-				Name:           n.Name,
-				Alive:          w.alive[n.Name] && nodeReady(n),
-				Excluded:       excluded,
-				ReadyEndpoints: st.perNode[n.Name],
+// candidate is node n as the announcer sees it for st, before any
+// advertisement.
+func candidate(w world, n *corev1.Node, st *ipState) announce.Node {
+	_, excluded := n.Labels[ironlbv1alpha1.ExcludeLabel]
+	return announce.Node{
+		Name:           n.Name,
+		Alive:          w.alive[n.Name] && nodeReady(n),
+		Excluded:       excluded,
+		ReadyEndpoints: st.perNode[n.Name],
+	}
+}
+
+// planL2 decides the layer-2 side of d: the owner, whether this node
+// answers and on which interfaces, or who reports missing interfaces.
+func planL2(d *decision, w world, st *ipState, self string) {
+	nodes := make([]announce.Node, 0, len(w.nodes))
+	var ifaces, missing, live []string
+	autoIfaces := false
+	for i := range w.nodes {
+		n := &w.nodes[i]
+		an := candidate(w, n, st)
+		for j := range w.l2 {
+			adv := &w.l2[j]
+			if !config.SelectsPool(adv.Spec.PoolSelection, st.pool) || !config.Selects(adv.Spec.NodeSelector, n.Labels) {
+				continue
 			}
-			bn := an
-			for j := range w.l2 {
-				adv := &w.l2[j]
-				if !config.SelectsPool(adv.Spec.PoolSelection, st.pool) || !config.Selects(adv.Spec.NodeSelector, n.Labels) {
+			present := adv.Spec.Interfaces
+			if len(present) > 0 {
+				present = presentInterfaces(present, w.ifaces[n.Name])
+				if len(present) == 0 {
+					// A node that cannot answer where the
+					// advertisement says is no candidate.
+					an.MissingInterface = true
+					missing = append(missing, adv.Spec.Interfaces...)
 					continue
 				}
-				present := adv.Spec.Interfaces
-				if len(present) > 0 {
-					present = presentInterfaces(present, w.ifaces[n.Name])
-					if len(present) == 0 {
-						// A node that cannot answer where the
-						// advertisement says is no candidate.
-						an.MissingInterface = true
-						missing = append(missing, adv.Spec.Interfaces...)
-						continue
-					}
-				}
-				an.Advertised = true
-				if n.Name == self {
-					if len(present) == 0 {
-						autoIfaces = true
-					}
-					ifaces = append(ifaces, present...)
-				}
 			}
-			for j := range w.bgpAdvs {
-				adv := &w.bgpAdvs[j]
-				if config.SelectsPool(adv.Spec.PoolSelection, st.pool) && config.Selects(adv.Spec.NodeSelector, n.Labels) {
-					bn.Advertised = true
-				}
-			}
+			an.Advertised = true
 			if n.Name == self {
-				selfLabels = n.Labels
-			}
-			if an.Alive {
-				live = append(live, n.Name)
-			}
-			nodes = append(nodes, an)
-			bgpNodes = append(bgpNodes, bn)
-		}
-		d := decision{ip: ip, pool: st.pool.Name, services: st.services, self: announce.L2(ip, st.svc, nodes, self)}
-		if e := announce.Eligible(ip, st.svc, nodes); len(e) > 0 {
-			d.owner = e[0]
-		} else if len(live) > 0 && slices.ContainsFunc(nodes, func(n announce.Node) bool {
-			// Interfaces are the reason: a node that lacks them would
-			// answer if it had them.
-			n.Advertised = n.Advertised || n.MissingInterface
-			return n.MissingInterface && announce.Check(st.svc, n) == announce.Announcing
-		}) {
-			slices.Sort(missing)
-			d.missing = slices.Compact(missing)
-			announce.Rank(ip, live)
-			d.reporter = live[0]
-		}
-		if !autoIfaces && len(ifaces) > 0 {
-			slices.Sort(ifaces)
-			d.interfaces = slices.Compact(ifaces)
-		}
-		if len(w.bgpAdvs) > 0 {
-			if e := announce.Eligible(ip, st.svc, bgpNodes); len(e) > 0 {
-				d.bgpOwner = e[0]
-			}
-			d.bgpSelf = announce.UnknownNode
-			if i := slices.IndexFunc(bgpNodes, func(n announce.Node) bool { return n.Name == self }); i >= 0 {
-				d.bgpSelf = announce.Check(st.svc, bgpNodes[i])
-			}
-			if d.bgpSelf == announce.Announcing {
-				d.bgp = bgpRoutes(ip, st.pool, selfLabels, w.bgpAdvs, w.bgpPeers)
+				if len(present) == 0 {
+					autoIfaces = true
+				}
+				ifaces = append(ifaces, present...)
 			}
 		}
-		slices.SortFunc(d.services, func(a, b types.NamespacedName) int { return cmp.Compare(a.String(), b.String()) })
-		out = append(out, d)
+		if an.Alive {
+			live = append(live, n.Name)
+		}
+		nodes = append(nodes, an)
 	}
-	slices.SortFunc(out, func(a, b decision) int { return a.ip.Compare(b.ip) })
-	return out
+	d.self = announce.L2(d.ip, st.svc, nodes, self)
+	if e := announce.Eligible(d.ip, st.svc, nodes); len(e) > 0 {
+		d.owner = e[0]
+	} else if len(live) > 0 && slices.ContainsFunc(nodes, func(n announce.Node) bool {
+		// Interfaces are the reason: a node that lacks them would
+		// answer if it had them.
+		n.Advertised = n.Advertised || n.MissingInterface
+		return n.MissingInterface && announce.Check(st.svc, n) == announce.Announcing
+	}) {
+		slices.Sort(missing)
+		d.missing = slices.Compact(missing)
+		announce.Rank(d.ip, live)
+		d.reporter = live[0]
+	}
+	if !autoIfaces && len(ifaces) > 0 {
+		slices.Sort(ifaces)
+		d.interfaces = slices.Compact(ifaces)
+	}
+}
+
+// planBGP decides the BGP side of d: which node owns the IP's
+// Announcement, whether this node advertises it, and its routes.
+func planBGP(d *decision, w world, st *ipState, self string) {
+	if len(w.bgpAdvs) == 0 {
+		return
+	}
+	nodes := make([]announce.Node, 0, len(w.nodes))
+	var selfLabels map[string]string
+	for i := range w.nodes {
+		n := &w.nodes[i]
+		bn := candidate(w, n, st)
+		for j := range w.bgpAdvs {
+			adv := &w.bgpAdvs[j]
+			if config.SelectsPool(adv.Spec.PoolSelection, st.pool) && config.Selects(adv.Spec.NodeSelector, n.Labels) {
+				bn.Advertised = true
+			}
+		}
+		if n.Name == self {
+			selfLabels = n.Labels
+		}
+		nodes = append(nodes, bn)
+	}
+	if e := announce.Eligible(d.ip, st.svc, nodes); len(e) > 0 {
+		d.bgpOwner = e[0]
+	}
+	d.bgpSelf = announce.UnknownNode
+	if i := slices.IndexFunc(nodes, func(n announce.Node) bool { return n.Name == self }); i >= 0 {
+		d.bgpSelf = announce.Check(st.svc, nodes[i])
+	}
+	if d.bgpSelf == announce.Announcing {
+		d.bgp = bgpRoutes(d.ip, st.pool, selfLabels, w.bgpAdvs, w.bgpPeers)
+	}
 }
 
 // presentInterfaces returns the named interfaces a node has not said it
