@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/bfd"
@@ -82,7 +84,25 @@ func sessionsOf(peers []bgp.Peer, problems map[string]string, states map[string]
 	return out
 }
 
-func (w *writer) publishSessions(s []session) {
+// sessionWriter writes this node's entry in each BGPPeer's status and the
+// session Events; the writer's loop runs it.
+type sessionWriter struct {
+	client   client.Client
+	recorder recorder.EventRecorder
+	node     string
+	kick     chan<- struct{} // the writer's loop
+
+	mu       sync.Mutex
+	sessions []session
+	// written is the last status written per peer, and warned the peers
+	// a SessionDown event was sent for since they were last Established.
+	written map[string]session
+	warned  map[string]bool
+	peerUp  map[string]bool // peers whose session was Established once
+}
+
+// publish hands over the sessions as the last sync saw them.
+func (w *sessionWriter) publish(s []session) {
 	w.mu.Lock()
 	w.sessions = s
 	w.mu.Unlock()
@@ -92,10 +112,10 @@ func (w *writer) publishSessions(s []session) {
 	}
 }
 
-// writeSessions writes this node's entry in each BGPPeer's status (server-
+// write writes this node's entry in each BGPPeer's status (server-
 // side apply, one field manager per node, so the speakers never conflict)
 // and sends an Event when a session goes down or does not come up.
-func (w *writer) writeSessions(ctx context.Context) error {
+func (w *sessionWriter) write(ctx context.Context) error {
 	w.mu.Lock()
 	sessions := w.sessions
 	w.mu.Unlock()
@@ -153,7 +173,7 @@ func (w *writer) writeSessions(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (w *writer) applyStatus(ctx context.Context, peer string, nodes []any) error {
+func (w *sessionWriter) applyStatus(ctx context.Context, peer string, nodes []any) error {
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": ironlbv1alpha1.GroupVersion.String(),
 		"kind":       "BGPPeer",
@@ -166,7 +186,7 @@ func (w *writer) applyStatus(ctx context.Context, peer string, nodes []any) erro
 
 // event tells, on the BGPPeer, that a session came up, went down, or does
 // not come up (once, until it is up again).
-func (w *writer) event(ctx context.Context, s session) {
+func (w *sessionWriter) event(ctx context.Context, s session) {
 	var p ironlbv1alpha1.BGPPeer
 	if err := w.client.Get(ctx, client.ObjectKey{Name: s.peer}, &p); err != nil {
 		return

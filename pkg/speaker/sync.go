@@ -191,7 +191,7 @@ func (s *Speaker) sync(ctx context.Context) error {
 	}
 	s.writer.publish(mine, owned, w.alive)
 	s.writer.publishProblems(problems)
-	s.writer.publishSessions(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported(), bfdStatus, s.bgp.Held(), s.bgp.GracefulRestart(ctx), s.bgp.ExtendedNextHop(), s.bgp.Routers()))
+	s.writer.sessions.publish(sessionsOf(peers, peerProblems, s.bgp.States(), s.bgp.Exported(), bfdStatus, s.bgp.Held(), s.bgp.GracefulRestart(ctx), s.bgp.ExtendedNextHop(), s.bgp.Routers()))
 	if dpErr != nil {
 		s.metrics.dataplaneErrors.Inc()
 	}

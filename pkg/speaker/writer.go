@@ -49,18 +49,15 @@ type writer struct {
 	recorder recorder.EventRecorder
 	node     string
 
-	mu       sync.Mutex
-	mine     []announcement
-	owned    []ownedIP
-	alive    map[string]bool
-	sessions []session
-	kick     chan struct{}
-	evented  map[string]bool // (service, ip, protocol) keys an Announcing event was sent for
-	// written is the last status written per peer, and warned the peers
-	// a SessionDown event was sent for since they were last Established.
-	written map[string]session
-	warned  map[string]bool
-	peerUp  map[string]bool // peers whose session was Established once
+	// sessions writes the BGPPeers' status, in the same loop.
+	sessions *sessionWriter
+
+	mu      sync.Mutex
+	mine    []announcement
+	owned   []ownedIP
+	alive   map[string]bool
+	kick    chan struct{}
+	evented map[string]bool // (service, ip, protocol) keys an Announcing event was sent for
 	// problems are the IPs this node should announce and does not (or,
 	// as reporter, that nobody can), dpErr the data plane's last error;
 	// warnedAt rate-limits their Warning Events per key.
@@ -130,8 +127,10 @@ func (w *writer) warnProblems(ctx context.Context) {
 }
 
 func newWriter(log logr.Logger, c client.Client, rec recorder.EventRecorder, node string) *writer {
-	return &writer{log: log, client: c, recorder: rec, node: node, kick: make(chan struct{}, 1), evented: map[string]bool{},
-		written: map[string]session{}, warned: map[string]bool{}, peerUp: map[string]bool{}, warnedAt: map[string]time.Time{}}
+	kick := make(chan struct{}, 1)
+	return &writer{log: log, client: c, recorder: rec, node: node, kick: kick, evented: map[string]bool{}, warnedAt: map[string]time.Time{},
+		sessions: &sessionWriter{client: c, recorder: rec, node: node, kick: kick,
+			written: map[string]session{}, warned: map[string]bool{}, peerUp: map[string]bool{}}}
 }
 
 // publish hands over a new decision.
@@ -158,7 +157,7 @@ func (w *writer) run(ctx context.Context) {
 		if err := w.write(ctx); err != nil && ctx.Err() == nil {
 			w.log.Error(err, "write announcements")
 		}
-		if err := w.writeSessions(ctx); err != nil && ctx.Err() == nil {
+		if err := w.sessions.write(ctx); err != nil && ctx.Err() == nil {
 			w.log.Error(err, "write BGP session status")
 		}
 		w.warnProblems(ctx)
