@@ -30,6 +30,7 @@ import (
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 	"github.com/ironlb/ironlb/pkg/lab"
+	"github.com/ironlb/ironlb/pkg/lab/bench"
 )
 
 const usage = `usage: ironlb-lab [--dir DIR] COMMAND
@@ -209,7 +210,7 @@ func run() error {
 				}
 				for _, ip := range ips {
 					if ip.Is4() {
-						r, err := cfg.BenchPPS(ctx, ip, uint32(min(*frames, lab.MaxFrames)))
+						r, err := bench.PPS(ctx, cfg, ip, uint32(min(*frames, bench.MaxFrames)))
 						if err != nil {
 							return err
 						}
@@ -218,7 +219,7 @@ func run() error {
 				}
 				return nil
 			}
-			return benchPPS(ctx, abs, root, uint32(min(*frames, lab.MaxFrames)))
+			return benchPPS(ctx, abs, root, uint32(min(*frames, bench.MaxFrames)))
 		}
 		if len(rest) >= 1 && rest[0] == "bgp" {
 			fs := flag.NewFlagSet("bench bgp", flag.ContinueOnError)
@@ -237,7 +238,7 @@ func run() error {
 			if err != nil {
 				return err
 			}
-			res, err := cfg.BenchBGP(ctx, *runs, os.Stderr)
+			res, err := bench.BGP(ctx, cfg, *runs, os.Stderr)
 			if err != nil {
 				return err
 			}
@@ -245,7 +246,7 @@ func run() error {
 				fmt.Println(r)
 			}
 			if *cuts > 0 {
-				cut, err := cfg.BenchLinkCut(ctx, *cuts, os.Stderr)
+				cut, err := bench.LinkCut(ctx, cfg, *cuts, os.Stderr)
 				if err != nil {
 					return err
 				}
@@ -305,7 +306,7 @@ func run() error {
 						return err
 					}
 				}
-				res, err := cfg.BenchFailover(ctx, k, *runs, os.Stderr)
+				res, err := bench.Failover(ctx, cfg, k, *runs, os.Stderr)
 				if err != nil {
 					return err
 				}
@@ -328,7 +329,7 @@ func run() error {
 // their ratio. It leaves the lab down.
 func benchPPS(ctx context.Context, dir, root string, frames uint32) error {
 	defer func() { _ = lab.Down(context.WithoutCancel(ctx), dir) }()
-	var res []lab.PPSResult
+	var res []bench.PPSResult
 	for _, dp := range []string{"xdp", "kernel"} {
 		cfg := lab.DefaultConfig(dir)
 		cfg.Dataplane = dp
@@ -344,7 +345,7 @@ func benchPPS(ctx context.Context, dir, root string, frames uint32) error {
 				vip = ip
 			}
 		}
-		r, err := cfg.BenchPPS(ctx, vip, frames)
+		r, err := bench.PPS(ctx, cfg, vip, frames)
 		if err != nil {
 			return fmt.Errorf("%s: %w", dp, err)
 		}

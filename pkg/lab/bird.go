@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"k8s.io/client-go/util/retry"
+
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 )
 
@@ -188,4 +190,44 @@ func (c Config) bgpPeer(name, addr string) *ironlbv1alpha1.BGPPeer {
 			PasswordSecretRef: &ironlbv1alpha1.SecretKeyRef{Namespace: SystemNS, Name: BGPSecret, Key: "password"},
 		},
 	}
+}
+
+// WaitBirdSessions waits until BIRD has every node's IPv4 and IPv6 session
+// Established.
+func (c Config) WaitBirdSessions(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		out, err := c.Birdc(ctx, "show", "protocols")
+		if err == nil && strings.Count(out, "Established") == 2*c.Nodes {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("BGP sessions not all Established after %s:\n%s", limit, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// SetBFD gives the lab's BGPPeers BFD with the lab router's timers, or
+// takes it away (on false).
+func (c Config) SetBFD(ctx context.Context, cl client.Client, on bool) error {
+	var spec *ironlbv1alpha1.BFDSpec
+	if on {
+		d := &metav1.Duration{Duration: BFDInterval}
+		spec = &ironlbv1alpha1.BFDSpec{ReceiveInterval: d, TransmitInterval: d, DetectMultiplier: BFDMultiplier}
+	}
+	for _, name := range []string{BGPPeerV4, BGPPeerV6} {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			var p ironlbv1alpha1.BGPPeer
+			if err := cl.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+				return err
+			}
+			p.Spec.BFD = spec.DeepCopy()
+			return cl.Update(ctx, &p)
+		})
+		if err != nil {
+			return fmt.Errorf("BGPPeer %s: %w", name, err)
+		}
+	}
+	return nil
 }

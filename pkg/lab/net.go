@@ -199,7 +199,7 @@ func (c Config) buildNetwork(ctx context.Context) error {
 		// GRO on the pod's end turns on its NAPI, which a veth needs to
 		// take the frames the xdp data plane redirects to it
 		// (--xdp-endpoint-redirect).
-		if err := nsrun.In(p.NS, func() error { return napiOn("eth0") }); err != nil {
+		if err := nsrun.In(p.NS, func() error { return NAPIOn("eth0") }); err != nil {
 			return fmt.Errorf("%s: %w", p.NS, err)
 		}
 	}

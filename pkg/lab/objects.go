@@ -285,5 +285,3 @@ func WaitServiceIPs(ctx context.Context, cl client.Client, key types.NamespacedN
 
 // CRDDir is where the generated CRDs live, relative to the repository root.
 func CRDDir(root string) string { return filepath.Join(root, "manifests", "crd") }
-
-var demoKey = types.NamespacedName{Namespace: "default", Name: DemoService}

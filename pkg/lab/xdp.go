@@ -65,7 +65,7 @@ func unmountBPFFS(dir string) error {
 // program turns on; without it, the data plane's encapsulated packets
 // would be dropped at the bridge.
 func (c Config) enableVethXDP() error {
-	prog, err := xdpProgram(2) // XDP_PASS
+	prog, err := XDPProgram(2) // XDP_PASS
 	if err != nil {
 		return err
 	}
@@ -81,11 +81,11 @@ func (c Config) enableVethXDP() error {
 	for _, n := range c.NodeList() {
 		ports = append(ports, n.FabricLink)
 	}
-	return setXDP(FabricNS, ports, prog)
+	return SetXDP(FabricNS, ports, prog)
 }
 
-// setXDP attaches prog (nil: detaches) in native mode to links of ns.
-func setXDP(ns string, links []string, prog *ebpf.Program) error {
+// SetXDP attaches prog (nil: detaches) in native mode to links of ns.
+func SetXDP(ns string, links []string, prog *ebpf.Program) error {
 	return nsrun.In(ns, func() error {
 		for _, name := range links {
 			l, err := netlink.LinkByName(name)
@@ -115,10 +115,10 @@ func fullChecksums(name string) error {
 	return ethtoolSet(name, 0x17 /* ETHTOOL_STXCSUM */, 0)
 }
 
-// napiOn turns GRO on for a veth, which makes it receive through NAPI and
+// NAPIOn turns GRO on for a veth, which makes it receive through NAPI and
 // a ring of its own, as a NIC does, instead of the CPU's backlog queue.
 // The caller is in the link's namespace.
-func napiOn(name string) error {
+func NAPIOn(name string) error {
 	return ethtoolSet(name, 0x2c /* ETHTOOL_SGRO */, 1)
 }
 

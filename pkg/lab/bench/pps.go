@@ -1,8 +1,7 @@
-package lab
+package bench
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ironlb/ironlb/internal/nsrun"
+	"github.com/ironlb/ironlb/pkg/lab"
 )
 
 // PPSResult is one data plane's forwarding rate.
@@ -42,13 +42,13 @@ const MaxFrames = 20_000_000
 // to drop beyond.
 const burst = 65536
 
-// BenchPPS floods the demo Service's IPv4 VIP on UDP 7 from lab-client
+// PPS floods the demo Service's IPv4 VIP on UDP 7 from lab-client
 // with the kernel's XDP live-frames generator (BPF_PROG_RUN with
 // BPF_F_TEST_XDP_LIVE_FRAMES: one frame, sent frames times as fast as the
 // kernel can), and counts the packets that reached the backends' IP layer.
 // The generator and the frame are the same whatever the data plane, so two
 // runs compare the data planes. The count is bounded by frames.
-func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PPSResult, error) {
+func PPS(ctx context.Context, c lab.Config, vip netip.Addr, frames uint32) (PPSResult, error) {
 	if frames == 0 || frames > MaxFrames {
 		return PPSResult{}, fmt.Errorf("frames %d: want 1 to %d", frames, MaxFrames)
 	}
@@ -64,7 +64,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	var dst net.HardwareAddr
 	var src net.HardwareAddr
 	var ifindex int
-	err := nsrun.In(ClientNS, func() error {
+	err := nsrun.In(lab.ClientNS, func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -88,13 +88,13 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 		return PPSResult{}, err
 	}
 	// 64 bytes, the size the generator rewrites.
-	frame := UDPFrame(src, dst, netip.MustParseAddr(ClientIPv4), vip, 40000, 7, []byte("ironlb pps bench ....\n"))
+	frame := lab.UDPFrame(src, dst, netip.MustParseAddr(lab.ClientIPv4), vip, 40000, 7, []byte("ironlb pps bench ....\n"))
 	if len(frame) != frameLen {
 		return PPSResult{}, fmt.Errorf("frame of %d bytes, want %d", len(frame), frameLen)
 	}
 	frame[40], frame[41] = 0, 0 // no UDP checksum: the generator changes the source port
 
-	pass, err := xdpProgram(2) // XDP_PASS
+	pass, err := lab.XDPProgram(2) // XDP_PASS
 	if err != nil {
 		return PPSResult{}, err
 	}
@@ -110,7 +110,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	// drops beyond 1 000 packets, which no NIC does).
 	if c.Dataplane == "kernel" {
 		for _, n := range c.NodeList() {
-			if err := nsrun.In(n.NS, func() error { return napiOn("eth0") }); err != nil {
+			if err := nsrun.In(n.NS, func() error { return lab.NAPIOn("eth0") }); err != nil {
 				return PPSResult{}, err
 			}
 		}
@@ -121,7 +121,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	// Broadcasts and unknown MACs still go to the bridge. An XDP program
 	// on the client's port also makes it run NAPI, which it needs to take
 	// the frames the generator sends with XDP_TX.
-	sw, macs, err := c.fabricSwitch(src)
+	sw, macs, err := fabricSwitch(c, src)
 	if err != nil {
 		return PPSResult{}, err
 	}
@@ -130,17 +130,17 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	for _, n := range c.NodeList() {
 		ports = append(ports, n.FabricLink)
 	}
-	if err := setXDP(FabricNS, ports, sw); err != nil {
+	if err := lab.SetXDP(lab.FabricNS, ports, sw); err != nil {
 		return PPSResult{}, err
 	}
 	defer func() {
 		// Back as the lab had them: the nodes' ports keep a pass
 		// program with the xdp data plane (NAPI), the client's none.
-		_ = setXDP(FabricNS, ports[:1], nil)
+		_ = lab.SetXDP(lab.FabricNS, ports[:1], nil)
 		if c.Dataplane == "xdp" {
-			_ = setXDP(FabricNS, ports[1:], pass)
+			_ = lab.SetXDP(lab.FabricNS, ports[1:], pass)
 		} else {
-			_ = setXDP(FabricNS, ports[1:], nil)
+			_ = lab.SetXDP(lab.FabricNS, ports[1:], nil)
 		}
 	}()
 
@@ -153,13 +153,13 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	}
 	defer func() { _ = sink.Close(); _ = counter.Close() }()
 	for _, p := range c.Pods() {
-		if err := setXDP(p.NS, []string{"eth0"}, sink); err != nil {
+		if err := lab.SetXDP(p.NS, []string{"eth0"}, sink); err != nil {
 			return PPSResult{}, err
 		}
 	}
 	defer func() {
 		for _, p := range c.Pods() {
-			_ = setXDP(p.NS, []string{"eth0"}, nil)
+			_ = lab.SetXDP(p.NS, []string{"eth0"}, nil)
 		}
 	}()
 	podsReceived := func() (uint64, error) {
@@ -179,7 +179,7 @@ func (c Config) BenchPPS(ctx context.Context, vip netip.Addr, frames uint32) (PP
 	}
 	var took time.Duration
 	var sent uint32
-	err = nsrun.In(ClientNS, func() error {
+	err = nsrun.In(lab.ClientNS, func() error {
 		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: ifindex})
 		if err != nil {
 			return fmt.Errorf("attach to the client's link: %w", err)
@@ -285,21 +285,21 @@ func generator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
 	)
-	prog, err := loadXDP("generator", insns, tmpl)
+	prog, err := lab.LoadXDP("generator", insns, tmpl)
 	return prog, tmpl, err
 }
 
 // fabricSwitch returns an XDP program for the bridge's ports that sends a
 // frame for the client's or a node's MAC straight to that host's port
 // (XDP_REDIRECT), and everything else to the bridge.
-func (c Config) fabricSwitch(clientMAC net.HardwareAddr) (*ebpf.Program, *ebpf.Map, error) {
+func fabricSwitch(c lab.Config, clientMAC net.HardwareAddr) (*ebpf.Program, *ebpf.Map, error) {
 	macs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 64})
 	if err != nil {
 		return nil, nil, err
 	}
 	add := func(mac net.HardwareAddr, port string) error {
 		var idx int
-		if err := nsrun.In(FabricNS, func() error {
+		if err := nsrun.In(lab.FabricNS, func() error {
 			l, err := netlink.LinkByName(port)
 			if err == nil {
 				idx = l.Attrs().Index
@@ -360,7 +360,7 @@ func (c Config) fabricSwitch(clientMAC net.HardwareAddr) (*ebpf.Program, *ebpf.M
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
 	}
-	prog, err := loadXDP("fabric switch", insns, macs)
+	prog, err := lab.LoadXDP("fabric switch", insns, macs)
 	return prog, macs, err
 }
 
@@ -398,61 +398,6 @@ func sinkProgram() (*ebpf.Program, *ebpf.Map, error) {
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
 	}
-	prog, err := loadXDP("sink", insns, counter)
+	prog, err := lab.LoadXDP("sink", insns, counter)
 	return prog, counter, err
-}
-
-// xdpProgram returns an XDP program that only returns verdict.
-func xdpProgram(verdict int32) (*ebpf.Program, error) {
-	return loadXDP("constant", asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()}, nil)
-}
-
-// loadXDP loads an XDP program; on failure it closes the map the program
-// would have used (when not nil).
-func loadXDP(what string, insns asm.Instructions, m *ebpf.Map) (*ebpf.Program, error) {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Dual BSD/GPL", Instructions: insns})
-	if err != nil {
-		if m != nil {
-			_ = m.Close()
-		}
-		return nil, fmt.Errorf("load the %s XDP program: %w", what, err)
-	}
-	return prog, nil
-}
-
-// UDPFrame builds Ethernet + IPv4 + UDP with correct checksums.
-func UDPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
-	udp := binary.BigEndian.AppendUint16(nil, sport)
-	udp = binary.BigEndian.AppendUint16(udp, dport)
-	udp = binary.BigEndian.AppendUint16(udp, uint16(8+len(payload)))
-	udp = append(udp, 0, 0)
-	udp = append(udp, payload...)
-	ph := append(append([]byte{}, src.AsSlice()...), dst.AsSlice()...)
-	ph = append(ph, 0, 17)
-	ph = binary.BigEndian.AppendUint16(ph, uint16(len(udp)))
-	cs := checksum(append(ph, udp...))
-	if cs == 0 {
-		cs = 0xffff
-	}
-	binary.BigEndian.PutUint16(udp[6:], cs)
-	ip := []byte{0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0}
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
-	ip = append(append(ip, src.AsSlice()...), dst.AsSlice()...)
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
-	f := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
-	return append(append(f, ip...), udp...)
-}
-
-func checksum(b []byte) uint16 {
-	var c uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		c += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		c += uint32(b[len(b)-1]) << 8
-	}
-	for c>>16 != 0 {
-		c = c&0xffff + c>>16
-	}
-	return ^uint16(c)
 }

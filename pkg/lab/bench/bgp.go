@@ -1,20 +1,18 @@
-package lab
+package bench
 
 import (
 	"context"
 	"fmt"
 	"io"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/lab"
 )
 
 // BGPResult summarises one kind of BGP measurement.
@@ -35,36 +33,9 @@ func summarise(what string, took []time.Duration) BGPResult {
 	return BGPResult{What: what, Runs: len(took), Min: lo, P50: p50, P99: p99, Max: hi}
 }
 
-// percentiles sorts took and returns its least, median, 99th percentile
-// (nearest rank) and greatest values.
-func percentiles(took []time.Duration) (lo, p50, p99, hi time.Duration) {
-	slices.Sort(took)
-	rank := func(q float64) time.Duration {
-		i := int(q*float64(len(took))+0.999999) - 1
-		return took[max(0, min(i, len(took)-1))]
-	}
-	return took[0], rank(0.5), rank(0.99), took[len(took)-1]
-}
-
-// WaitBirdSessions waits until BIRD has every node's IPv4 and IPv6 session
-// Established.
-func (c Config) WaitBirdSessions(ctx context.Context, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
-		out, err := c.Birdc(ctx, "show", "protocols")
-		if err == nil && strings.Count(out, "Established") == 2*c.Nodes {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("BGP sessions not all Established after %s:\n%s", limit, out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // birdFrom tells whether BIRD has a route to prefix from each node, by
 // next hop.
-func (c Config) birdFrom(ctx context.Context, prefix string) (map[string]bool, error) {
+func birdFrom(ctx context.Context, c lab.Config, prefix string) (map[string]bool, error) {
 	out := map[string]bool{}
 	r, err := c.Birdc(ctx, "show", "route", "for", prefix, "all")
 	if strings.Contains(r, "Network not found") {
@@ -85,10 +56,10 @@ func (c Config) birdFrom(ctx context.Context, prefix string) (map[string]bool, e
 }
 
 // pollBird polls BIRD every 10 ms until cond holds for prefix's routes.
-func (c Config) pollBird(ctx context.Context, prefix string, limit time.Duration, cond func(map[string]bool) bool) (time.Time, error) {
+func pollBird(ctx context.Context, c lab.Config, prefix string, limit time.Duration, cond func(map[string]bool) bool) (time.Time, error) {
 	deadline := time.Now().Add(limit)
 	for {
-		m, err := c.birdFrom(ctx, prefix)
+		m, err := birdFrom(ctx, c, prefix)
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -102,10 +73,10 @@ func (c Config) pollBird(ctx context.Context, prefix string, limit time.Duration
 	}
 }
 
-// BenchBGP measures, runs times each: from a new Service in the BGP pool
+// BGP measures, runs times each: from a new Service in the BGP pool
 // to its route in BIRD (from the first node), and from SIGTERM of a
 // speaker to its route gone from BIRD.
-func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPResult, error) {
+func BGP(ctx context.Context, c lab.Config, runs int, log io.Writer) ([]BGPResult, error) {
 	cl, err := c.Client()
 	if err != nil {
 		return nil, err
@@ -118,27 +89,27 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 		name := fmt.Sprintf("bgp-bench-%d", i)
 		// A fixed IP, so BIRD is polled from the create on, not from
 		// when the Service's status shows it.
-		ip := netip.MustParsePrefix(BGPPoolIPv4).Addr()
+		ip := netip.MustParsePrefix(lab.BGPPoolIPv4).Addr()
 		for range 100 + i {
 			ip = ip.Next()
 		}
 		pfx := netip.PrefixFrom(ip, 32).String()
 		t0 := time.Now()
 		err := c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-			s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: BGPPool, ironlbv1alpha1.AnnotationIPs: ip.String()}
+			s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: lab.BGPPool, ironlbv1alpha1.AnnotationIPs: ip.String()}
 			s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 		})
 		if err != nil {
 			return nil, err
 		}
-		at, err := c.pollBird(ctx, pfx, 10*time.Second, func(m map[string]bool) bool { return len(m) > 0 })
+		at, err := pollBird(ctx, c, pfx, 10*time.Second, func(m map[string]bool) bool { return len(m) > 0 })
 		if err != nil {
 			return nil, err
 		}
 		appear = append(appear, at.Sub(t0))
 		// Every node's route, then SIGTERM one speaker.
-		if _, err := c.pollBird(ctx, pfx, 20*time.Second, func(m map[string]bool) bool { return len(m) == c.Nodes }); err != nil {
+		if _, err := pollBird(ctx, c, pfx, 20*time.Second, func(m map[string]bool) bool { return len(m) == c.Nodes }); err != nil {
 			return nil, err
 		}
 		node := c.NodeList()[i%c.Nodes]
@@ -148,11 +119,11 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 		stopped := make(chan error, 1)
 		var exited time.Duration
 		go func() {
-			err := c.Stop(SpeakerName(node), 10*time.Second)
+			err := c.Stop(lab.SpeakerName(node), 10*time.Second)
 			exited = time.Since(t1)
 			stopped <- err
 		}()
-		at, err = c.pollBird(ctx, pfx, 10*time.Second, func(m map[string]bool) bool { return !m[node.Name] })
+		at, err = pollBird(ctx, c, pfx, 10*time.Second, func(m map[string]bool) bool { return !m[node.Name] })
 		if serr := <-stopped; serr != nil {
 			return nil, serr
 		}
@@ -168,7 +139,7 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 		if err := cl.Delete(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}}); err != nil {
 			return nil, err
 		}
-		if _, err := c.pollBird(ctx, pfx, 20*time.Second, func(m map[string]bool) bool { return len(m) == 0 }); err != nil {
+		if _, err := pollBird(ctx, c, pfx, 20*time.Second, func(m map[string]bool) bool { return len(m) == 0 }); err != nil {
 			return nil, err
 		}
 		if err := c.WaitBirdSessions(ctx, 30*time.Second); err != nil {
@@ -178,33 +149,9 @@ func (c Config) BenchBGP(ctx context.Context, runs int, log io.Writer) ([]BGPRes
 	return []BGPResult{summarise("new Service -> route in BIRD", appear), summarise("SIGTERM -> route gone from BIRD", gone)}, nil
 }
 
-// SetBFD gives the lab's BGPPeers BFD with the lab router's timers, or
-// takes it away (on false).
-func (c Config) SetBFD(ctx context.Context, cl client.Client, on bool) error {
-	var spec *ironlbv1alpha1.BFDSpec
-	if on {
-		d := &metav1.Duration{Duration: BFDInterval}
-		spec = &ironlbv1alpha1.BFDSpec{ReceiveInterval: d, TransmitInterval: d, DetectMultiplier: BFDMultiplier}
-	}
-	for _, name := range []string{BGPPeerV4, BGPPeerV6} {
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			var p ironlbv1alpha1.BGPPeer
-			if err := cl.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
-				return err
-			}
-			p.Spec.BFD = spec.DeepCopy()
-			return cl.Update(ctx, &p)
-		})
-		if err != nil {
-			return fmt.Errorf("BGPPeer %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
 // waitBirdBFD waits until BIRD has a BFD session Up with every node's
 // IPv4 and IPv6 address.
-func (c Config) waitBirdBFD(ctx context.Context, limit time.Duration) error {
+func waitBirdBFD(ctx context.Context, c lab.Config, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
 		out, err := c.Birdc(ctx, "show", "bfd", "sessions")
@@ -224,11 +171,11 @@ func (c Config) waitBirdBFD(ctx context.Context, limit time.Duration) error {
 	}
 }
 
-// BenchLinkCut measures, runs times each, from cutting a node's link to
+// LinkCut measures, runs times each, from cutting a node's link to
 // its route gone from BIRD: first with BGP alone (the router's hold time,
 // 3 s), then with BFD (100 ms x 3) on the lab's BGPPeers, in the same run.
 // It leaves the peers without BFD.
-func (c Config) BenchLinkCut(ctx context.Context, runs int, log io.Writer) ([]BGPResult, error) {
+func LinkCut(ctx context.Context, c lab.Config, runs int, log io.Writer) ([]BGPResult, error) {
 	cl, err := c.Client()
 	if err != nil {
 		return nil, err
@@ -236,14 +183,14 @@ func (c Config) BenchLinkCut(ctx context.Context, runs int, log io.Writer) ([]BG
 	if err := c.WaitBirdSessions(ctx, 30*time.Second); err != nil {
 		return nil, err
 	}
-	ip := netip.MustParsePrefix(BGPPoolIPv4).Addr()
+	ip := netip.MustParsePrefix(lab.BGPPoolIPv4).Addr()
 	for range 99 {
 		ip = ip.Next()
 	}
 	pfx := netip.PrefixFrom(ip, 32).String()
 	const name = "bgp-bench-link"
 	err = c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-		s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: BGPPool, ironlbv1alpha1.AnnotationIPs: ip.String()}
+		s.Annotations = map[string]string{ironlbv1alpha1.AnnotationPool: lab.BGPPool, ironlbv1alpha1.AnnotationIPs: ip.String()}
 		s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
 		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
 	})
@@ -259,17 +206,17 @@ func (c Config) BenchLinkCut(ctx context.Context, runs int, log io.Writer) ([]BG
 		if err := c.SetBFD(ctx, cl, bfd); err != nil {
 			return nil, err
 		}
-		what := "link cut -> route gone from BIRD, hold time " + BGPHoldTime.String()
+		what := "link cut -> route gone from BIRD, hold time " + lab.BGPHoldTime.String()
 		if bfd {
-			what = fmt.Sprintf("link cut -> route gone from BIRD, BFD %s x %d", BFDInterval, BFDMultiplier)
+			what = fmt.Sprintf("link cut -> route gone from BIRD, BFD %s x %d", lab.BFDInterval, lab.BFDMultiplier)
 		}
 		var took []time.Duration
 		for i := range runs {
-			if _, err := c.pollBird(ctx, pfx, 30*time.Second, func(m map[string]bool) bool { return len(m) == c.Nodes }); err != nil {
+			if _, err := pollBird(ctx, c, pfx, 30*time.Second, func(m map[string]bool) bool { return len(m) == c.Nodes }); err != nil {
 				return nil, err
 			}
 			if bfd {
-				if err := c.waitBirdBFD(ctx, 30*time.Second); err != nil {
+				if err := waitBirdBFD(ctx, c, 30*time.Second); err != nil {
 					return nil, err
 				}
 			}
@@ -278,7 +225,7 @@ func (c Config) BenchLinkCut(ctx context.Context, runs int, log io.Writer) ([]BG
 			if err := c.CutLink(ctx, node); err != nil {
 				return nil, err
 			}
-			at, err := c.pollBird(ctx, pfx, BGPHoldTime+5*time.Second, func(m map[string]bool) bool { return !m[node.Name] })
+			at, err := pollBird(ctx, c, pfx, lab.BGPHoldTime+5*time.Second, func(m map[string]bool) bool { return !m[node.Name] })
 			if rerr := c.RestoreLink(context.WithoutCancel(ctx), node); rerr != nil {
 				return nil, rerr
 			}

@@ -391,55 +391,6 @@ func (c Config) Failover(ctx context.Context, p *Probe, death Death) (FailoverRe
 	return FailoverResult{Death: death, From: owner, To: macs[mac], Took: at.Sub(t0)}, nil
 }
 
-// BenchResult summarises repeated failovers.
-type BenchResult struct {
-	Death Death
-	// Insecure tells that the speakers ran without the memberlist key.
-	Insecure           bool
-	Runs               int
-	Min, P50, P99, Max time.Duration
-}
-
-func (r BenchResult) String() string {
-	key := "key"
-	if r.Insecure {
-		key = "no key"
-	}
-	return fmt.Sprintf("failover (%s, %s), %d runs, probe every %s: min %s  p50 %s  p99 %s  max %s",
-		r.Death, key, r.Runs, ProbeInterval, r.Min.Round(time.Millisecond), r.P50.Round(time.Millisecond),
-		r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
-}
-
-// BenchFailover repeats a failover runs times on the demo Service's IPv4
-// VIP and reports the distribution.
-func (c Config) BenchFailover(ctx context.Context, death Death, runs int, log io.Writer) (BenchResult, error) {
-	cl, err := c.Client()
-	if err != nil {
-		return BenchResult{}, err
-	}
-	ips, err := WaitServiceIPs(ctx, cl, demoKey, 1, 30*time.Second)
-	if err != nil {
-		return BenchResult{}, err
-	}
-	vip := ips[0]
-	p, err := c.StartProbe(ctx, vip)
-	if err != nil {
-		return BenchResult{}, err
-	}
-	defer p.Close()
-	var took []time.Duration
-	for i := range runs {
-		r, err := c.Failover(ctx, p, death)
-		if err != nil {
-			return BenchResult{}, fmt.Errorf("run %d: %w", i+1, err)
-		}
-		_, _ = fmt.Fprintf(log, "run %2d: %s of %s -> %s in %s\n", i+1, death, r.From.Name, r.To.Name, r.Took.Round(time.Millisecond))
-		took = append(took, r.Took)
-	}
-	lo, p50, p99, hi := percentiles(took)
-	return BenchResult{Death: death, Insecure: c.MemberlistInsecure, Runs: runs, Min: lo, P50: p50, P99: p99, Max: hi}, nil
-}
-
 // RestartSpeakers stops every speaker and starts it again with c's flags,
 // then waits until each sees every node.
 func (c Config) RestartSpeakers(ctx context.Context) error {
