@@ -3,6 +3,7 @@ package docs
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -110,6 +111,25 @@ func TestDashboardMetricsDocumented(t *testing.T) {
 					t.Errorf("panel %q uses %s, which docs/configuration.md does not document", p.Title, m)
 				}
 			}
+		}
+	}
+}
+
+// TestPackageMap: the architecture document's package map names every
+// package of the module, so that a package added or moved shows up there.
+func TestPackageMap(t *testing.T) {
+	arch := read(t, "docs/architecture.md")
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}}", "../../...").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, "github.com/ironlb/ironlb"), "/")
+		if rel == "" || strings.HasPrefix(rel, "hack/") {
+			continue
+		}
+		if !strings.Contains(arch, "`"+rel+"`") && !strings.Contains(arch, "`"+rel+"/`") {
+			t.Errorf("docs/architecture.md does not name %s", rel)
 		}
 	}
 }
