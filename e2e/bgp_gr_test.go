@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -80,8 +81,20 @@ func (w *routeWatch) stop() (missing, polls int, lost time.Duration) {
 // another on each, until stop, which returns how many broke.
 func traffic(t *testing.T, vip netip.Addr, n int) (stop func() int) {
 	t.Helper()
-	// The VIP answers first (kube-proxy may still be programming it).
+	// The VIP answers first, through every entry node: with kube-proxy a
+	// new Service's rules reach the nodes one by one, and the router
+	// spreads connections over the nodes by their ports.
 	getSoon(t, vip)
+	eventually(t, 20*time.Second, func() error {
+		for range 12 {
+			c, err := lab.DialIn(t.Context(), lab.ClientNS, "tcp", net.JoinHostPort(vip.String(), "7"))
+			if err != nil {
+				return err
+			}
+			_ = c.Close()
+		}
+		return nil
+	})
 	conns := openEchoes(t, vip, n)
 	done := make(chan struct{})
 	var broke atomic.Int64
