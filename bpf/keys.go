@@ -100,11 +100,12 @@ var DropReasons = [LbDropReasonDROP_REASONS]string{
 	LbDropReasonDROP_SOURCE_RANGE:     "source_range",
 	LbDropReasonDROP_UNTRUSTED_TUNNEL: "untrusted_tunnel",
 	LbDropReasonPASS_STALE:            "stale_speaker",
+	LbDropReasonDROP_SOURCE_LIMIT:     "source_limit",
 }
 
 // MapsLayout is MAPS_LAYOUT in consts.h: the version of the pinned maps'
 // layout and meaning, which the loader stamps in the config map.
-const MapsLayout = 2
+const MapsLayout = 3
 
 // AffinityTier2 marks a tier-2 (endpoint) affinity entry.
 const AffinityTier2 = 2

@@ -125,6 +125,51 @@ static __always_inline int pass_stale(void)
 	return XDP_PASS;
 }
 
+/* guard_tripped counts a new flow on this CPU and reports whether this
+ * second's count is past the flood guard's rate: then tier 1 records no
+ * more new flows (the ring sends them, as Katran does) and tier 2 keeps
+ * them with the unverified ones only. */
+static __always_inline int guard_tripped(const struct config_entry *cfg)
+{
+	if (cfg->new_flow_rate == 0)
+		return 0;
+	__u32 zero = 0;
+	struct guard *g = bpf_map_lookup_elem(&guard, &zero);
+	if (!g)
+		return 0;
+	__u64 second = coarse_now() / NS_PER_SEC;
+	if (g->second != second) {
+		g->second = second;
+		g->count = 0;
+	}
+	return ++g->count > cfg->new_flow_rate;
+}
+
+/* source_limited counts a new flow of the client (its /32, or /64 for
+ * IPv6) against the VIP's limit, and reports whether it is over. */
+static __always_inline int source_limited(const struct vip_info *vip, const struct flow *f)
+{
+	if (vip->src_limit == 0)
+		return 0;
+	struct src_key k = {.service_id = vip->service_id, .family = f->family};
+	k.addr[0] = f->src[0];
+	if (f->family == FAMILY_V6)
+		k.addr[1] = f->src[1];
+	__u64 second = coarse_now() / NS_PER_SEC;
+	struct src_count *c = bpf_map_lookup_elem(&sources, &k);
+	if (!c) {
+		struct src_count fresh = {.second = second, .count = 1};
+		bpf_map_update_elem(&sources, &k, &fresh, BPF_ANY);
+		return vip->src_limit < 1;
+	}
+	if (c->second != second) {
+		c->second = second;
+		c->count = 1;
+		return 0;
+	}
+	return __sync_fetch_and_add(&c->count, 1) + 1 > vip->src_limit;
+}
+
 static __always_inline int backend_eq(const struct backend *a, const struct backend *b)
 {
 	return a->port == b->port && a->family == b->family && addr_eq(a->addr, b->addr);
@@ -311,24 +356,44 @@ static __always_inline int opening(const struct flow *f, const struct hdrs *h, v
 	return tcp->syn && !tcp->ack;
 }
 
+/* reply_of fills rk with the flow's replies as they leave the endpoint
+ * be: the key of reverse NAT. */
+static __always_inline void reply_of(const struct flow *f, const struct backend *be, struct flow *rk)
+{
+	rk->sport = be->port;
+	rk->dport = f->sport;
+	rk->proto = f->proto;
+	rk->family = f->family;
+	__builtin_memcpy(rk->src, be->addr, 16);
+	__builtin_memcpy(rk->dst, f->src, 16);
+}
+
+static __always_inline void vip_of(const struct flow *f, struct vip_key *vk)
+{
+	vk->port = f->dport;
+	vk->proto = f->proto;
+	vk->family = f->family;
+	__builtin_memcpy(vk->addr, f->dst, 16);
+}
+
+/* put_revnat_new records reverse NAT for an unverified flow. */
+static __always_inline void put_revnat_new(const struct flow *f, const struct backend *be)
+{
+	struct flow rk = {};
+	struct revnat_new_entry e = {};
+	reply_of(f, be, &rk);
+	vip_of(f, &e.vip);
+	bpf_map_update_elem(&revnat_new, &rk, &e, BPF_ANY);
+}
+
 /* put_revnat records how the flow's replies get the VIP back as their
  * source: the reply as it leaves the endpoint -> the VIP. */
 static __always_inline void put_revnat(const struct flow *f, const struct backend *be, int check)
 {
-	struct flow rk = {
-		.sport = be->port,
-		.dport = f->sport,
-		.proto = f->proto,
-		.family = f->family,
-	};
-	__builtin_memcpy(rk.src, be->addr, 16);
-	__builtin_memcpy(rk.dst, f->src, 16);
-	struct vip_key vk = {
-		.port = f->dport,
-		.proto = f->proto,
-		.family = f->family,
-	};
-	__builtin_memcpy(vk.addr, f->dst, 16);
+	struct flow rk = {};
+	struct vip_key vk = {};
+	reply_of(f, be, &rk);
+	vip_of(f, &vk);
 	if (check) {
 		struct vip_key *have = bpf_map_lookup_elem(&revnat, &rk);
 		if (have && have->port == vk.port && have->proto == vk.proto &&
@@ -372,12 +437,58 @@ static __always_inline int pick_backend(const struct vip_info *vip, const struct
 	return 0;
 }
 
+/* ct2_find returns the flow's tier-2 entry: an established one, else an
+ * unverified one (then *fresh is set), else NULL. */
+static __always_inline struct ct2_entry *ct2_find(const struct flow *f, int *fresh)
+{
+	*fresh = 0;
+	struct ct2_entry *ce = bpf_map_lookup_elem(&ct2, f);
+	if (ce)
+		return ce;
+	ce = bpf_map_lookup_elem(&ct2_new, f);
+	*fresh = ce != NULL;
+	return ce;
+}
+
+/* ct1_find is ct2_find for tier 1. */
+static __always_inline struct ct1_entry *ct1_find(const struct flow *f, int *fresh)
+{
+	*fresh = 0;
+	struct ct1_entry *ce = bpf_map_lookup_elem(&ct1, f);
+	if (ce)
+		return ce;
+	ce = bpf_map_lookup_elem(&ct1_new, f);
+	*fresh = ce != NULL;
+	return ce;
+}
+
+/* proven reports whether a packet of an unverified tier-2 flow makes it
+ * established: a TCP packet that acknowledges the endpoint's SYN-ACK (its
+ * sequence number, which only who received the SYN-ACK knows), or, for a
+ * flow whose SYN-ACK was never seen here (UDP, or TCP picked up mid-way),
+ * any packet once the flow has lived PROMOTE_JIFFIES. */
+static __always_inline int proven(const struct flow *f, const struct hdrs *h, void *data_end,
+				  const struct ct2_entry *ce)
+{
+	if (f->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = h->l4;
+		if ((void *)(tcp + 1) > data_end || tcp->syn || !tcp->ack)
+			return 0;
+		struct flow rk = {};
+		reply_of(f, &ce->be, &rk);
+		struct revnat_new_entry *re = bpf_map_lookup_elem(&revnat_new, &rk);
+		if (re && re->synack)
+			return bpf_ntohl(tcp->ack_seq) == re->isn + 1;
+	}
+	return bpf_jiffies64() - ce->born >= PROMOTE_JIFFIES;
+}
+
 /* tier2 sends a VIP packet to one of this node's endpoints: the flow's
- * own while it still serves, else a new one. */
+ * own while it still serves, else a new one. fresh: ce is unverified. */
 static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *cfg,
 				 struct flow *f, struct hdrs *h, void *data,
 				 void *data_end, const struct vip_info *vip,
-				 struct ct2_entry *ce)
+				 struct ct2_entry *ce, int fresh)
 {
 	__u32 id = vip->service_id;
 	struct backend_set *set = NULL;
@@ -404,18 +515,42 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 		if (!set)
 			return drop(DROP_NO_BACKEND);
 		/* The caller admitted this packet under the VIP's list. */
-		struct ct2_entry fresh = {.gen = vip->gen, .acl_ok = vip->acl, .revnat_at = bpf_jiffies64()};
-		if (pick_backend(vip, f, set, &fresh.be, coarse_now()) < 0)
+		__u64 j = bpf_jiffies64();
+		struct ct2_entry e = {.gen = vip->gen, .acl_ok = vip->acl, .revnat_at = j, .born = j};
+		if (pick_backend(vip, f, set, &e.be, coarse_now()) < 0)
 			return drop(DROP_NO_BACKEND);
-		bpf_map_update_elem(&ct2, f, &fresh, BPF_ANY);
-		put_revnat(f, &fresh.be, 0);
-		ce = bpf_map_lookup_elem(&ct2, f);
+		/* An established TCP flow picked up mid-way (its entry
+		 * evicted, or the endpoints changed) is recorded as
+		 * established, unless the flood guard is tripped; anything
+		 * else starts unverified. */
+		int tripped = guard_tripped(cfg);
+		if (f->proto == IPPROTO_TCP && !opening(f, h, data_end) && !tripped) {
+			bpf_map_update_elem(&ct2, f, &e, BPF_ANY);
+			put_revnat(f, &e.be, 0);
+			ce = bpf_map_lookup_elem(&ct2, f);
+		} else {
+			bpf_map_update_elem(&ct2_new, f, &e, BPF_ANY);
+			put_revnat_new(f, &e.be);
+			ce = bpf_map_lookup_elem(&ct2_new, f);
+		}
 		if (!ce) {
 			/* Evicted at once (a full LRU under attack): this
 			 * packet still goes where the flow was sent. */
-			if (dnat(f, h, data, data_end, &fresh.be) < 0)
+			if (dnat(f, h, data, data_end, &e.be) < 0)
 				return drop(DROP_MALFORMED);
 			return XDP_PASS;
+		}
+	} else if (fresh) {
+		/* Unverified: established once it proves itself, and then
+		 * recorded where floods do not reach. */
+		if (proven(f, h, data_end, ce)) {
+			struct ct2_entry e = *ce;
+			e.revnat_at = bpf_jiffies64();
+			bpf_map_update_elem(&ct2, f, &e, BPF_ANY);
+			put_revnat(f, &e.be, 0);
+			struct ct2_entry *m = bpf_map_lookup_elem(&ct2, f);
+			if (m)
+				ce = m;
 		}
 	} else {
 		/* Replies need the reverse-NAT entry as long as the flow
@@ -436,7 +571,8 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 /* tier2_icmp hands an ICMP error about a flow to the flow's endpoint. */
 static __always_inline int tier2_icmp(const struct flow *cf, void *data, void *data_end)
 {
-	struct ct2_entry *ce = bpf_map_lookup_elem(&ct2, cf);
+	int fresh;
+	struct ct2_entry *ce = ct2_find(cf, &fresh);
 	if (!ce)
 		return XDP_PASS; /* no such flow here: the kernel drops it */
 	struct backend b = ce->be;
@@ -519,8 +655,9 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 	/* The ranges again where the flow lands: the director's copy of
 	 * them may be older. */
 	struct ct2_entry *ce2 = NULL;
+	int fresh2 = 0;
 	if (inner != PARSE_ICMP) {
-		ce2 = bpf_map_lookup_elem(&ct2, &cf);
+		ce2 = ct2_find(&cf, &fresh2);
 		if (!admitted_flow(vip, &cf, ce2))
 			return drop(DROP_SOURCE_RANGE);
 	} else if (!admitted(vip, &cf)) {
@@ -549,7 +686,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 		return drop(DROP_DECAP);
 	if (r == PARSE_ICMP)
 		return tier2_icmp(&cf, data, data_end);
-	return tier2(ctx, cfg, &f, &h, data, data_end, vip, ce2);
+	return tier2(ctx, cfg, &f, &h, data, data_end, vip, ce2, fresh2);
 }
 
 /* node_live reports whether a node index still names a live node at the
@@ -584,26 +721,58 @@ static __always_inline int ct1_keeps(const struct vip_info *vip, const struct fl
 	return still_member(vip, ce->node, ce->idx);
 }
 
+/* record_ct1 records a flow tier 1 just placed: nowhere while the flood
+ * guard is tripped (the ring keeps sending it the same way while the ring
+ * stays), as established for a TCP flow picked up mid-way, else as
+ * unverified. */
+static __always_inline void record_ct1(const struct config_entry *cfg, const struct flow *f,
+				       struct ct1_entry *node, int syn, struct service_stats *st)
+{
+	st->new_flows++;
+	if (guard_tripped(cfg)) {
+		st->unstored++;
+		return;
+	}
+	node->born = (__u32)bpf_jiffies64();
+	if (f->proto == IPPROTO_TCP && !syn)
+		bpf_map_update_elem(&ct1, f, node, BPF_ANY);
+	else
+		bpf_map_update_elem(&ct1_new, f, node, BPF_ANY);
+}
+
+/* promote_ct1 moves an unverified tier-1 flow to the established table:
+ * a TCP flow on its first packet after the SYN, a UDP flow once it has
+ * lived PROMOTE_JIFFIES. */
+static __always_inline void promote_ct1(const struct flow *f, const struct ct1_entry *ce, int syn)
+{
+	if (f->proto == IPPROTO_TCP ? syn : (__u32)bpf_jiffies64() - ce->born < PROMOTE_JIFFIES)
+		return;
+	struct ct1_entry e = *ce;
+	bpf_map_update_elem(&ct1, f, &e, BPF_ANY);
+}
+
 /* choose_node finds the tier-1 node of a flow: its conntrack entry while
  * that node still serves the VIP, else (with affinity) the client's node,
  * else its ring slot. st (when given: a real packet of the flow, not an
- * ICMP error) records it as a new flow. It returns -1, or the reason to
- * drop the packet. */
+ * ICMP error) records it as a new flow, or promotes an unverified entry
+ * (fresh). It returns -1, or the reason to drop the packet. */
 static __always_inline int choose_node(const struct config_entry *cfg, const struct vip_info *vip,
-				       struct flow *f, struct ct1_entry *ce, int syn,
+				       struct flow *f, struct ct1_entry *ce, int fresh, int syn,
 				       struct ct1_entry *node, struct service_stats *st)
 {
 	if (ce) {
-		if (ce->gen == vip->gen) {
-			*node = *ce;
-			return -1;
-		}
+		int keep = ce->gen == vip->gen;
 		/* The nodes changed since the flow last looked: it stays
 		 * while its node serves the VIP, else it is placed again. */
-		if (ct1_keeps(vip, f, ce, syn)) {
+		if (!keep && ct1_keeps(vip, f, ce, syn)) {
+			keep = 1;
 			if (st)
 				ce->gen = vip->gen;
+		}
+		if (keep) {
 			*node = *ce;
+			if (st && fresh)
+				promote_ct1(f, ce, syn);
 			return -1;
 		}
 	}
@@ -620,8 +789,7 @@ static __always_inline int choose_node(const struct config_entry *cfg, const str
 			node->acl_ok = vip->acl; /* the caller admitted it */
 			if (st) {
 				e->seen = now;
-				bpf_map_update_elem(&ct1, f, node, BPF_ANY);
-				st->new_flows++;
+				record_ct1(cfg, f, node, syn, st);
 			}
 			return -1;
 		}
@@ -643,8 +811,7 @@ static __always_inline int choose_node(const struct config_entry *cfg, const str
 	node->acl_ok = vip->acl; /* the caller admitted it */
 	if (st) {
 		/* Only real packets of the flow pin it, never ICMP errors. */
-		bpf_map_update_elem(&ct1, f, node, BPF_ANY);
-		st->new_flows++;
+		record_ct1(cfg, f, node, syn, st);
 		if (aff) {
 			struct affinity_entry e = {.idx = *idx, .seen = now};
 			__builtin_memcpy(e.node, ni->addr, 16);
@@ -676,7 +843,9 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
 	if (vip->flags & VIP_LOCAL)
 		return tier2_icmp(&cf, data, data_end);
 	struct ct1_entry node;
-	int reason = choose_node(cfg, vip, &cf, bpf_map_lookup_elem(&ct1, &cf), 0, &node, NULL);
+	int fresh;
+	struct ct1_entry *c1 = ct1_find(&cf, &fresh);
+	int reason = choose_node(cfg, vip, &cf, c1, fresh, 0, &node, NULL);
 	if (reason >= 0)
 		return drop(reason);
 	if (is_self(cfg, node.node, cf.family))
@@ -755,12 +924,12 @@ int ironlb_xdp(struct xdp_md *ctx)
 	int local = vip->flags & VIP_LOCAL;
 	struct ct1_entry *c1 = NULL;
 	struct ct2_entry *c2 = NULL;
-	int in;
+	int in, fresh = 0;
 	if (local) {
-		c2 = bpf_map_lookup_elem(&ct2, &f);
+		c2 = ct2_find(&f, &fresh);
 		in = admitted_flow(vip, &f, c2);
 	} else {
-		c1 = bpf_map_lookup_elem(&ct1, &f);
+		c1 = ct1_find(&f, &fresh);
 		in = admitted_flow(vip, &f, c1);
 	}
 	if (!in) {
@@ -772,16 +941,25 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return drop(DROP_NO_CONFIG);
 	if (stale(cfg))
 		return pass_stale();
-	if (local)
-		return tier2(ctx, cfg, &f, &h, data, data_end, vip, c2);
-
-	struct ct1_entry node;
-	int reason = choose_node(cfg, vip, &f, c1, opening(&f, &h, data_end), &node, st);
-	if (reason >= 0)
-		return drop(reason);
-	if (is_self(cfg, node.node, f.family))
-		return tier2(ctx, cfg, &f, &h, data, data_end, vip, bpf_map_lookup_elem(&ct2, &f));
-	return encap(ctx, cfg, &f, node.node, node.idx);
+	/* A packet no table knows opens a flow: the client may open only
+	 * so many a second when the VIP says so. */
+	if (!c1 && !c2 && source_limited(vip, &f)) {
+		if (st)
+			st->limited++;
+		return drop(DROP_SOURCE_LIMIT);
+	}
+	if (!local) {
+		struct ct1_entry node;
+		int reason = choose_node(cfg, vip, &f, c1, fresh, opening(&f, &h, data_end), &node, st);
+		if (reason >= 0)
+			return drop(reason);
+		if (!is_self(cfg, node.node, f.family))
+			return encap(ctx, cfg, &f, node.node, node.idx);
+		c2 = ct2_find(&f, &fresh);
+	}
+	/* One call for both ways to this node's endpoints: each inlined
+	 * copy costs the verifier as much as the rest. */
+	return tier2(ctx, cfg, &f, &h, data, data_end, vip, c2, fresh);
 }
 
 /* clamp_mss lowers the MSS option of a SYN-ACK so that the client's
@@ -833,10 +1011,27 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 		if (parse_flow(data, data_end, &f, &h, 0) != PARSE_L4)
 			return TC_ACT_OK;
 	}
+	struct vip_key v;
 	struct vip_key *vk = bpf_map_lookup_elem(&revnat, &f);
-	if (!vk)
-		return TC_ACT_OK;
-	struct vip_key v = *vk;
+	if (vk) {
+		v = *vk;
+	} else {
+		/* An unverified flow: the endpoint's SYN-ACK tells the
+		 * sequence number the client's ACK must acknowledge. */
+		struct revnat_new_entry *ne = bpf_map_lookup_elem(&revnat_new, &f);
+		if (!ne)
+			return TC_ACT_OK;
+		if (f.proto == IPPROTO_TCP) {
+			struct tcphdr *tcp = h.l4;
+			if ((void *)(tcp + 1) > data_end)
+				return TC_ACT_OK;
+			if (tcp->syn && tcp->ack) {
+				ne->isn = bpf_ntohl(tcp->seq);
+				ne->synack = 1;
+			}
+		}
+		v = ne->vip;
+	}
 	__u32 l3off = sizeof(struct ethhdr);
 	__u32 l4off = (void *)h.l4 - data;
 	__u32 csum_off = l4off + (f.proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)

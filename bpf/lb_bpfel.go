@@ -54,16 +54,16 @@ type LbClock struct {
 }
 
 type LbConfigEntry struct {
-	_          structs.HostLayout
-	Self4      uint32
-	Self6      [4]uint32
-	RingSize   uint32
-	Mtu        uint32
-	Flags      uint32
-	Layout     uint32
-	Pad        uint32
-	Heartbeat  uint64
-	StaleAfter uint64
+	_           structs.HostLayout
+	Self4       uint32
+	Self6       [4]uint32
+	RingSize    uint32
+	Mtu         uint32
+	Flags       uint32
+	Layout      uint32
+	NewFlowRate uint32
+	Heartbeat   uint64
+	StaleAfter  uint64
 }
 
 type LbCt1Entry struct {
@@ -72,6 +72,7 @@ type LbCt1Entry struct {
 	Idx   uint32
 	Gen   uint32
 	AclOk uint32
+	Born  uint32
 }
 
 type LbCt2Entry struct {
@@ -86,6 +87,7 @@ type LbCt2Entry struct {
 	Gen      uint32
 	AclOk    uint32
 	RevnatAt uint64
+	Born     uint64
 }
 
 type LbDropReason uint32
@@ -103,7 +105,8 @@ const (
 	LbDropReasonDROP_SOURCE_RANGE     LbDropReason = 9
 	LbDropReasonDROP_UNTRUSTED_TUNNEL LbDropReason = 10
 	LbDropReasonPASS_STALE            LbDropReason = 11
-	LbDropReasonDROP_REASONS          LbDropReason = 12
+	LbDropReasonDROP_SOURCE_LIMIT     LbDropReason = 12
+	LbDropReasonDROP_REASONS          LbDropReason = 13
 )
 
 type LbFlow struct {
@@ -115,6 +118,12 @@ type LbFlow struct {
 	Proto  uint8
 	Family uint8
 	Pad    uint16
+}
+
+type LbGuard struct {
+	_      structs.HostLayout
+	Second uint64
+	Count  uint64
 }
 
 type LbIfMac struct {
@@ -162,12 +171,35 @@ type LbRangeKey struct {
 	Addr      [16]uint8
 }
 
+type LbRevnatNewEntry struct {
+	_      structs.HostLayout
+	Vip    LbVipKey
+	Isn    uint32
+	Synack uint32
+}
+
 type LbServiceStats struct {
 	_        structs.HostLayout
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
 	Denied   uint64
+	Unstored uint64
+	Limited  uint64
+}
+
+type LbSrcCount struct {
+	_      structs.HostLayout
+	Second uint64
+	Count  uint64
+}
+
+type LbSrcKey struct {
+	_         structs.HostLayout
+	Addr      [4]uint32
+	ServiceId uint32
+	Family    uint8
+	Pad       [3]uint8
 }
 
 type LbVipInfo struct {
@@ -177,7 +209,7 @@ type LbVipInfo struct {
 	Acl             uint32
 	Gen             uint32
 	AffinityTimeout uint32
-	Pad             uint32
+	SrcLimit        uint32
 }
 
 type LbVipKey struct {
@@ -197,16 +229,21 @@ const (
 	LbMapClockCache      = "clock_cache"
 	LbMapConfig          = "config"
 	LbMapCt1             = "ct1"
+	LbMapCt1New          = "ct1_new"
 	LbMapCt2             = "ct2"
+	LbMapCt2New          = "ct2_new"
 	LbMapDrops           = "drops"
 	LbMapEndpointLinks   = "endpoint_links"
+	LbMapGuard           = "guard"
 	LbMapIfMacs          = "if_macs"
 	LbMapNexthops        = "nexthops"
 	LbMapNodes           = "nodes"
 	LbMapRevnat          = "revnat"
+	LbMapRevnatNew       = "revnat_new"
 	LbMapRingMembers     = "ring_members"
 	LbMapRings           = "rings"
 	LbMapSourceRanges    = "source_ranges"
+	LbMapSources         = "sources"
 	LbMapStats           = "stats"
 	LbMapTunnelPeers     = "tunnel_peers"
 	LbMapVips            = "vips"
@@ -269,16 +306,21 @@ type LbMapSpecs struct {
 	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
 	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
+	Ct1New        *ebpf.MapSpec `ebpf:"ct1_new"`
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
+	Ct2New        *ebpf.MapSpec `ebpf:"ct2_new"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
 	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
+	Guard         *ebpf.MapSpec `ebpf:"guard"`
 	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
+	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
 	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
 	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
+	Sources       *ebpf.MapSpec `ebpf:"sources"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
@@ -315,16 +357,21 @@ type LbMaps struct {
 	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
 	Config        *ebpf.Map `ebpf:"config"`
 	Ct1           *ebpf.Map `ebpf:"ct1"`
+	Ct1New        *ebpf.Map `ebpf:"ct1_new"`
 	Ct2           *ebpf.Map `ebpf:"ct2"`
+	Ct2New        *ebpf.Map `ebpf:"ct2_new"`
 	Drops         *ebpf.Map `ebpf:"drops"`
 	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
+	Guard         *ebpf.Map `ebpf:"guard"`
 	IfMacs        *ebpf.Map `ebpf:"if_macs"`
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
+	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
 	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
 	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
+	Sources       *ebpf.Map `ebpf:"sources"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
 	Vips          *ebpf.Map `ebpf:"vips"`
@@ -337,16 +384,21 @@ func (m *LbMaps) Close() error {
 		m.ClockCache,
 		m.Config,
 		m.Ct1,
+		m.Ct1New,
 		m.Ct2,
+		m.Ct2New,
 		m.Drops,
 		m.EndpointLinks,
+		m.Guard,
 		m.IfMacs,
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,
+		m.RevnatNew,
 		m.RingMembers,
 		m.Rings,
 		m.SourceRanges,
+		m.Sources,
 		m.Stats,
 		m.TunnelPeers,
 		m.Vips,

@@ -18,7 +18,8 @@ type pkt struct {
 	payload        []byte
 	udpNoCsum      bool
 	tos            uint8
-	ttl            uint8 // 0: 64
+	ttl            uint8  // 0: 64
+	seq, ack       uint32 // TCP sequence (0: 1) and acknowledgement numbers
 }
 
 const (
@@ -58,7 +59,12 @@ func (p pkt) l4() []byte {
 		if p.mss != 0 {
 			opts = binary.BigEndian.AppendUint16([]byte{2, 4}, p.mss)
 		}
-		b = append(b, 0, 0, 0, 1, 0, 0, 0, 0) // seq, ack
+		seq := p.seq
+		if seq == 0 {
+			seq = 1
+		}
+		b = binary.BigEndian.AppendUint32(b, seq)
+		b = binary.BigEndian.AppendUint32(b, p.ack)
 		b = append(b, byte((20+len(opts))/4)<<4, p.flags)
 		b = append(b, 0xff, 0xff, 0, 0, 0, 0) // window, checksum, urgent
 		b = append(b, opts...)

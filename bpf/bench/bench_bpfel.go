@@ -65,16 +65,16 @@ type BenchClock struct {
 }
 
 type BenchConfigEntry struct {
-	_          structs.HostLayout
-	Self4      uint32
-	Self6      [4]uint32
-	RingSize   uint32
-	Mtu        uint32
-	Flags      uint32
-	Layout     uint32
-	Pad        uint32
-	Heartbeat  uint64
-	StaleAfter uint64
+	_           structs.HostLayout
+	Self4       uint32
+	Self6       [4]uint32
+	RingSize    uint32
+	Mtu         uint32
+	Flags       uint32
+	Layout      uint32
+	NewFlowRate uint32
+	Heartbeat   uint64
+	StaleAfter  uint64
 }
 
 type BenchCt1Entry struct {
@@ -83,6 +83,7 @@ type BenchCt1Entry struct {
 	Idx   uint32
 	Gen   uint32
 	AclOk uint32
+	Born  uint32
 }
 
 type BenchCt2Entry struct {
@@ -103,6 +104,7 @@ type BenchCt2Entry struct {
 	Gen      uint32
 	AclOk    uint32
 	RevnatAt uint64
+	Born     uint64
 }
 
 type BenchFlow struct {
@@ -114,6 +116,12 @@ type BenchFlow struct {
 	Proto  uint8
 	Family uint8
 	Pad    uint16
+}
+
+type BenchGuard struct {
+	_      structs.HostLayout
+	Second uint64
+	Count  uint64
 }
 
 type BenchIfMac struct {
@@ -161,12 +169,35 @@ type BenchRangeKey struct {
 	Addr      [16]uint8
 }
 
+type BenchRevnatNewEntry struct {
+	_      structs.HostLayout
+	Vip    BenchVipKey
+	Isn    uint32
+	Synack uint32
+}
+
 type BenchServiceStats struct {
 	_        structs.HostLayout
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
 	Denied   uint64
+	Unstored uint64
+	Limited  uint64
+}
+
+type BenchSrcCount struct {
+	_      structs.HostLayout
+	Second uint64
+	Count  uint64
+}
+
+type BenchSrcKey struct {
+	_         structs.HostLayout
+	Addr      [4]uint32
+	ServiceId uint32
+	Family    uint8
+	Pad       [3]uint8
 }
 
 type BenchVipInfo struct {
@@ -176,7 +207,7 @@ type BenchVipInfo struct {
 	Acl             uint32
 	Gen             uint32
 	AffinityTimeout uint32
-	Pad             uint32
+	SrcLimit        uint32
 }
 
 type BenchVipKey struct {
@@ -197,16 +228,21 @@ const (
 	BenchMapClockCache      = "clock_cache"
 	BenchMapConfig          = "config"
 	BenchMapCt1             = "ct1"
+	BenchMapCt1New          = "ct1_new"
 	BenchMapCt2             = "ct2"
+	BenchMapCt2New          = "ct2_new"
 	BenchMapDrops           = "drops"
 	BenchMapEndpointLinks   = "endpoint_links"
+	BenchMapGuard           = "guard"
 	BenchMapIfMacs          = "if_macs"
 	BenchMapNexthops        = "nexthops"
 	BenchMapNodes           = "nodes"
 	BenchMapRevnat          = "revnat"
+	BenchMapRevnatNew       = "revnat_new"
 	BenchMapRingMembers     = "ring_members"
 	BenchMapRings           = "rings"
 	BenchMapSourceRanges    = "source_ranges"
+	BenchMapSources         = "sources"
 	BenchMapStats           = "stats"
 	BenchMapTunnelPeers     = "tunnel_peers"
 	BenchMapVips            = "vips"
@@ -274,16 +310,21 @@ type BenchMapSpecs struct {
 	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
 	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
+	Ct1New        *ebpf.MapSpec `ebpf:"ct1_new"`
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
+	Ct2New        *ebpf.MapSpec `ebpf:"ct2_new"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
 	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
+	Guard         *ebpf.MapSpec `ebpf:"guard"`
 	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
+	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
 	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
 	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
+	Sources       *ebpf.MapSpec `ebpf:"sources"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
@@ -321,16 +362,21 @@ type BenchMaps struct {
 	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
 	Config        *ebpf.Map `ebpf:"config"`
 	Ct1           *ebpf.Map `ebpf:"ct1"`
+	Ct1New        *ebpf.Map `ebpf:"ct1_new"`
 	Ct2           *ebpf.Map `ebpf:"ct2"`
+	Ct2New        *ebpf.Map `ebpf:"ct2_new"`
 	Drops         *ebpf.Map `ebpf:"drops"`
 	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
+	Guard         *ebpf.Map `ebpf:"guard"`
 	IfMacs        *ebpf.Map `ebpf:"if_macs"`
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
+	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
 	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
 	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
+	Sources       *ebpf.Map `ebpf:"sources"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
 	Vips          *ebpf.Map `ebpf:"vips"`
@@ -344,16 +390,21 @@ func (m *BenchMaps) Close() error {
 		m.ClockCache,
 		m.Config,
 		m.Ct1,
+		m.Ct1New,
 		m.Ct2,
+		m.Ct2New,
 		m.Drops,
 		m.EndpointLinks,
+		m.Guard,
 		m.IfMacs,
 		m.Nexthops,
 		m.Nodes,
 		m.Revnat,
+		m.RevnatNew,
 		m.RingMembers,
 		m.Rings,
 		m.SourceRanges,
+		m.Sources,
 		m.Stats,
 		m.TunnelPeers,
 		m.Vips,

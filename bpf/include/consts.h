@@ -38,6 +38,29 @@
 #define MAX_FLOWS 131072
 #endif
 
+/* Flows each table of unverified flows keeps (LRU): flows that opened
+ * with a lone SYN, UDP flows seen for less than PROMOTE_JIFFIES, and
+ * flows placed while the flood guard was tripped. A flood churns these
+ * tables, never the established ones. */
+#ifndef MAX_NEW_FLOWS
+#define MAX_NEW_FLOWS 16384
+#endif
+
+/* Clients remembered per VIP for the per-source new-flow limit (LRU). */
+#ifndef MAX_SOURCES
+#define MAX_SOURCES 65536
+#endif
+
+/* How long, in jiffies, a flow that cannot prove a handshake (UDP, or a
+ * TCP flow picked up mid-way) must keep sending before it moves from the
+ * unverified tables to the established ones: about two seconds at HZ=250,
+ * half a second at 1000. */
+#ifndef PROMOTE_JIFFIES
+#define PROMOTE_JIFFIES 512
+#endif
+
+#define NS_PER_SEC 1000000000ULL
+
 /* Most source-range prefixes (loadBalancerSourceRanges) over all
  * Services; the LPM trie allocates on use. */
 #ifndef MAX_SOURCE_RANGES
@@ -71,7 +94,7 @@
  * what the pinned config map holds and replaces maps of another version,
  * even when their sizes happen to agree. Bump it with any change to a map
  * key or value, or to what a field means. */
-#define MAPS_LAYOUT 2
+#define MAPS_LAYOUT 3
 
 /* Slots of a Maglev ring; the loader sets the real size (a prime). */
 #ifndef RING_SIZE
@@ -154,7 +177,8 @@ enum drop_reason {
 	DROP_SOURCE_RANGE = 9, /* client outside loadBalancerSourceRanges */
 	DROP_UNTRUSTED_TUNNEL = 10, /* encapsulated by a host that is no node */
 	PASS_STALE = 11,      /* passed to the kernel: no speaker for too long */
-	DROP_REASONS = 12,
+	DROP_SOURCE_LIMIT = 12, /* a client over the VIP's new flows per second */
+	DROP_REASONS = 13,
 };
 
 #endif

@@ -78,6 +78,48 @@ struct {
 	__type(value, struct ct2_entry);
 } ct2 SEC(".maps");
 
+/* The unverified twins of ct1, ct2 and revnat (see MAX_NEW_FLOWS): a
+ * flow starts here unless it is an established TCP flow picked up
+ * mid-way, and moves to the tables above once it proves itself (tier 1:
+ * any packet after the SYN; tier 2: the ACK of the endpoint's SYN-ACK,
+ * or PROMOTE_JIFFIES of life). What floods churn is these. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_NEW_FLOWS);
+	__type(key, struct flow);
+	__type(value, struct ct1_entry);
+} ct1_new SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_NEW_FLOWS);
+	__type(key, struct flow);
+	__type(value, struct ct2_entry);
+} ct2_new SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_NEW_FLOWS);
+	__type(key, struct flow);
+	__type(value, struct revnat_new_entry);
+} revnat_new SEC(".maps");
+
+/* The flood guard's count, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct guard);
+} guard SEC(".maps");
+
+/* New flows per client and VIP this second, for VIPs with a limit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SOURCES);
+	__type(key, struct src_key);
+	__type(value, struct src_count);
+} sources SEC(".maps");
+
 /* Reverse NAT: endpoint -> client flow (as the reply shows it) -> the VIP
  * the client spoke to. */
 struct {

@@ -35,7 +35,7 @@ struct vip_info {
 	__u32 acl;
 	__u32 gen;
 	__u32 affinity_timeout; /* seconds */
-	__u32 pad;
+	__u32 src_limit; /* new flows a second one client (/32, /64) may open; 0: any */
 };
 
 /* A source-range prefix of a VIP's access list: the LPM trie's key.
@@ -65,6 +65,8 @@ struct service_stats {
 	__u64 bytes;
 	__u64 new_flows;
 	__u64 denied; /* dropped by loadBalancerSourceRanges */
+	__u64 unstored; /* new flows sent by the ring, unrecorded: flood guard */
+	__u64 limited;  /* new flows dropped by the per-source limit */
 };
 
 /* A flow's addresses, ports and protocol: the key of both conntrack tables
@@ -90,7 +92,7 @@ struct config_entry {
 	__u32 mtu;       /* of the node links: TCP MSS is clamped to fit IPIP */
 	__u32 flags;
 	__u32 layout;    /* MAPS_LAYOUT of the program that wrote it */
-	__u32 pad;
+	__u32 new_flow_rate; /* flood guard: new flows a second per CPU; 0: none */
 	__u64 heartbeat;
 	__u64 stale_after; /* 0: never stale */
 };
@@ -109,6 +111,7 @@ struct ct1_entry {
 	__u32 idx;
 	__u32 gen;    /* vip_info.gen when the node was last known a member */
 	__u32 acl_ok; /* the access list (vip_info.acl) that last admitted it */
+	__u32 born;   /* the jiffy (low 32 bits) it was recorded */
 };
 
 /* An endpoint: address and target port. */
@@ -134,6 +137,36 @@ struct ct2_entry {
 	__u32 gen;    /* vip_info.gen when the endpoint was last known serving */
 	__u32 acl_ok; /* the access list (vip_info.acl) that last admitted it */
 	__u64 revnat_at; /* the jiffy its reverse-NAT entry was last checked */
+	__u64 born;      /* the jiffy it was recorded */
+};
+
+/* Reverse NAT of an unverified flow: the VIP, and the initial sequence
+ * number of the endpoint's SYN-ACK once TC egress has seen it, which the
+ * client's ACK must acknowledge for the flow to count as established. */
+struct revnat_new_entry {
+	struct vip_key vip;
+	__u32 isn;
+	__u32 synack; /* 1: isn is the SYN-ACK's */
+};
+
+/* The flood guard's count of new flows on one CPU in one second. */
+struct guard {
+	__u64 second;
+	__u64 count;
+};
+
+/* A client of a VIP for the per-source limit: its /32 or /64. */
+struct src_key {
+	__u32 addr[4];
+	__u32 service_id;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* New flows a client opened in one second. */
+struct src_count {
+	__u64 second;
+	__u64 count;
 };
 
 /* The next hop towards a node, as a FIB lookup found it. */

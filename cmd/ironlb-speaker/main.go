@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,7 +58,9 @@ func run() error {
 	ifaces := fs.String("interfaces", "", "comma-separated interfaces that get the data plane (XDP and TC egress); empty means the one holding the node's InternalIP")
 	fs.StringVar(&opts.XDP.XDPMode, "xdp-mode", opts.XDP.XDPMode, "native, generic, or auto (native where the driver supports it)")
 	ringSize := fs.Uint("maglev-table-size", uint(opts.XDP.RingSize), "slots of each Maglev ring, a prime from 251 to 131071")
-	flows := fs.Uint("conntrack-size", uint(opts.XDP.Flows), "flows each conntrack table keeps")
+	flows := fs.Uint("conntrack-size", uint(opts.XDP.Flows), "established flows each conntrack table keeps")
+	newFlows := fs.Uint("unverified-conntrack-size", 0, "unverified flows (lone SYNs, young UDP flows) each of their tables keeps; 0: --conntrack-size/8, at least 1024")
+	newFlowRate := fs.Uint("new-flow-rate", uint(opts.XDP.NewFlowRate), "flood guard: above this many new flows a second on one CPU, the data plane records no more (the Maglev ring still sends them); 0 turns it off")
 	fs.BoolVar(&opts.XDP.EndpointRedirect, "xdp-endpoint-redirect", false, "send packets for this node's endpoints to the pods' veths in XDP rather than through the kernel's forwarding; needs NAPI on the pods' ends of the veths (GRO on, or an XDP program), which the CNI sets")
 	fs.DurationVar(&opts.XDP.StaleAfter, "dataplane-stale-after", opts.XDP.StaleAfter, "how long the data plane forwards without its speaker; after that VIP traffic goes to the kernel untouched (0: forever)")
 	daemonset := fs.String("daemonset-name", "ironlb-speaker", "the speaker's DaemonSet in --namespace: when it (or the namespace) is deleted, the install is being removed and a stopping speaker detaches its data plane (as --cleanup); empty turns this off")
@@ -75,7 +78,13 @@ func run() error {
 	if *ifaces != "" {
 		opts.XDP.Interfaces = strings.Split(*ifaces, ",")
 	}
+	for name, v := range map[string]uint{"conntrack-size": *flows, "unverified-conntrack-size": *newFlows, "new-flow-rate": *newFlowRate} {
+		if v > math.MaxUint32 {
+			return fmt.Errorf("--%s %d: more than %d", name, v, uint32(math.MaxUint32))
+		}
+	}
 	opts.XDP.RingSize, opts.XDP.Flows = uint32(*ringSize), uint32(*flows)
+	opts.XDP.NewFlows, opts.XDP.NewFlowRate = uint32(*newFlows), uint32(*newFlowRate)
 	if *cleanup {
 		return loader.Cleanup(opts.XDP.PinDir)
 	}

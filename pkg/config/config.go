@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -126,6 +127,9 @@ func Service(svc *corev1.Service, nsLabels map[string]string) (ipam.Service, err
 		}
 		out.RequestedIPs = append(out.RequestedIPs, ip.Unmap())
 	}
+	if _, err := NewFlowsPerSource(svc); err != nil {
+		return out, err
+	}
 	for _, p := range svc.Spec.Ports {
 		out.Ports = append(out.Ports, ipam.Port{Protocol: string(p.Protocol), Port: p.Port})
 	}
@@ -200,4 +204,23 @@ func RangesOfFamily(ranges []netip.Prefix, v4 bool) []netip.Prefix {
 		out = append(out, r)
 	}
 	return out
+}
+
+// MaxNewFlowsPerSource bounds the per-source limit's annotation.
+const MaxNewFlowsPerSource = 1_000_000_000
+
+// NewFlowsPerSource reads the ironlb.dev/new-flows-per-source annotation:
+// 0 (no limit) when absent, else a whole number of new flows a second
+// from 1 to MaxNewFlowsPerSource.
+func NewFlowsPerSource(svc *corev1.Service) (uint32, error) {
+	v, ok := svc.Annotations[ironlbv1alpha1.AnnotationNewFlowsPerSource]
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil || n == 0 || n > MaxNewFlowsPerSource {
+		return 0, fmt.Errorf("annotation %s: %q is not a whole number of new flows a second from 1 to %d",
+			ironlbv1alpha1.AnnotationNewFlowsPerSource, v, MaxNewFlowsPerSource)
+	}
+	return uint32(n), nil
 }

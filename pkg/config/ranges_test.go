@@ -3,7 +3,12 @@ package config
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
 )
 
 // TestSourceRanges: entries are read as kube-proxy reads them, and those
@@ -48,6 +53,30 @@ func TestRangesOfFamily(t *testing.T) {
 	for name, tc := range tests {
 		if got := RangesOfFamily(tc.in, tc.v4); !slices.Equal(got, tc.wantV4) {
 			t.Errorf("%s: %v, want %v", name, got, tc.wantV4)
+		}
+	}
+}
+
+// TestNewFlowsPerSource: the per-source limit is a whole number from 1 to
+// MaxNewFlowsPerSource; anything else is an error that names the
+// annotation, and config.Service refuses the Service with it.
+func TestNewFlowsPerSource(t *testing.T) {
+	for v, want := range map[string]uint32{"": 0, "1": 1, " 250 ": 250, "1000000000": 1_000_000_000,
+		"0": 0, "-5": 0, "1.5": 0, "ten": 0, "1000000001": 0, "99999999999": 0} {
+		svc := &corev1.Service{}
+		if v != "" {
+			svc.Annotations = map[string]string{ironlbv1alpha1.AnnotationNewFlowsPerSource: v}
+		}
+		got, err := NewFlowsPerSource(svc)
+		bad := v != "" && want == 0
+		if got != want || (err != nil) != bad {
+			t.Errorf("%q: %d, %v; want %d, error %v", v, got, err, want, bad)
+		}
+		if bad && !strings.Contains(err.Error(), ironlbv1alpha1.AnnotationNewFlowsPerSource) {
+			t.Errorf("%q: error %q does not name the annotation", v, err)
+		}
+		if _, err := Service(svc, nil); (err != nil) != bad {
+			t.Errorf("%q: Service error %v, want error %v", v, err, bad)
 		}
 	}
 }

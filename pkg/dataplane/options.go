@@ -20,8 +20,16 @@ type Options struct {
 	XDPMode string
 	// RingSize is the Maglev table size, one of maglev.Sizes.
 	RingSize uint32
-	// Flows is the size of each conntrack table.
+	// Flows is the size of each conntrack table of established flows.
 	Flows uint32
+	// NewFlows is the size of each table of unverified flows (lone
+	// SYNs, young UDP flows, flows recorded while the flood guard is
+	// tripped); 0: Flows/8, at least 1024.
+	NewFlows uint32
+	// NewFlowRate is the flood guard: above this many new flows a
+	// second on one CPU, tier 1 records no more (the ring sends them)
+	// and tier 2 records them as unverified only. 0: no guard.
+	NewFlowRate uint32
 	// MTU of the node's links; TCP MSS is clamped so IPIP fits in it.
 	MTU uint32
 	// EndpointRedirect sends packets for local endpoints to the pod's
@@ -35,6 +43,17 @@ type Options struct {
 	StaleAfter time.Duration
 }
 
+// UnverifiedFlows is the size of each table of unverified flows.
+func (o Options) UnverifiedFlows() uint32 {
+	if o.NewFlows != 0 {
+		return o.NewFlows
+	}
+	return max(o.Flows/8, 1024)
+}
+
+// DefaultNewFlowRate is the flood guard's default rate per CPU: Katran's.
+const DefaultNewFlowRate = 125000
+
 // DefaultStaleAfter outlasts a rolling restart of the speaker (image
 // pull, start, cache sync) with room to spare, and bounds how long a
 // node forwards by rings and endpoints that nobody keeps up to date.
@@ -42,7 +61,7 @@ const DefaultStaleAfter = 5 * time.Minute
 
 // DefaultOptions are the speaker's defaults.
 func DefaultOptions() Options {
-	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, MTU: 1500,
+	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, NewFlowRate: DefaultNewFlowRate, MTU: 1500,
 		StaleAfter: DefaultStaleAfter}
 }
 

@@ -63,7 +63,10 @@ type Port struct {
 	// SourceRanges are the loadBalancerSourceRanges of the VIP's family;
 	// none means open to every client.
 	SourceRanges []netip.Prefix
-	Endpoints    []Endpoint
+	// NewFlowsPerSource limits the new flows a second of one client
+	// (/32, /64) through this node; 0: no limit.
+	NewFlowsPerSource uint32
+	Endpoints         []Endpoint
 }
 
 // Key identifies a Port.
@@ -98,6 +101,8 @@ type Entry struct {
 	AffinityTimeout uint32
 	Local           bool
 	SourceRanges    []netip.Prefix
+	// NewFlowsPerSource is Port's.
+	NewFlowsPerSource uint32
 	// Ring holds, for each slot, an index into RingNodes; nil when no
 	// node holds a ready endpoint (or for Local). RingID names the ring
 	// by what makes it (its nodes, their weights and addresses, its
@@ -182,7 +187,8 @@ func (pl *Planner) Plan(self string, nodes []Node, ports []Port, ringSize uint32
 	out := make([]Entry, 0, len(ports))
 	rings := map[string]ring{}
 	for _, p := range ports {
-		e := Entry{Key: p.Key(), Service: p.Service, Affinity: p.Affinity, Local: p.Local, SourceRanges: p.SourceRanges}
+		e := Entry{Key: p.Key(), Service: p.Service, Affinity: p.Affinity, Local: p.Local, SourceRanges: p.SourceRanges,
+			NewFlowsPerSource: p.NewFlowsPerSource}
 		if p.Affinity {
 			e.AffinityTimeout = p.AffinityTimeout
 			if e.AffinityTimeout == 0 {

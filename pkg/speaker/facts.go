@@ -25,6 +25,8 @@ type serviceFacts struct {
 	// affinityTimeout is sessionAffinityConfig.clientIP.timeoutSeconds
 	// (0: the default).
 	affinityTimeout uint32
+	// newFlowsPerSource is the per-source limit (0: none).
+	newFlowsPerSource uint32
 	// ranges are loadBalancerSourceRanges as kube-proxy reads them (both
 	// families; entries that are no CIDR left out).
 	ranges []netip.Prefix
@@ -89,9 +91,10 @@ func translate(services []corev1.Service, slices []discoveryv1.EndpointSlice) []
 		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
 			f.affinityTimeout = uint32(max(*c.ClientIP.TimeoutSeconds, 0))
 		}
-		// Entries that are no CIDR are ignored here and reported by
-		// the controller.
+		// Entries that are no CIDR, and a limit that does not parse,
+		// are ignored here and reported by the controller.
 		f.ranges, _ = config.SourceRanges(svc.Spec.LoadBalancerSourceRanges)
+		f.newFlowsPerSource, _ = config.NewFlowsPerSource(svc)
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
 			if ip, err := netip.ParseAddr(ing.IP); err == nil {
 				f.ips = append(f.ips, ip.Unmap())

@@ -60,6 +60,8 @@ func forwarding(w world) forwardingPlan {
 					Affinity:     f.affinity,
 					Local:        f.local,
 					SourceRanges: config.RangesOfFamily(f.ranges, vip.Is4()),
+
+					NewFlowsPerSource: f.newFlowsPerSource,
 				}
 				if p.Affinity {
 					p.AffinityTimeout = f.affinityTimeout

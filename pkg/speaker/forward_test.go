@@ -20,6 +20,7 @@ import (
 func TestForwarding(t *testing.T) {
 	svc := testService("web", "192.0.2.10", true)
 	svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	svc.Annotations = map[string]string{ironlbv1alpha1.AnnotationNewFlowsPerSource: "20"}
 	svc.Spec.Ports = []corev1.ServicePort{
 		{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(8080)},
 		{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP},
@@ -53,8 +54,8 @@ func TestForwarding(t *testing.T) {
 		}
 	}
 	want := []dataplane.Port{
-		{Service: "ns/web", VIP: vip, Port: 80, Proto: dataplane.TCP, Affinity: true, Local: true, Endpoints: eps(8080)},
-		{Service: "ns/web", VIP: vip, Port: 53, Proto: dataplane.UDP, Affinity: true, Local: true, Endpoints: eps(5353)},
+		{Service: "ns/web", VIP: vip, Port: 80, Proto: dataplane.TCP, Affinity: true, Local: true, NewFlowsPerSource: 20, Endpoints: eps(8080)},
+		{Service: "ns/web", VIP: vip, Port: 53, Proto: dataplane.UDP, Affinity: true, Local: true, NewFlowsPerSource: 20, Endpoints: eps(5353)},
 	}
 	if d := cmp.Diff(want, ports, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
 		t.Errorf("ports (-want +got):\n%s", d)

@@ -12,6 +12,11 @@ const (
 	AnnotationIPs        = "ironlb.dev/load-balancer-ips"
 	AnnotationSharingKey = "ironlb.dev/sharing-key"
 
+	// AnnotationNewFlowsPerSource limits the new flows one client (its
+	// /32, or /64 for IPv6) may open a second through each VIP of the
+	// Service, on each node that receives them.
+	AnnotationNewFlowsPerSource = "ironlb.dev/new-flows-per-source"
+
 	// PoolProtectionFinalizer keeps an IPPool while Services hold its
 	// addresses.
 	PoolProtectionFinalizer = "ironlb.dev/pool-protection"

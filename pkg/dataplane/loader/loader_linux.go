@@ -133,6 +133,9 @@ func (d *Dataplane) load() error {
 		for _, m := range []string{"ct1", "ct2", "revnat"} {
 			spec.Maps[m].MaxEntries = d.opts.Flows
 		}
+		for _, m := range []string{"ct1_new", "ct2_new", "revnat_new"} {
+			spec.Maps[m].MaxEntries = d.opts.UnverifiedFlows()
+		}
 		for _, m := range spec.Maps {
 			if m.Name != "" && !strings.HasPrefix(m.Name, ".") {
 				m.Pinning = ebpf.PinByName
@@ -371,7 +374,7 @@ func (d *Dataplane) Apply(self dataplane.Self, nodes []dataplane.Node, entries [
 	defer d.mu.Unlock()
 	d.self = self
 	d.last = entries
-	cfg := bpf.LbConfigEntry{RingSize: d.opts.RingSize, Mtu: d.opts.MTU, Layout: bpf.MapsLayout,
+	cfg := bpf.LbConfigEntry{RingSize: d.opts.RingSize, Mtu: d.opts.MTU, Layout: bpf.MapsLayout, NewFlowRate: d.opts.NewFlowRate,
 		Heartbeat: monotonicCoarse(), StaleAfter: uint64(d.opts.StaleAfter)}
 	if self.V4.IsValid() {
 		cfg.Self4 = bpf.Addr(self.V4)[0]
@@ -658,8 +661,9 @@ func (d *Dataplane) put(e dataplane.Entry, swaps *ringSwaps) (vipWrite, error) {
 		flags |= bpf.VIPLocal
 	}
 	return vipWrite{
-		key:  bpf.VipKeyFor(e.Key.VIP, e.Key.Port, e.Key.Proto),
-		info: bpf.LbVipInfo{ServiceId: id, Flags: flags, Acl: acl, Gen: d.gens[id], AffinityTimeout: e.AffinityTimeout},
+		key: bpf.VipKeyFor(e.Key.VIP, e.Key.Port, e.Key.Proto),
+		info: bpf.LbVipInfo{ServiceId: id, Flags: flags, Acl: acl, Gen: d.gens[id], AffinityTimeout: e.AffinityTimeout,
+			SrcLimit: e.NewFlowsPerSource},
 	}, nil
 }
 

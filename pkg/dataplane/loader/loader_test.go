@@ -74,7 +74,7 @@ func TestLoaderRestartAndCleanup(t *testing.T) {
 	opts := dataplane.DefaultOptions()
 	opts.PinDir, opts.Interfaces, opts.RingSize = dir, []string{"t0"}, 251
 	self := dataplane.Self{V4: netip.MustParseAddr("10.0.0.11")}
-	port := dataplane.Port{VIP: vip, Port: 80, Proto: dataplane.TCP, Endpoints: []dataplane.Endpoint{
+	port := dataplane.Port{VIP: vip, Port: 80, Proto: dataplane.TCP, NewFlowsPerSource: 5, Endpoints: []dataplane.Endpoint{
 		ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true),
 	}}
 	entries, err := dataplane.Plan("node-a", nodes, []dataplane.Port{port}, 251)
@@ -93,18 +93,31 @@ func TestLoaderRestartAndCleanup(t *testing.T) {
 	if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, 80, dataplane.TCP), &info); err != nil {
 		t.Fatal(err)
 	}
+	if info.SrcLimit != 5 {
+		t.Errorf("vips src_limit %d, want the port's 5", info.SrcLimit)
+	}
+	var cfg bpf.LbConfigEntry
+	if err := d.objs.Config.Lookup(uint32(0), &cfg); err != nil || cfg.NewFlowRate != dataplane.DefaultNewFlowRate {
+		t.Errorf("config new_flow_rate %d (%v), want %d", cfg.NewFlowRate, err, dataplane.DefaultNewFlowRate)
+	}
+	if n := d.objs.Ct2New.MaxEntries(); n != opts.Flows/8 {
+		t.Errorf("ct2_new holds %d, want --conntrack-size/8 = %d", n, opts.Flows/8)
+	}
 	// A flow in conntrack, as traffic would leave it.
 	flow := bpf.LbFlow{Src: bpf.Addr(netip.MustParseAddr("10.9.9.9")), Dst: bpf.Addr(vip), Sport: bpf.Port(1234), Dport: bpf.Port(80), Proto: dataplane.TCP, Family: 4}
 	if err := d.objs.Ct1.Put(flow, bpf.LbCt1Entry{Node: bpf.Addr(netip.MustParseAddr("10.0.0.12")), Idx: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if err := testutil.CollectAndCompare(d, strings.NewReader(`
-# HELP ironlb_dataplane_conntrack_entries Entries in a conntrack table (tier1, tier2, revnat, affinity).
+# HELP ironlb_dataplane_conntrack_entries Entries in a conntrack table (tier1, tier2, revnat and their unverified twins tier1_unverified, tier2_unverified, revnat_unverified; affinity).
 # TYPE ironlb_dataplane_conntrack_entries gauge
 ironlb_dataplane_conntrack_entries{table="affinity"} 0
 ironlb_dataplane_conntrack_entries{table="revnat"} 0
+ironlb_dataplane_conntrack_entries{table="revnat_unverified"} 0
 ironlb_dataplane_conntrack_entries{table="tier1"} 1
+ironlb_dataplane_conntrack_entries{table="tier1_unverified"} 0
 ironlb_dataplane_conntrack_entries{table="tier2"} 0
+ironlb_dataplane_conntrack_entries{table="tier2_unverified"} 0
 `), "ironlb_dataplane_conntrack_entries"); err != nil {
 		t.Error(err)
 	}

@@ -17,14 +17,16 @@ var (
 	descBytes    = prometheus.NewDesc("ironlb_dataplane_bytes_total", "Bytes the XDP program received for a VIP:port.", []string{"vip", "port", "protocol"}, nil)
 	descNewFlows = prometheus.NewDesc("ironlb_dataplane_new_flows_total", "Flows this node directed for the first time (tier-1 conntrack misses).", []string{"vip", "port", "protocol"}, nil)
 	descDenied   = prometheus.NewDesc("ironlb_dataplane_source_range_drops_total", "Packets dropped because their client is outside the Service's loadBalancerSourceRanges.", []string{"service", "vip", "port", "protocol"}, nil)
+	descUnstored = prometheus.NewDesc("ironlb_dataplane_unrecorded_flows_total", "New flows tier 1 sent by the ring without recording them: the flood guard (--new-flow-rate) was tripped.", []string{"vip", "port", "protocol"}, nil)
+	descLimited  = prometheus.NewDesc("ironlb_dataplane_source_limit_drops_total", "New flows dropped because their client was over the Service's ironlb.dev/new-flows-per-source.", []string{"service", "vip", "port", "protocol"}, nil)
 	descDrops    = prometheus.NewDesc("ironlb_dataplane_drops_total", "VIP packets the XDP program dropped, by reason.", []string{"reason"}, nil)
-	descEntries  = prometheus.NewDesc("ironlb_dataplane_conntrack_entries", "Entries in a conntrack table (tier1, tier2, revnat, affinity).", []string{"table"}, nil)
+	descEntries  = prometheus.NewDesc("ironlb_dataplane_conntrack_entries", "Entries in a conntrack table (tier1, tier2, revnat and their unverified twins tier1_unverified, tier2_unverified, revnat_unverified; affinity).", []string{"table"}, nil)
 	descCapacity = prometheus.NewDesc("ironlb_dataplane_conntrack_capacity", "Size of a conntrack table; the oldest flows are evicted beyond it.", []string{"table"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (d *Dataplane) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDenied, descDrops, descEntries, descCapacity} {
+	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDenied, descUnstored, descLimited, descDrops, descEntries, descCapacity} {
 		ch <- desc
 	}
 }
@@ -53,12 +55,16 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 			s.Bytes += p.Bytes
 			s.NewFlows += p.NewFlows
 			s.Denied += p.Denied
+			s.Unstored += p.Unstored
+			s.Limited += p.Limited
 		}
 		labels := []string{k.VIP.String(), strconv.Itoa(int(k.Port)), dataplane.ProtocolName(k.Proto)}
 		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.Packets), labels...)
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.Bytes), labels...)
 		ch <- prometheus.MustNewConstMetric(descNewFlows, prometheus.CounterValue, float64(s.NewFlows), labels...)
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.Denied), append([]string{services[k]}, labels...)...)
+		ch <- prometheus.MustNewConstMetric(descUnstored, prometheus.CounterValue, float64(s.Unstored), labels...)
+		ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(s.Limited), append([]string{services[k]}, labels...)...)
 	}
 	for i, reason := range bpf.DropReasons {
 		var per []uint64
@@ -71,7 +77,8 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason)
 	}
-	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity} {
+	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity,
+		"tier1_unverified": d.objs.Ct1New, "tier2_unverified": d.objs.Ct2New, "revnat_unverified": d.objs.RevnatNew} {
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(countKeys(m)), table)
 		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(m.MaxEntries()), table)
 	}
