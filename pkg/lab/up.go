@@ -171,8 +171,8 @@ func SpeakerName(n Node) string { return "speaker-" + n.Name }
 func (c Config) StartSpeaker(n Node) error { return c.StartSpeakerWith(n, c.Dataplane) }
 
 // StartSpeakerWith runs the speaker in a node's namespace with another
-// data plane than the lab's.
-func (c Config) StartSpeakerWith(n Node, dataplane string) error {
+// data plane than the lab's, and extra flags.
+func (c Config) StartSpeakerWith(n Node, dataplane string, extra ...string) error {
 	argv := []string{filepath.Join(c.Bin, "ironlb-speaker"),
 		"--kubeconfig", c.DaemonKubeconfig("ironlb-speaker"),
 		"--node-name", n.Name,
@@ -184,6 +184,7 @@ func (c Config) StartSpeakerWith(n Node, dataplane string) error {
 	if c.MemberlistInsecure {
 		argv = append(argv, "--memberlist-insecure")
 	}
+	argv = append(argv, extra...)
 	return c.Start(SpeakerName(n), n.NS, argv...)
 }
 

@@ -61,29 +61,7 @@ func PPS(ctx context.Context, c lab.Config, vip netip.Addr, frames uint32) (PPSR
 	if _, err := c.WaitHTTP(ctx, vip, 20*time.Second); err != nil {
 		return PPSResult{}, err
 	}
-	var dst net.HardwareAddr
-	var src net.HardwareAddr
-	var ifindex int
-	err := nsrun.In(lab.ClientNS, func() error {
-		l, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		src, ifindex = l.Attrs().HardwareAddr, l.Attrs().Index
-		neighs, err := netlink.NeighList(ifindex, netlink.FAMILY_V4)
-		if err != nil {
-			return err
-		}
-		for _, n := range neighs {
-			if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == vip && len(n.HardwareAddr) == 6 {
-				dst = n.HardwareAddr
-			}
-		}
-		if dst == nil {
-			return fmt.Errorf("the client has no MAC for %s", vip)
-		}
-		return nil
-	})
+	src, dst, ifindex, err := clientLink(vip)
 	if err != nil {
 		return PPSResult{}, err
 	}
@@ -133,16 +111,7 @@ func PPS(ctx context.Context, c lab.Config, vip netip.Addr, frames uint32) (PPSR
 	if err := lab.SetXDP(lab.FabricNS, ports, sw); err != nil {
 		return PPSResult{}, err
 	}
-	defer func() {
-		// Back as the lab had them: the nodes' ports keep a pass
-		// program with the xdp data plane (NAPI), the client's none.
-		_ = lab.SetXDP(lab.FabricNS, ports[:1], nil)
-		if c.Dataplane == "xdp" {
-			_ = lab.SetXDP(lab.FabricNS, ports[1:], pass)
-		} else {
-			_ = lab.SetXDP(lab.FabricNS, ports[1:], nil)
-		}
-	}()
+	defer restoreFabric(c, ports, pass)
 
 	// Each pod counts and drops what reaches it, in XDP on its own link:
 	// the pods' stacks (and the echo servers' replies) would otherwise
@@ -222,6 +191,44 @@ func PPS(ctx context.Context, c lab.Config, vip netip.Addr, frames uint32) (PPSR
 		time.Sleep(50 * time.Millisecond)
 	}
 	return PPSResult{Dataplane: c.Dataplane, Sent: uint64(sent), Received: after - before, Took: took}, nil
+}
+
+// restoreFabric puts the fabric's ports back as the lab had them: the
+// nodes' ports (ports[1:]) keep a pass program with the xdp data plane
+// (NAPI), the client's (ports[0]) none.
+func restoreFabric(c lab.Config, ports []string, pass *ebpf.Program) {
+	_ = lab.SetXDP(lab.FabricNS, ports[:1], nil)
+	if c.Dataplane == "xdp" {
+		_ = lab.SetXDP(lab.FabricNS, ports[1:], pass)
+	} else {
+		_ = lab.SetXDP(lab.FabricNS, ports[1:], nil)
+	}
+}
+
+// clientLink returns lab-client's MAC, the MAC it sends to for vip (the
+// announcer's: it must have spoken to vip before), and its link's index.
+func clientLink(vip netip.Addr) (src, dst net.HardwareAddr, ifindex int, err error) {
+	err = nsrun.In(lab.ClientNS, func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		src, ifindex = l.Attrs().HardwareAddr, l.Attrs().Index
+		neighs, err := netlink.NeighList(ifindex, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, n := range neighs {
+			if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == vip && len(n.HardwareAddr) == 6 {
+				dst = n.HardwareAddr
+			}
+		}
+		if dst == nil {
+			return fmt.Errorf("the client has no MAC for %s", vip)
+		}
+		return nil
+	})
+	return src, dst, ifindex, err
 }
 
 type xdpMD struct {

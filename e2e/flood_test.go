@@ -1,0 +1,217 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ironlb/ironlb/bpf"
+	"github.com/ironlb/ironlb/internal/nsrun"
+	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/lab"
+	"github.com/ironlb/ironlb/pkg/lab/bench"
+)
+
+// restartSpeakers restarts every node's speaker with extra flags (none:
+// as the lab runs them) and waits until they see each other.
+func restartSpeakers(t *testing.T, extra ...string) {
+	t.Helper()
+	for _, n := range cfg.NodeList() {
+		if err := cfg.Kill(lab.SpeakerName(n)); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.StartSpeakerWith(n, cfg.Dataplane, extra...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMembers(t)
+}
+
+// pinnedMap opens one of a node's pinned data-plane maps.
+func pinnedMap(t *testing.T, n lab.Node, name string) *ebpf.Map {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(cfg.PinDir(n), name), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	return m
+}
+
+// revnatClients returns the client ports of lab-client whose flows have an
+// established reverse-NAT entry on some node.
+func revnatClients(t *testing.T) map[uint16]bool {
+	t.Helper()
+	out := map[uint16]bool{}
+	client := bpf.Addr(netip.MustParseAddr(lab.ClientIPv4))
+	for _, n := range cfg.NodeList() {
+		var k bpf.LbFlow
+		var v bpf.LbVipKey
+		it := pinnedMap(t, n, "revnat").Iterate()
+		for it.Next(&k, &v) {
+			if k.Dst == client {
+				out[bpf.PortFrom(k.Dport)] = true
+			}
+		}
+	}
+	return out
+}
+
+// TestSYNFloodKeepsConnections: 50 connections held through a VIP while
+// lab-client floods the same VIP with never-seen SYNs, from 198.18.0.0/16,
+// at the live-frames generator's full rate, 16 times the size of the
+// nodes' established tables (--conntrack-size 8192 here). No connection
+// is reset and every one keeps its reverse-NAT entry: the flood churned
+// the unverified tables only.
+func TestSYNFloodKeepsConnections(t *testing.T) {
+	needXDP(t)
+	// Tables the bounded flood overruns many times; set before any
+	// connection opens (a new size replaces the maps), and back after.
+	restartSpeakers(t, "--conntrack-size", "8192")
+	defer restartSpeakers(t) // while t.Context() lives
+	const name = "flood"
+	vip := labService(t, name, nil)
+	const n = 50
+	conns := openEchoes(t, vip, n)
+	ports := map[uint16]bool{}
+	for _, e := range conns {
+		ports[uint16(e.conn.LocalAddr().(*net.TCPAddr).Port)] = true
+	}
+	if held := revnatClients(t); !hasAll(held, ports) {
+		t.Fatalf("before the flood, %d of %d connections have an established reverse-NAT entry", count(held, ports), n)
+	}
+	owner := nodeNamed(t, oneAnnouncer(t, name, vip, nil))
+	unverified := pinnedMap(t, owner, "ct2_new")
+	const frames = 131072
+	res, err := bench.SYNFlood(t.Context(), cfg, vip, 7, frames, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("flood through %s: %s", owner.Name, res)
+	if res.Sent != frames {
+		t.Fatalf("the flood sent %d of %d frames", res.Sent, frames)
+	}
+	// The flood reached the data plane: the owner's unverified tier-2
+	// table (1024 flows) holds flood flows.
+	var k bpf.LbFlow
+	var v bpf.LbCt2Entry
+	flood, it := 0, unverified.Iterate()
+	for it.Next(&k, &v) {
+		if bench.FloodSources.Contains(bpf.AddrFrom(k.Src, k.Family)) {
+			flood++
+		}
+	}
+	if flood == 0 {
+		t.Error("no flood flow in the announcer's ct2_new: the flood did not reach the data plane")
+	}
+	checkEchoes(t, conns, "a SYN flood of "+strconv.Itoa(frames)+" never-seen flows")
+	if held := revnatClients(t); !hasAll(held, ports) {
+		t.Errorf("after the flood, %d of %d connections have an established reverse-NAT entry", count(held, ports), n)
+	}
+}
+
+func hasAll(have, want map[uint16]bool) bool { return count(have, want) == len(want) }
+
+func count(have, want map[uint16]bool) int {
+	n := 0
+	for p := range want {
+		if have[p] {
+			n++
+		}
+	}
+	return n
+}
+
+// dialFrom opens a TCP connection from lab-client's address src to
+// vip:port, waiting at most limit (less than the kernel's first SYN
+// retransmission: a dropped SYN fails the dial).
+func dialFrom(ctx context.Context, src, vip netip.Addr, port int, limit time.Duration) (net.Conn, error) {
+	var conn net.Conn
+	err := nsrun.In(lab.ClientNS, func() error {
+		d := net.Dialer{Timeout: limit, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", net.JoinHostPort(vip.String(), strconv.Itoa(port)))
+		return err
+	})
+	return conn, err
+}
+
+// TestSourceLimit: with ironlb.dev/new-flows-per-source 5, a client that
+// opens 20 connections at once gets at most 5 a second through (the SYNs
+// of the rest are dropped, counted as source_limit), while another client
+// opens its own at the same time; the limited client's open connections
+// keep working.
+func TestSourceLimit(t *testing.T) {
+	needXDP(t)
+	const name = "limited"
+	vip := labService(t, name, func(s *corev1.Service) {
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		s.Annotations[ironlbv1alpha1.AnnotationNewFlowsPerSource] = "5"
+	})
+	// A second client address on lab-client.
+	other := netip.MustParseAddr("10.89.0.250")
+	if out, err := exec.CommandContext(t.Context(), "ip", "-n", lab.ClientNS, "addr", "add", other.String()+"/24", "dev", "eth0", "nodad").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "-n", lab.ClientNS, "addr", "del", other.String()+"/24", "dev", "eth0").Run()
+	})
+	client := netip.MustParseAddr(lab.ClientIPv4)
+	owner := nodeNamed(t, oneAnnouncer(t, name, vip, nil))
+	start := time.Now()
+	var ok, refused int
+	var kept []net.Conn
+	for range 20 {
+		c, err := dialFrom(t.Context(), client, vip, 7, 500*time.Millisecond)
+		if err != nil {
+			if !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
+				t.Fatalf("dial: %v (want success or a timeout)", err)
+			}
+			refused++
+			continue
+		}
+		ok++
+		kept = append(kept, c)
+		t.Cleanup(func() { _ = c.Close() })
+		// The other client is not limited by this one.
+		oc, err := dialFrom(t.Context(), other, vip, 7, 2*time.Second)
+		if err != nil {
+			t.Errorf("the other client's connection failed while %s was limited: %v", client, err)
+		} else {
+			_ = oc.Close()
+		}
+	}
+	took := time.Since(start)
+	seconds := int(took/time.Second) + 2 // the windows the dials spanned, at most
+	t.Logf("limited client: %d connected, %d dropped in %s", ok, refused, took.Round(time.Millisecond))
+	if ok == 0 || refused == 0 || ok > 5*seconds {
+		t.Errorf("limited client: %d connected and %d dropped in %s; want some of each, at most %d connected", ok, refused, took, 5*seconds)
+	}
+	for i, c := range kept {
+		e := &echoConn{conn: c, r: bufio.NewReader(c)}
+		if err := e.roundTrip(5 * time.Second); err != nil {
+			t.Errorf("the limited client's connection %d: %v", i, err)
+		}
+	}
+	text := scrape(t, owner.NS, "127.0.0.1:7473")
+	if v, _ := value(text, "ironlb_dataplane_source_limit_drops_total", `service="default/`+name+`"`, `port="7"`); int(v) < refused {
+		t.Errorf("source_limit drops on %s: %v, want at least the %d dropped dials", owner.Name, v, refused)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
