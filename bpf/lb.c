@@ -480,7 +480,7 @@ static __always_inline int proven(const struct flow *f, const struct hdrs *h, vo
 		if (re && re->synack)
 			return bpf_ntohl(tcp->ack_seq) == re->isn + 1;
 	}
-	return bpf_jiffies64() - ce->born >= PROMOTE_JIFFIES;
+	return bpf_jiffies64() - ce->revnat_at >= PROMOTE_JIFFIES; /* recorded then */
 }
 
 /* tier2 sends a VIP packet to one of this node's endpoints: the flow's
@@ -516,7 +516,7 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 			return drop(DROP_NO_BACKEND);
 		/* The caller admitted this packet under the VIP's list. */
 		__u64 j = bpf_jiffies64();
-		struct ct2_entry e = {.gen = vip->gen, .acl_ok = vip->acl, .revnat_at = j, .born = j};
+		struct ct2_entry e = {.gen = vip->gen, .acl_ok = vip->acl, .revnat_at = j};
 		if (pick_backend(vip, f, set, &e.be, coarse_now()) < 0)
 			return drop(DROP_NO_BACKEND);
 		/* An established TCP flow picked up mid-way (its entry
@@ -544,10 +544,10 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 		/* Unverified: established once it proves itself, and then
 		 * recorded where floods do not reach. */
 		if (proven(f, h, data_end, ce)) {
-			struct ct2_entry e = *ce;
-			e.revnat_at = bpf_jiffies64();
-			bpf_map_update_elem(&ct2, f, &e, BPF_ANY);
-			put_revnat(f, &e.be, 0);
+			/* Straight from the map value: the stack is full. */
+			ce->revnat_at = bpf_jiffies64();
+			bpf_map_update_elem(&ct2, f, ce, BPF_ANY);
+			put_revnat(f, &ce->be, 0);
 			struct ct2_entry *m = bpf_map_lookup_elem(&ct2, f);
 			if (m)
 				ce = m;
@@ -743,12 +743,11 @@ static __always_inline void record_ct1(const struct config_entry *cfg, const str
 /* promote_ct1 moves an unverified tier-1 flow to the established table:
  * a TCP flow on its first packet after the SYN, a UDP flow once it has
  * lived PROMOTE_JIFFIES. */
-static __always_inline void promote_ct1(const struct flow *f, const struct ct1_entry *ce, int syn)
+static __always_inline void promote_ct1(const struct flow *f, struct ct1_entry *ce, int syn)
 {
 	if (f->proto == IPPROTO_TCP ? syn : (__u32)bpf_jiffies64() - ce->born < PROMOTE_JIFFIES)
 		return;
-	struct ct1_entry e = *ce;
-	bpf_map_update_elem(&ct1, f, &e, BPF_ANY);
+	bpf_map_update_elem(&ct1, f, ce, BPF_ANY);
 }
 
 /* choose_node finds the tier-1 node of a flow: its conntrack entry while

@@ -87,7 +87,6 @@ type LbCt2Entry struct {
 	Gen      uint32
 	AclOk    uint32
 	RevnatAt uint64
-	Born     uint64
 }
 
 type LbDropReason uint32

@@ -104,7 +104,6 @@ type BenchCt2Entry struct {
 	Gen      uint32
 	AclOk    uint32
 	RevnatAt uint64
-	Born     uint64
 }
 
 type BenchFlow struct {

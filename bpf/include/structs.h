@@ -136,8 +136,9 @@ struct ct2_entry {
 	__u64 expires;
 	__u32 gen;    /* vip_info.gen when the endpoint was last known serving */
 	__u32 acl_ok; /* the access list (vip_info.acl) that last admitted it */
-	__u64 revnat_at; /* the jiffy its reverse-NAT entry was last checked */
-	__u64 born;      /* the jiffy it was recorded */
+	/* The jiffy its reverse-NAT entry was last checked; in ct2_new, the
+	 * jiffy it was recorded (the unverified are never checked). */
+	__u64 revnat_at;
 };
 
 /* Reverse NAT of an unverified flow: the VIP, and the initial sequence
