@@ -205,7 +205,7 @@ func floodGenerator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
 		asm.Add.Imm(asm.R7, 1),
 		asm.StoreMem(asm.R0, size, asm.R7, asm.Word),
 		asm.Mov.Reg(asm.R8, asm.R7),
-		asm.RSh.Imm(asm.R8, 16), // b
+		asm.RSh.Imm(asm.R8, 16),     // b
 		asm.And.Imm(asm.R7, 0xffff), // a
 	)
 	// Source address, low half: a.
