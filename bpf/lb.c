@@ -483,15 +483,72 @@ static __always_inline int proven(const struct flow *f, const struct hdrs *h, vo
 	return bpf_jiffies64() - ce->revnat_at >= PROMOTE_JIFFIES; /* recorded then */
 }
 
+/* prev_node finds the node of the flow's slot in the port's previous ring
+ * (ring history), while it is kept and when that node is another live one. */
+static __always_inline int prev_node(const struct config_entry *cfg, const struct vip_info *vip,
+				     const struct flow *f, struct ct1_entry *hop)
+{
+	if (vip->prev_until == 0 || coarse_now() >= vip->prev_until)
+		return 0;
+	__u32 id = vip->service_id;
+	void *ring = bpf_map_lookup_elem(&rings_prev, &id);
+	if (!ring)
+		return 0;
+	__u32 slot = hash_flow(f, vip->flags & VIP_AFFINITY) % cfg->ring_size;
+	__u32 *idx = bpf_map_lookup_elem(ring, &slot);
+	if (!idx || *idx == 0)
+		return 0;
+	struct node_info *ni = bpf_map_lookup_elem(&nodes, idx);
+	if (!ni || ni->family != f->family || is_self(cfg, ni->addr, f->family))
+		return 0;
+	__builtin_memcpy(hop->node, ni->addr, 16);
+	hop->idx = *idx;
+	return 1;
+}
+
+static __always_inline int node_live(const __u32 *node, __u32 idx);
+
+/* record_chain records that this node passes the flow on to hop's node
+ * (unless the flood guard is tripped): it keeps going there after the
+ * history ends. */
+static __always_inline void record_chain(const struct config_entry *cfg, const struct vip_info *vip,
+					 const struct flow *f, const struct ct1_entry *hop)
+{
+	if (guard_tripped(cfg))
+		return;
+	struct ct2_entry e = {.gen = vip->gen, .acl_ok = vip->acl, .ifindex = hop->idx};
+	__builtin_memcpy(e.be.addr, hop->node, 16);
+	e.be.family = f->family | BACKEND_CHAIN;
+	bpf_map_update_elem(&ct2, f, &e, BPF_ANY);
+}
+
 /* tier2 sends a VIP packet to one of this node's endpoints: the flow's
- * own while it still serves, else a new one. fresh: ce is unverified. */
+ * own while it still serves, else a new one. fresh: ce is unverified.
+ *
+ * Ring history: a TCP packet of a flow no table here knows, which did not
+ * come from another node's ring history already (second), may belong to
+ * the node the previous ring gave its slot (a ring change, then a new
+ * receiving node without the flow's tier-1 entry). tier2 then records the
+ * flow as passed on, fills hop and returns CHAIN_VERDICT: the caller sends
+ * the packet there, marked. A marked packet is served here whatever
+ * happens, so a packet makes at most two tunnel hops. */
 static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *cfg,
 				 struct flow *f, struct hdrs *h, void *data,
 				 void *data_end, const struct vip_info *vip,
-				 struct ct2_entry *ce, int fresh)
+				 struct ct2_entry *ce, int fresh, int second, struct ct1_entry *hop)
 {
 	__u32 id = vip->service_id;
 	struct backend_set *set = NULL;
+
+	if (ce && (ce->be.family & BACKEND_CHAIN)) {
+		/* A flow passed on before: on again while its node lives. */
+		if (!second && node_live(ce->be.addr, ce->ifindex)) {
+			__builtin_memcpy(hop->node, ce->be.addr, 16);
+			hop->idx = ce->ifindex;
+			return CHAIN_VERDICT;
+		}
+		ce = NULL;
+	}
 
 	if (ce && ce->gen != vip->gen) {
 		/* The endpoints changed since the flow last looked: it keeps
@@ -504,10 +561,16 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 		if ((set && in_set(set, set->count, &ce->be)) ||
 		    (f->proto == IPPROTO_TCP && !opening(f, h, data_end))) {
 			ce->gen = vip->gen;
-			ce->revnat_at = 0;
+			if (!fresh) /* an unverified entry's is its birth */
+				ce->revnat_at = 0;
 		} else {
 			ce = NULL;
 		}
+	}
+	if (!ce && !second && f->proto == IPPROTO_TCP && !opening(f, h, data_end) &&
+	    prev_node(cfg, vip, f, hop)) {
+		record_chain(cfg, vip, f, hop);
+		return CHAIN_VERDICT;
 	}
 	if (!ce) {
 		if (!set)
@@ -573,7 +636,7 @@ static __always_inline int tier2_icmp(const struct flow *cf, void *data, void *d
 {
 	int fresh;
 	struct ct2_entry *ce = ct2_find(cf, &fresh);
-	if (!ce)
+	if (!ce || (ce->be.family & BACKEND_CHAIN))
 		return XDP_PASS; /* no such flow here: the kernel drops it */
 	struct backend b = ce->be;
 	if (icmp_to_backend(data, data_end, cf, &b) < 0)
@@ -597,12 +660,12 @@ static __always_inline struct vip_info *lookup_vip(const struct flow *f)
 /* decap opens a packet another node's tier 1 sent here, when it is ours:
  * addressed to this node, and carrying a VIP packet. */
 static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *cfg,
-				 const struct flow *outer, struct hdrs *oh)
+				 const struct flow *outer, struct hdrs *oh, struct ct1_entry *hop)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct flow f = {};
 	struct hdrs h = {};
-	int olen;
+	int olen, second;
 	__u16 proto;
 
 	if (!is_self(cfg, outer->dst, outer->family))
@@ -616,6 +679,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 		olen = (void *)oh->l4 - l3;
 		outer_end = l3 + bpf_ntohs(o->tot_len);
 		proto = ETH_P_IP_BE;
+		second = o->id == bpf_htons(SECOND_HOP_ID);
 	} else {
 		struct ipv6hdr *o = l3;
 		if ((void *)(o + 1) > data_end)
@@ -623,6 +687,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 		olen = sizeof(struct ipv6hdr);
 		outer_end = (void *)(o + 1) + bpf_ntohs(o->payload_len);
 		proto = ETH_P_IPV6_BE;
+		second = o->flow_lbl[2] & SECOND_HOP_FLOW;
 	}
 	/* The inner packet must lie within the outer one. */
 	int inner = parse_ip(oh->l4, data_end, proto, &f, &h, 1, outer_end);
@@ -663,6 +728,26 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 	} else if (!admitted(vip, &cf)) {
 		return drop(DROP_SOURCE_RANGE);
 	}
+	/* Ring history: a TCP flow this node does not know, sent by a
+	 * director, goes on (still encapsulated) to the node the previous
+	 * ring gave it, and so does one passed on before; never a second
+	 * hop's. */
+	if (inner == PARSE_L4 && !second && cf.proto == IPPROTO_TCP && !opening(&cf, &h, data_end) &&
+	    (outer->family == FAMILY_V6 || olen == IPIP4_OVERHEAD)) {
+		int go = 0;
+		if (ce2 && (ce2->be.family & BACKEND_CHAIN)) {
+			if (node_live(ce2->be.addr, ce2->ifindex)) {
+				__builtin_memcpy(hop->node, ce2->be.addr, 16);
+				hop->idx = ce2->ifindex;
+				go = 1;
+			}
+		} else if (!ce2 && prev_node(cfg, vip, &cf, hop)) {
+			record_chain(cfg, vip, &cf, hop);
+			go = 1;
+		}
+		if (go)
+			return retunnel(ctx, cfg, outer->family, hop);
+	}
 
 	void *data = (void *)(long)ctx->data;
 	struct ethhdr *eth = data;
@@ -686,7 +771,8 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 		return drop(DROP_DECAP);
 	if (r == PARSE_ICMP)
 		return tier2_icmp(&cf, data, data_end);
-	return tier2(ctx, cfg, &f, &h, data, data_end, vip, ce2, fresh2);
+	/* Decided above: tier 2 does not pass it on (second). */
+	return tier2(ctx, cfg, &f, &h, data, data_end, vip, ce2, fresh2, 1, hop);
 }
 
 /* node_live reports whether a node index still names a live node at the
@@ -849,7 +935,7 @@ static __always_inline int icmp_error(struct xdp_md *ctx, const struct flow *out
 		return drop(reason);
 	if (is_self(cfg, node.node, cf.family))
 		return tier2_icmp(&cf, data, data_end);
-	return encap(ctx, cfg, outer, node.node, node.idx);
+	return encap(ctx, cfg, outer, node.node, node.idx, 0);
 }
 
 /* for_this_host tells whether a frame is addressed to the receiving
@@ -884,6 +970,12 @@ int ironlb_xdp(struct xdp_md *ctx)
 	struct hdrs h = {};
 	__u32 zero = 0;
 
+	struct config_entry *cfg;
+	/* Where the packet goes when it leaves by a tunnel: the flow's
+	 * tier-1 node, or (second) the node ring history passes it on to. */
+	struct ct1_entry node;
+	int v, second = 0;
+
 	int r = parse_flow(data, data_end, &f, &h, 1);
 	if (r == PARSE_OTHER)
 		return XDP_PASS;
@@ -892,10 +984,10 @@ int ironlb_xdp(struct xdp_md *ctx)
 	if (r == PARSE_ENCAP) {
 		if (!for_this_host(ctx, data, data_end))
 			return XDP_PASS;
-		struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);
+		cfg = bpf_map_lookup_elem(&config, &zero);
 		if (!cfg)
 			return XDP_PASS;
-		return decap(ctx, cfg, &f, &h);
+		return decap(ctx, cfg, &f, &h, &node);
 	}
 	if (r == PARSE_ICMP) {
 		if (!for_this_host(ctx, data, data_end))
@@ -908,7 +1000,7 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (!for_this_host(ctx, data, data_end))
 		return XDP_PASS;
-	struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);
+	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return XDP_PASS;
 
@@ -948,17 +1040,23 @@ int ironlb_xdp(struct xdp_md *ctx)
 		return drop(DROP_SOURCE_LIMIT);
 	}
 	if (!local) {
-		struct ct1_entry node;
 		int reason = choose_node(cfg, vip, &f, c1, fresh, opening(&f, &h, data_end), &node, st);
 		if (reason >= 0)
 			return drop(reason);
 		if (!is_self(cfg, node.node, f.family))
-			return encap(ctx, cfg, &f, node.node, node.idx);
+			goto send;
 		c2 = ct2_find(&f, &fresh);
 	}
-	/* One call for both ways to this node's endpoints: each inlined
-	 * copy costs the verifier as much as the rest. */
-	return tier2(ctx, cfg, &f, &h, data, data_end, vip, c2, fresh);
+	/* One call for both ways to this node's endpoints, and one to the
+	 * tunnel: each inlined copy costs the verifier as much as the rest. */
+	v = tier2(ctx, cfg, &f, &h, data, data_end, vip, c2, fresh, 0, &node);
+	if (v != CHAIN_VERDICT)
+		return v;
+	second = 1;
+send:
+	/* After a decapsulation f is the outer flow: of the same family as
+	 * the inner one, which is all encap reads of it. */
+	return encap(ctx, cfg, &f, node.node, node.idx, second);
 }
 
 /* clamp_mss lowers the MSS option of a SYN-ACK so that the client's

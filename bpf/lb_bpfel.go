@@ -209,6 +209,9 @@ type LbVipInfo struct {
 	Gen             uint32
 	AffinityTimeout uint32
 	SrcLimit        uint32
+	Pad             uint32
+	_               [4]byte
+	PrevUntil       uint64
 }
 
 type LbVipKey struct {
@@ -241,6 +244,7 @@ const (
 	LbMapRevnatNew       = "revnat_new"
 	LbMapRingMembers     = "ring_members"
 	LbMapRings           = "rings"
+	LbMapRingsPrev       = "rings_prev"
 	LbMapSourceRanges    = "source_ranges"
 	LbMapSources         = "sources"
 	LbMapStats           = "stats"
@@ -318,6 +322,7 @@ type LbMapSpecs struct {
 	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
 	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev     *ebpf.MapSpec `ebpf:"rings_prev"`
 	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
 	Sources       *ebpf.MapSpec `ebpf:"sources"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
@@ -369,6 +374,7 @@ type LbMaps struct {
 	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
 	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
+	RingsPrev     *ebpf.Map `ebpf:"rings_prev"`
 	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
 	Sources       *ebpf.Map `ebpf:"sources"`
 	Stats         *ebpf.Map `ebpf:"stats"`
@@ -396,6 +402,7 @@ func (m *LbMaps) Close() error {
 		m.RevnatNew,
 		m.RingMembers,
 		m.Rings,
+		m.RingsPrev,
 		m.SourceRanges,
 		m.Sources,
 		m.Stats,

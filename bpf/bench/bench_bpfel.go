@@ -207,6 +207,9 @@ type BenchVipInfo struct {
 	Gen             uint32
 	AffinityTimeout uint32
 	SrcLimit        uint32
+	Pad             uint32
+	_               [4]byte
+	PrevUntil       uint64
 }
 
 type BenchVipKey struct {
@@ -240,6 +243,7 @@ const (
 	BenchMapRevnatNew       = "revnat_new"
 	BenchMapRingMembers     = "ring_members"
 	BenchMapRings           = "rings"
+	BenchMapRingsPrev       = "rings_prev"
 	BenchMapSourceRanges    = "source_ranges"
 	BenchMapSources         = "sources"
 	BenchMapStats           = "stats"
@@ -322,6 +326,7 @@ type BenchMapSpecs struct {
 	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
 	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev     *ebpf.MapSpec `ebpf:"rings_prev"`
 	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
 	Sources       *ebpf.MapSpec `ebpf:"sources"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
@@ -374,6 +379,7 @@ type BenchMaps struct {
 	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
 	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
+	RingsPrev     *ebpf.Map `ebpf:"rings_prev"`
 	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
 	Sources       *ebpf.Map `ebpf:"sources"`
 	Stats         *ebpf.Map `ebpf:"stats"`
@@ -402,6 +408,7 @@ func (m *BenchMaps) Close() error {
 		m.RevnatNew,
 		m.RingMembers,
 		m.Rings,
+		m.RingsPrev,
 		m.SourceRanges,
 		m.Sources,
 		m.Stats,

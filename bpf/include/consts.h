@@ -61,6 +61,22 @@
 
 #define NS_PER_SEC 1000000000ULL
 
+/* Ring history (daisy chaining): a packet a node passes on to the node of
+ * the previous ring carries this mark in its outer header (the IPv4 ID;
+ * the low bits of the IPv6 flow label), and a marked packet is never
+ * passed on again. */
+#define SECOND_HOP_ID 0x1b2d
+#define SECOND_HOP_FLOW 0x01
+
+/* backend.family of a tier-2 entry that sends its flow on to another
+ * node (the previous ring's) instead of to an endpoint; the node's index
+ * is in ct2_entry.ifindex. */
+#define BACKEND_CHAIN 0x80
+
+/* What tier2 returns when the packet must go on to the node in its hop
+ * argument; never an XDP verdict. */
+#define CHAIN_VERDICT 100
+
 /* Most source-range prefixes (loadBalancerSourceRanges) over all
  * Services; the LPM trie allocates on use. */
 #ifndef MAX_SOURCE_RANGES

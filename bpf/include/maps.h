@@ -44,6 +44,15 @@ struct {
 	__array(values, struct ring);
 } rings SEC(".maps");
 
+/* The ring of each Service port before its last change, kept while
+ * vip_info.prev_until says (ring history). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings_prev SEC(".maps");
+
 /* Node index -> address (index 0 is never a node): every live node (a dead one is cleared), so a
  * TCP flow pinned to a node stays while the node lives. */
 struct {

@@ -36,6 +36,11 @@ struct vip_info {
 	__u32 gen;
 	__u32 affinity_timeout; /* seconds */
 	__u32 src_limit; /* new flows a second one client (/32, /64) may open; 0: any */
+	__u32 pad;
+	/* Until then (bpf_ktime_get_coarse_ns), rings_prev holds the ring
+	 * before the last change: tier 2 passes a flow it does not know
+	 * on to that ring's node. */
+	__u64 prev_until;
 };
 
 /* A source-range prefix of a VIP's access list: the LPM trie's key.

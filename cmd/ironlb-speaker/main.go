@@ -62,6 +62,7 @@ func run() error {
 	newFlows := fs.Uint("unverified-conntrack-size", 0, "unverified flows (lone SYNs, young UDP flows) each of their tables keeps; 0: --conntrack-size/8, at least 1024")
 	newFlowRate := fs.Uint("new-flow-rate", uint(opts.XDP.NewFlowRate), "flood guard: above this many new flows a second on one CPU, the data plane records no more (the Maglev ring still sends them); 0 turns it off")
 	fs.BoolVar(&opts.XDP.EndpointRedirect, "xdp-endpoint-redirect", false, "send packets for this node's endpoints to the pods' veths in XDP rather than through the kernel's forwarding; needs NAPI on the pods' ends of the veths (GRO on, or an XDP program), which the CNI sets")
+	fs.DurationVar(&opts.XDP.RingHistory, "ring-history", opts.XDP.RingHistory, "how long each Service port's previous Maglev ring is kept after a change: a flow that lost its tier-1 entry (a new receiving node) and whose slot moved is passed on to the previous ring's node, which still holds it; 0 keeps no history")
 	fs.DurationVar(&opts.XDP.StaleAfter, "dataplane-stale-after", opts.XDP.StaleAfter, "how long the data plane forwards without its speaker; after that VIP traffic goes to the kernel untouched (0: forever)")
 	daemonset := fs.String("daemonset-name", "ironlb-speaker", "the speaker's DaemonSet in --namespace: when it (or the namespace) is deleted, the install is being removed and a stopping speaker detaches its data plane (as --cleanup); empty turns this off")
 	cleanup := fs.Bool("cleanup", false, "detach the data plane, remove its pinned maps and exit (run when uninstalling)")

@@ -26,6 +26,11 @@ type Options struct {
 	// SYNs, young UDP flows, flows recorded while the flood guard is
 	// tripped); 0: Flows/8, at least 1024.
 	NewFlows uint32
+	// RingHistory is how long a port's previous ring is kept after a
+	// change, for flows that lost their tier-1 entry (a new receiving
+	// node) and whose slot moved: the current ring's node passes them
+	// on to the previous ring's. 0: no history.
+	RingHistory time.Duration
 	// NewFlowRate is the flood guard: above this many new flows a
 	// second on one CPU, tier 1 records no more (the ring sends them)
 	// and tier 2 records them as unverified only. 0: no guard.
@@ -54,6 +59,11 @@ func (o Options) UnverifiedFlows() uint32 {
 // DefaultNewFlowRate is the flood guard's default rate per CPU: Katran's.
 const DefaultNewFlowRate = 125000
 
+// DefaultRingHistory keeps a previous ring for ten minutes: long enough
+// for a drain together with a failover, a rolling restart of the
+// speakers or a router's ECMP change to settle.
+const DefaultRingHistory = 10 * time.Minute
+
 // DefaultStaleAfter outlasts a rolling restart of the speaker (image
 // pull, start, cache sync) with room to spare, and bounds how long a
 // node forwards by rings and endpoints that nobody keeps up to date.
@@ -61,7 +71,7 @@ const DefaultStaleAfter = 5 * time.Minute
 
 // DefaultOptions are the speaker's defaults.
 func DefaultOptions() Options {
-	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, NewFlowRate: DefaultNewFlowRate, MTU: 1500,
+	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, NewFlowRate: DefaultNewFlowRate, RingHistory: DefaultRingHistory, MTU: 1500,
 		StaleAfter: DefaultStaleAfter}
 }
 

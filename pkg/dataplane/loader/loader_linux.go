@@ -60,6 +60,9 @@ type Dataplane struct {
 	// gens are the ports' vip_info.gen: bumped when their ring, local
 	// endpoints or members change, so conntrack checks its entries.
 	gens map[uint32]uint32
+	// prevUntil are the ports' vip_info.prev_until: until then the
+	// port's previous ring is in rings_prev (ring history).
+	prevUntil map[uint32]uint64
 	// acls are the source-range lists written in source_ranges, by
 	// their canonical text, with their ids.
 	acls    map[string]uint32
@@ -96,7 +99,7 @@ func Open(log logr.Logger, opts dataplane.Options) (*Dataplane, error) {
 	d := &Dataplane{opts: opts, log: log, ids: map[dataplane.Key]uint32{}, nodes: map[netip.Addr]uint32{},
 		rings: map[uint32]dataplane.RingID{}, ringMaps: map[dataplane.RingID]*ebpf.Map{}, ringUsers: map[dataplane.RingID]int{},
 		sets: map[uint32]uint64{}, resolved: map[netip.Addr]bool{},
-		members: map[uint32]map[uint32]bool{}, gens: map[uint32]uint32{},
+		members: map[uint32]map[uint32]bool{}, gens: map[uint32]uint32{}, prevUntil: map[uint32]uint64{},
 		acls: map[string]uint32{}, aclNets: map[uint32][]netip.Prefix{}, peers: map[netip.Addr]bool{}, topID: 1}
 	if err := d.load(); err != nil {
 		return nil, err
@@ -130,6 +133,7 @@ func (d *Dataplane) load() error {
 			return err
 		}
 		spec.Maps["rings"].InnerMap.MaxEntries = d.opts.RingSize
+		spec.Maps["rings_prev"].InnerMap.MaxEntries = d.opts.RingSize
 		for _, m := range []string{"ct1", "ct2", "revnat"} {
 			spec.Maps[m].MaxEntries = d.opts.Flows
 		}
@@ -203,6 +207,9 @@ func (d *Dataplane) recover() error {
 		// Unknown contents: the first Apply rewrites or removes them.
 		d.rings[v.ServiceId], d.sets[v.ServiceId] = dataplane.RingID{}, 0
 		d.gens[v.ServiceId] = v.Gen
+		if v.PrevUntil != 0 {
+			d.prevUntil[v.ServiceId] = v.PrevUntil
+		}
 		if v.Acl != 0 {
 			// An unknown list: the first Apply writes a new one and
 			// then removes this.
@@ -441,7 +448,9 @@ func (d *Dataplane) Apply(self dataplane.Self, nodes []dataplane.Node, entries [
 		errs = append(errs, err)
 		vips = slices.DeleteFunc(vips, func(v vipWrite) bool { return swaps.failed[v.info.ServiceId] })
 	}
+	errs = append(errs, d.expireHistory())
 	for _, v := range vips {
+		v.info.PrevUntil = d.prevUntil[v.info.ServiceId]
 		if err := d.objs.Vips.Put(v.key, v.info); err != nil {
 			errs = append(errs, fmt.Errorf("vip: %w", err))
 		}
@@ -811,6 +820,27 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 	}
 	keys = append(keys, swaps.ids...)
 	fds = append(fds, swaps.fds...)
+	// Ring history: the rings being replaced, to keep once the swap
+	// is made. Not a ring a previous process wrote (its RingID is
+	// unknown): the first Apply after a restart replaces every ring
+	// with the same one, and the history kept in rings_prev stays.
+	prev := map[uint32]*ebpf.Map{}
+	if d.opts.RingHistory > 0 {
+		for _, id := range swaps.ids {
+			if rid, ok := d.rings[id]; !ok || rid == (dataplane.RingID{}) {
+				continue
+			}
+			var m *ebpf.Map
+			if err := d.objs.Rings.Lookup(id, &m); err == nil {
+				prev[id] = m
+			}
+		}
+	}
+	defer func() {
+		for _, m := range prev {
+			_ = m.Close()
+		}
+	}()
 	if len(keys) > 0 {
 		n, err := d.objs.Rings.BatchUpdate(keys, fds, nil)
 		if err != nil {
@@ -824,6 +854,13 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 			}
 			if old, ok := d.rings[id]; ok {
 				swaps.released = append(swaps.released, old)
+			}
+			if m := prev[id]; m != nil {
+				if err := d.objs.RingsPrev.Put(id, m); err != nil {
+					errs = append(errs, fmt.Errorf("ring history: %w", err))
+				} else {
+					d.prevUntil[id] = monotonicCoarse() + uint64(d.opts.RingHistory)
+				}
 			}
 			d.rings[id] = swaps.rings[i]
 			d.ringUsers[swaps.rings[i]]++
@@ -843,6 +880,20 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 			delete(d.ringMaps, rid)
 			delete(d.ringUsers, rid)
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// expireHistory lets go of the previous rings whose time is over.
+func (d *Dataplane) expireHistory() error {
+	now := monotonicCoarse()
+	var errs []error
+	for id, until := range d.prevUntil {
+		if until > now {
+			continue
+		}
+		delete(d.prevUntil, id)
+		errs = append(errs, ignoreNotExist(d.objs.RingsPrev.Delete(id)))
 	}
 	return errors.Join(errs...)
 }
@@ -966,6 +1017,7 @@ func (d *Dataplane) remove(k dataplane.Key, id uint32, swaps *ringSwaps) error {
 	swaps.drop(d, id)
 	delete(d.sets, id)
 	delete(d.gens, id)
+	delete(d.prevUntil, id) // rings_prev[id] is ignored while prev_until is 0
 	return errors.Join(err, merr)
 }
 

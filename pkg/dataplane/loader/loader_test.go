@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/go-logr/logr"
@@ -470,5 +471,107 @@ func TestTiedToC(t *testing.T) {
 		if name == "" {
 			t.Errorf("drop reason %d (enum drop_reason) has no name in bpf.DropReasons", i)
 		}
+	}
+}
+
+// ringSlots reads a ring map's slots.
+func ringSlots(t *testing.T, m *ebpf.Map) []uint32 {
+	t.Helper()
+	out := make([]uint32, m.MaxEntries())
+	for i := range out {
+		if err := m.Lookup(uint32(i), &out[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// TestRingHistory: when a port's ring changes, the ring it had goes to
+// rings_prev and the VIP says until when (now + --ring-history); a port
+// that never changed has none; the history is dropped once its time is
+// over; a restarted speaker keeps the history and does not take the same
+// ring again for it.
+func TestRingHistory(t *testing.T) {
+	dir := sandbox(t)
+	opts := dataplane.DefaultOptions()
+	opts.PinDir, opts.Interfaces, opts.RingSize, opts.RingHistory = dir, []string{"t0"}, 251, time.Hour
+	self := dataplane.Self{V4: netip.MustParseAddr("10.0.0.11")}
+	plan := func(eps ...dataplane.Endpoint) []dataplane.Entry {
+		entries, err := dataplane.Plan("node-a", nodes, []dataplane.Port{{VIP: vip, Port: 80, Proto: dataplane.TCP, Endpoints: eps}}, 251)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return entries
+	}
+	two := plan(ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true))
+	three := plan(ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true), ep("10.1.2.2", "node-c", true))
+	d, err := Open(logr.Discard(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	info := func() bpf.LbVipInfo {
+		var v bpf.LbVipInfo
+		if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, 80, dataplane.TCP), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if err := d.Apply(self, nodes, two); err != nil {
+		t.Fatal(err)
+	}
+	if v := info(); v.PrevUntil != 0 {
+		t.Fatalf("a new port has history until %d", v.PrevUntil)
+	}
+	var cur *ebpf.Map
+	if err := d.objs.Rings.Lookup(info().ServiceId, &cur); err != nil {
+		t.Fatal(err)
+	}
+	before := ringSlots(t, cur)
+	_ = cur.Close()
+	if err := d.Apply(self, nodes, three); err != nil {
+		t.Fatal(err)
+	}
+	v := info()
+	now := monotonicCoarse()
+	if v.PrevUntil < now+uint64(50*time.Minute) || v.PrevUntil > now+uint64(time.Hour) {
+		t.Errorf("prev_until %d, want about now (%d) + 1h", v.PrevUntil, now)
+	}
+	var prev *ebpf.Map
+	if err := d.objs.RingsPrev.Lookup(v.ServiceId, &prev); err != nil {
+		t.Fatalf("rings_prev: %v", err)
+	}
+	if !slices.Equal(ringSlots(t, prev), before) {
+		t.Error("rings_prev does not hold the ring before the change")
+	}
+	_ = prev.Close()
+	// A restarted speaker: the same history.
+	_ = d.Close()
+	if d, err = Open(logr.Discard(), opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(self, nodes, three); err != nil {
+		t.Fatal(err)
+	}
+	if got := info(); got.PrevUntil != v.PrevUntil {
+		t.Errorf("after a restart prev_until %d, want %d kept", got.PrevUntil, v.PrevUntil)
+	}
+	if err := d.objs.RingsPrev.Lookup(v.ServiceId, &prev); err != nil || !slices.Equal(ringSlots(t, prev), before) {
+		t.Errorf("after a restart rings_prev lost the previous ring (%v)", err)
+	}
+	_ = prev.Close()
+	// Its time over: gone.
+	d.mu.Lock()
+	d.prevUntil[v.ServiceId] = 1
+	d.mu.Unlock()
+	if err := d.Apply(self, nodes, three); err != nil {
+		t.Fatal(err)
+	}
+	if got := info(); got.PrevUntil != 0 {
+		t.Errorf("expired history: prev_until %d, want 0", got.PrevUntil)
+	}
+	if err := d.objs.RingsPrev.Lookup(v.ServiceId, &prev); err == nil {
+		t.Error("expired history: rings_prev still holds a ring")
+		_ = prev.Close()
 	}
 }
