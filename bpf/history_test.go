@@ -10,11 +10,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Ring history: a TCP packet of a flow that this node does not know, which
-// the current ring gave this node, goes on to the node the previous ring
-// gave it, marked, while the history lasts; the flow keeps going there
-// after; a marked packet, a SYN, or any packet once the history is over,
-// is served here.
+// Ring history: a TCP packet of a flow that this node does not know goes
+// on, marked, to the node its own ring gives the flow when that is another
+// (a lagging ring), else to the node the previous ring gave it while the
+// history lasts; the flow keeps going there after; a marked packet, a
+// SYN, any packet once the history is over, or with history off, is
+// served here.
 
 // setPrevRing puts a previous ring whose every slot points to node, kept
 // for until (coarse clock ns), for service id.
@@ -86,6 +87,16 @@ func TestRingHistory(t *testing.T) {
 	objs := load(t)
 	ifindex := testNet(t)
 	world(t, objs)
+	history := func(on bool) {
+		var cfg LbConfigEntry
+		must(t, objs.Config.Lookup(uint32(0), &cfg))
+		cfg.Flags &^= ConfigHistory
+		if on {
+			cfg.Flags |= ConfigHistory
+		}
+		must(t, objs.Config.Put(uint32(0), cfg))
+	}
+	history(true)
 	setRing(t, objs, 1, 1)  // vip4:80: this node now
 	setRing(t, objs, 3, 11) // vip6:80: this node now
 	setBackends(t, objs, 1, 8080, pod1)
@@ -156,6 +167,26 @@ func TestRingHistory(t *testing.T) {
 		t.Fatalf("director: verdict %d, want XDP_TX to node B", ret)
 	}
 	checkPassedOn(t, "director", out, p.ip(), nodeB4)
+
+	// A node whose own ring is older than the director's (its speaker
+	// lags, or is down): its ring gives the flow to node B, no history
+	// needed.
+	setRing(t, objs, 1, 2)
+	setPrevRing(t, objs, 1, 2, key(vip4, 80, 6), 0)
+	q := pkt{src: client4, dst: vip4, proto: 6, sport: 56200, dport: 80, flags: tcpACK}
+	ret, out = runXDP(t, objs.IronlbXdp, q.encapsulated(nodeC4, self4, macNodeB, macSelf), ifindex)
+	if ret != xdpTX {
+		t.Fatalf("lagging ring: verdict %d, want XDP_TX on to node B", ret)
+	}
+	checkPassedOn(t, "lagging ring", out, q.ip(), nodeB4)
+
+	// Ring history off: served here.
+	history(false)
+	q.sport = 56201
+	ret, out = runXDP(t, objs.IronlbXdp, q.encapsulated(nodeC4, self4, macNodeB, macSelf), ifindex)
+	if ret != xdpPass || dstOf(out) != pod1 {
+		t.Errorf("history off: verdict %d to %s, want XDP_PASS to pod1", ret, dstOf(out))
+	}
 }
 
 func selfOf(vip netip.Addr) netip.Addr {

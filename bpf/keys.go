@@ -79,6 +79,10 @@ const (
 	// ConfigRedirect lets packets for local endpoints leave in XDP by
 	// the links listed in endpoint_links.
 	ConfigRedirect = 1
+	// ConfigHistory turns ring history on: tier 2 passes a TCP flow it
+	// does not know on to the node its own ring or the previous one
+	// gives it.
+	ConfigHistory = 2
 )
 
 // DropReasons names the drops map's indexes, enum drop_reason in consts.h

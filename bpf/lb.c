@@ -483,18 +483,11 @@ static __always_inline int proven(const struct flow *f, const struct hdrs *h, vo
 	return bpf_jiffies64() - ce->revnat_at >= PROMOTE_JIFFIES; /* recorded then */
 }
 
-/* prev_node finds the node of the flow's slot in the port's previous ring
- * (ring history), while it is kept and when that node is another live one. */
-static __always_inline int prev_node(const struct config_entry *cfg, const struct vip_info *vip,
+/* ring_node fills hop with the node of slot in ring, when it is another
+ * node of the flow's family than this one. */
+static __always_inline int ring_node(const struct config_entry *cfg, void *ring, __u32 slot,
 				     const struct flow *f, struct ct1_entry *hop)
 {
-	if (vip->prev_until == 0 || coarse_now() >= vip->prev_until)
-		return 0;
-	__u32 id = vip->service_id;
-	void *ring = bpf_map_lookup_elem(&rings_prev, &id);
-	if (!ring)
-		return 0;
-	__u32 slot = hash_flow(f, vip->flags & VIP_AFFINITY) % cfg->ring_size;
 	__u32 *idx = bpf_map_lookup_elem(ring, &slot);
 	if (!idx || *idx == 0)
 		return 0;
@@ -504,6 +497,27 @@ static __always_inline int prev_node(const struct config_entry *cfg, const struc
 	__builtin_memcpy(hop->node, ni->addr, 16);
 	hop->idx = *idx;
 	return 1;
+}
+
+/* prev_node finds the node a flow this node does not know may be on: the
+ * one this node's own ring gives its slot, when that is another (this
+ * node's ring is older than the director's: its speaker lags or is
+ * down), else the one the port's previous ring gave it, while it is kept.
+ * Only with ring history on (CONFIG_HISTORY). */
+static __always_inline int prev_node(const struct config_entry *cfg, const struct vip_info *vip,
+				     const struct flow *f, struct ct1_entry *hop)
+{
+	if (!(cfg->flags & CONFIG_HISTORY))
+		return 0;
+	__u32 id = vip->service_id;
+	__u32 slot = hash_flow(f, vip->flags & VIP_AFFINITY) % cfg->ring_size;
+	void *ring = bpf_map_lookup_elem(&rings, &id);
+	if (ring && ring_node(cfg, ring, slot, f, hop))
+		return 1;
+	if (vip->prev_until == 0 || coarse_now() >= vip->prev_until)
+		return 0;
+	ring = bpf_map_lookup_elem(&rings_prev, &id);
+	return ring && ring_node(cfg, ring, slot, f, hop);
 }
 
 static __always_inline int node_live(const __u32 *node, __u32 idx);

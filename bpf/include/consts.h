@@ -136,6 +136,7 @@
 
 /* config_entry.flags (the value of the config map) */
 #define CONFIG_REDIRECT 1 /* redirect to endpoint_links links in XDP */
+#define CONFIG_HISTORY 2  /* ring history: pass unknown flows on (prev_node) */
 
 /* The key of a tier-2 affinity entry, as opposed to a tier-1 one. */
 #define AFFINITY_TIER2 2

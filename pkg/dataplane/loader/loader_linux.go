@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -63,6 +64,9 @@ type Dataplane struct {
 	// prevUntil are the ports' vip_info.prev_until: until then the
 	// port's previous ring is in rings_prev (ring history).
 	prevUntil map[uint32]uint64
+	// changed is when each port's previous ring was last taken (coarse
+	// clock): changes within historySettle of it keep that ring.
+	changed map[uint32]uint64
 	// acls are the source-range lists written in source_ranges, by
 	// their canonical text, with their ids.
 	acls    map[string]uint32
@@ -99,7 +103,7 @@ func Open(log logr.Logger, opts dataplane.Options) (*Dataplane, error) {
 	d := &Dataplane{opts: opts, log: log, ids: map[dataplane.Key]uint32{}, nodes: map[netip.Addr]uint32{},
 		rings: map[uint32]dataplane.RingID{}, ringMaps: map[dataplane.RingID]*ebpf.Map{}, ringUsers: map[dataplane.RingID]int{},
 		sets: map[uint32]uint64{}, resolved: map[netip.Addr]bool{},
-		members: map[uint32]map[uint32]bool{}, gens: map[uint32]uint32{}, prevUntil: map[uint32]uint64{},
+		members: map[uint32]map[uint32]bool{}, gens: map[uint32]uint32{}, prevUntil: map[uint32]uint64{}, changed: map[uint32]uint64{},
 		acls: map[string]uint32{}, aclNets: map[uint32][]netip.Prefix{}, peers: map[netip.Addr]bool{}, topID: 1}
 	if err := d.load(); err != nil {
 		return nil, err
@@ -397,6 +401,9 @@ func (d *Dataplane) Apply(self dataplane.Self, nodes []dataplane.Node, entries [
 	}
 	if d.opts.EndpointRedirect {
 		cfg.Flags |= bpf.ConfigRedirect
+	}
+	if d.opts.RingHistory > 0 {
+		cfg.Flags |= bpf.ConfigHistory
 	}
 	if err := d.objs.Config.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -820,27 +827,10 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 	}
 	keys = append(keys, swaps.ids...)
 	fds = append(fds, swaps.fds...)
-	// Ring history: the rings being replaced, to keep once the swap
-	// is made. Not a ring a previous process wrote (its RingID is
-	// unknown): the first Apply after a restart replaces every ring
-	// with the same one, and the history kept in rings_prev stays.
-	prev := map[uint32]*ebpf.Map{}
-	if d.opts.RingHistory > 0 {
-		for _, id := range swaps.ids {
-			if rid, ok := d.rings[id]; !ok || rid == (dataplane.RingID{}) {
-				continue
-			}
-			var m *ebpf.Map
-			if err := d.objs.Rings.Lookup(id, &m); err == nil {
-				prev[id] = m
-			}
-		}
-	}
-	defer func() {
-		for _, m := range prev {
-			_ = m.Close()
-		}
-	}()
+	// Ring history, before the swap: a speaker stopped half-way (a
+	// failover kills it) leaves the history in place or the old ring
+	// current, never the new ring without the old one kept.
+	errs = append(errs, d.keepHistory(swaps.ids))
 	if len(keys) > 0 {
 		n, err := d.objs.Rings.BatchUpdate(keys, fds, nil)
 		if err != nil {
@@ -854,13 +844,6 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 			}
 			if old, ok := d.rings[id]; ok {
 				swaps.released = append(swaps.released, old)
-			}
-			if m := prev[id]; m != nil {
-				if err := d.objs.RingsPrev.Put(id, m); err != nil {
-					errs = append(errs, fmt.Errorf("ring history: %w", err))
-				} else {
-					d.prevUntil[id] = monotonicCoarse() + uint64(d.opts.RingHistory)
-				}
 			}
 			d.rings[id] = swaps.rings[i]
 			d.ringUsers[swaps.rings[i]]++
@@ -883,6 +866,83 @@ func (d *Dataplane) commitRings(swaps *ringSwaps) error {
 	}
 	return errors.Join(errs...)
 }
+
+// keepHistory puts the current rings of ids, about to be replaced, in
+// rings_prev (in one batch), and writes their VIPs' prev_until. Changes
+// in a burst (a drain and the failover it causes, a rolling restart) keep
+// the ring from before the burst: the one the flows were placed by. Not a
+// ring a previous process wrote (its RingID is unknown): the first Apply
+// after a restart replaces every ring with the same one, and the history
+// rings_prev holds stays.
+func (d *Dataplane) keepHistory(ids []uint32) error {
+	if d.opts.RingHistory <= 0 {
+		return nil
+	}
+	now := monotonicCoarse()
+	var keys []uint32
+	var maps []*ebpf.Map
+	defer func() {
+		for _, m := range maps {
+			_ = m.Close()
+		}
+	}()
+	extended := map[uint32]bool{}
+	for _, id := range ids {
+		if rid, ok := d.rings[id]; !ok || rid == (dataplane.RingID{}) {
+			continue
+		}
+		if d.prevUntil[id] > now && now-d.changed[id] < uint64(historySettle) {
+			extended[id] = true
+			continue
+		}
+		var m *ebpf.Map
+		if err := d.objs.Rings.Lookup(id, &m); err != nil {
+			continue
+		}
+		keys, maps = append(keys, id), append(maps, m)
+	}
+	var errs []error
+	if len(keys) > 0 {
+		fds := make([]uint32, len(maps))
+		for i, m := range maps {
+			fds[i] = uint32(m.FD())
+		}
+		n, err := d.objs.RingsPrev.BatchUpdate(keys, fds, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ring history: %w", err))
+		}
+		for _, id := range keys[:max(n, 0)] {
+			extended[id] = true
+			d.changed[id] = now // the burst starts
+		}
+	}
+	if len(extended) == 0 {
+		return errors.Join(errs...)
+	}
+	for id := range extended {
+		d.prevUntil[id] = now + uint64(d.opts.RingHistory)
+	}
+	// The VIPs learn of it now, with their old generation.
+	for k, id := range d.ids {
+		if !extended[id] {
+			continue
+		}
+		vk := bpf.VipKeyFor(k.VIP, k.Port, k.Proto)
+		var info bpf.LbVipInfo
+		if err := d.objs.Vips.Lookup(vk, &info); err != nil {
+			continue
+		}
+		info.PrevUntil = d.prevUntil[id]
+		if err := d.objs.Vips.Put(vk, info); err != nil {
+			errs = append(errs, fmt.Errorf("ring history: vip: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// historySettle is how soon after a ring change others count as the same
+// burst: the previous ring stays the one from before the first.
+const historySettle = 30 * time.Second
 
 // expireHistory lets go of the previous rings whose time is over.
 func (d *Dataplane) expireHistory() error {
@@ -1018,6 +1078,7 @@ func (d *Dataplane) remove(k dataplane.Key, id uint32, swaps *ringSwaps) error {
 	delete(d.sets, id)
 	delete(d.gens, id)
 	delete(d.prevUntil, id) // rings_prev[id] is ignored while prev_until is 0
+	delete(d.changed, id)
 	return errors.Join(err, merr)
 }
 

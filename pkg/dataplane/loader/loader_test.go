@@ -489,8 +489,9 @@ func ringSlots(t *testing.T, m *ebpf.Map) []uint32 {
 // TestRingHistory: when a port's ring changes, the ring it had goes to
 // rings_prev and the VIP says until when (now + --ring-history); a port
 // that never changed has none; the history is dropped once its time is
-// over; a restarted speaker keeps the history and does not take the same
-// ring again for it.
+// over; changes in a burst keep the ring from before the first; a
+// restarted speaker keeps the history and does not take the same ring
+// again for it.
 func TestRingHistory(t *testing.T) {
 	dir := sandbox(t)
 	opts := dataplane.DefaultOptions()
@@ -545,12 +546,23 @@ func TestRingHistory(t *testing.T) {
 		t.Error("rings_prev does not hold the ring before the change")
 	}
 	_ = prev.Close()
+	// Another change in the same burst: the ring from before the
+	// first is kept.
+	ac := plan(ep("10.1.0.2", "node-a", true), ep("10.1.2.2", "node-c", true))
+	if err := d.Apply(self, nodes, ac); err != nil {
+		t.Fatal(err)
+	}
+	v = info()
+	if err := d.objs.RingsPrev.Lookup(v.ServiceId, &prev); err != nil || !slices.Equal(ringSlots(t, prev), before) {
+		t.Errorf("a second change within a burst replaced the previous ring (%v)", err)
+	}
+	_ = prev.Close()
 	// A restarted speaker: the same history.
 	_ = d.Close()
 	if d, err = Open(logr.Discard(), opts); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Apply(self, nodes, three); err != nil {
+	if err := d.Apply(self, nodes, ac); err != nil {
 		t.Fatal(err)
 	}
 	if got := info(); got.PrevUntil != v.PrevUntil {
@@ -564,7 +576,7 @@ func TestRingHistory(t *testing.T) {
 	d.mu.Lock()
 	d.prevUntil[v.ServiceId] = 1
 	d.mu.Unlock()
-	if err := d.Apply(self, nodes, three); err != nil {
+	if err := d.Apply(self, nodes, ac); err != nil {
 		t.Fatal(err)
 	}
 	if got := info(); got.PrevUntil != 0 {
