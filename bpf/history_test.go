@@ -195,3 +195,97 @@ func selfOf(vip netip.Addr) netip.Addr {
 	}
 	return self6
 }
+
+// TestReusedTuple: a new connection (a SYN) on the tuple of an old one
+// whose established entry no longer holds (a flow passed on by ring
+// history; an endpoint that left; a node that left the ring) is placed
+// again, and the old entry goes: the connection's next packets follow the
+// new placement, not the stale entry.
+func TestReusedTuple(t *testing.T) {
+	objs := load(t)
+	ifindex := testNet(t)
+	world(t, objs)
+	var cfg LbConfigEntry
+	must(t, objs.Config.Lookup(uint32(0), &cfg))
+	cfg.Flags |= ConfigHistory
+	must(t, objs.Config.Put(uint32(0), cfg))
+	setRing(t, objs, 1, 1) // vip4:80: this node
+	setBackends(t, objs, 1, 8080, pod1)
+
+	// A stale chain entry (to node B) for the tuple of a new connection.
+	p := pkt{src: client4, dst: vip4, proto: 6, sport: 57000, dport: 80, flags: tcpSYN}
+	must(t, objs.Ct2.Put(flowOf(p), LbCt2Entry{Be: LbBackend{Addr: Addr(nodeB4), Family: 4 | 0x80}, Ifindex: 2, Gen: 0}))
+	ret, out := runXDP(t, objs.IronlbXdp, p.encapsulated(nodeC4, self4, macNodeB, macSelf), ifindex)
+	if ret != xdpPass || dstOf(out) != pod1 {
+		t.Fatalf("a SYN on a passed-on tuple: verdict %d to %s, want XDP_PASS to pod1", ret, dstOf(out))
+	}
+	var e LbCt2Entry
+	if objs.Ct2.Lookup(flowOf(p), &e) == nil {
+		t.Errorf("the stale chain entry is still in ct2: %+v", e)
+	}
+	synack := pkt{src: pod1, dst: client4, proto: 6, sport: 8080, dport: 57000, flags: tcpSYN | tcpACK, seq: 500}
+	runTC(t, objs.IronlbTcEgress, synack.frame())
+	ack := p
+	ack.flags, ack.ack = tcpACK, 501
+	if ret, out := runXDP(t, objs.IronlbXdp, ack.encapsulated(nodeC4, self4, macNodeB, macSelf), ifindex); ret != xdpPass || dstOf(out) != pod1 {
+		t.Errorf("the new connection's ACK: verdict %d to %s, want XDP_PASS to pod1", ret, dstOf(out))
+	}
+
+	// A stale established entry whose endpoint left (another generation).
+	q := pkt{src: client4, dst: vip4, proto: 6, sport: 57001, dport: 80, flags: tcpSYN}
+	must(t, objs.Ct2.Put(flowOf(q), LbCt2Entry{Be: LbBackend{Addr: Addr(pod2), Port: Port(8080), Family: 4}, Gen: 99}))
+	if ret, out := runXDP(t, objs.IronlbXdp, q.frame(), ifindex); ret != xdpPass || dstOf(out) != pod1 {
+		t.Fatalf("a SYN on a tuple whose endpoint left: verdict %d to %s, want pod1", ret, dstOf(out))
+	}
+	q.flags = tcpACK
+	if ret, out := runXDP(t, objs.IronlbXdp, q.frame(), ifindex); ret != xdpPass || dstOf(out) != pod1 {
+		t.Errorf("its ACK: verdict %d to %s, want pod1 (not the stale pod2)", ret, dstOf(out))
+	}
+
+	// Tier 1: a stale entry to node B, which no longer serves the VIP.
+	setRing(t, objs, 2, 3) // vip4:7/UDP unused; vip4:80 below
+	r := pkt{src: client4, dst: vip4, proto: 6, sport: 57002, dport: 80, flags: tcpSYN}
+	must(t, objs.Ct1.Put(flowOf(r), LbCt1Entry{Node: Addr(nodeB4), Idx: 2, Gen: 99}))
+	if ret, out := runXDP(t, objs.IronlbXdp, r.frame(), ifindex); ret != xdpPass || dstOf(out) != pod1 {
+		t.Fatalf("a SYN on a tuple pinned to a node that left: verdict %d to %s, want this node's pod1", ret, dstOf(out))
+	}
+	var e1 LbCt1Entry
+	if objs.Ct1.Lookup(flowOf(r), &e1) == nil {
+		t.Errorf("the stale tier-1 entry is still in ct1: %+v", e1)
+	}
+	r.flags = tcpACK
+	if ret, out := runXDP(t, objs.IronlbXdp, r.frame(), ifindex); ret != xdpPass || dstOf(out) != pod1 {
+		t.Errorf("its ACK: verdict %d to %s, want this node's pod1 (not node B)", ret, dstOf(out))
+	}
+}
+
+// TestResetClearsEntries: an endpoint's RST leaves with the VIP as its
+// source, and the flow's tier-2 entries and reverse NAT go with it, so no
+// later connection on the tuple meets them.
+func TestResetClearsEntries(t *testing.T) {
+	objs := load(t)
+	ifindex := testNet(t)
+	world(t, objs)
+	setRing(t, objs, 1, 1)
+	setBackends(t, objs, 1, 8080, pod1)
+	p := pkt{src: client4, dst: vip4, proto: 6, sport: 58000, dport: 80, flags: tcpACK}
+	if ret, _ := runXDP(t, objs.IronlbXdp, p.frame(), ifindex); ret != xdpPass {
+		t.Fatalf("verdict %d", ret)
+	}
+	rk := replyOf(p, pod1, 8080)
+	var e LbCt2Entry
+	var vk LbVipKey
+	if !has(objs.Ct2, flowOf(p), &e) || !has(objs.Revnat, rk, &vk) {
+		t.Fatal("the flow is not established")
+	}
+	rst := pkt{src: pod1, dst: client4, proto: 6, sport: 8080, dport: 58000, flags: 0x04 | tcpACK}
+	ret, out := runTC(t, objs.IronlbTcEgress, rst.frame())
+	want := rst
+	want.src, want.sport = vip4, 80
+	if ret != tcOK || string(out[:len(want.frame())]) != string(want.frame()) {
+		t.Error("the RST must leave from the VIP")
+	}
+	if has(objs.Ct2, flowOf(p), &e) || has(objs.Revnat, rk, &vk) {
+		t.Error("the reset flow's ct2 or revnat entry is still there")
+	}
+}

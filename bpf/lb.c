@@ -376,7 +376,11 @@ static __always_inline void vip_of(const struct flow *f, struct vip_key *vk)
 	__builtin_memcpy(vk->addr, f->dst, 16);
 }
 
-/* put_revnat_new records reverse NAT for an unverified flow. */
+/* put_revnat_new records reverse NAT for an unverified flow. An
+ * established entry of the same reply (the endpoint and the client's
+ * address and port) belongs to an earlier connection on that tuple, which
+ * the endpoint cannot tell from this one: it is gone, and its entry would
+ * give this flow's replies the earlier one's VIP. */
 static __always_inline void put_revnat_new(const struct flow *f, const struct backend *be)
 {
 	struct flow rk = {};
@@ -384,6 +388,7 @@ static __always_inline void put_revnat_new(const struct flow *f, const struct ba
 	reply_of(f, be, &rk);
 	vip_of(f, &e.vip);
 	bpf_map_update_elem(&revnat_new, &rk, &e, BPF_ANY);
+	bpf_map_delete_elem(&revnat, &rk);
 }
 
 /* put_revnat records how the flow's replies get the VIP back as their
@@ -536,6 +541,17 @@ static __always_inline void record_chain(const struct config_entry *cfg, const s
 	bpf_map_update_elem(&ct2, f, &e, BPF_ANY);
 }
 
+/* forget_ct2 drops an established tier-2 entry the flow no longer keeps
+ * (fresh: it is an unverified one, which the new one replaces anyway),
+ * so that a new connection on a reused tuple, recorded as unverified,
+ * is not shadowed by it; it returns NULL. */
+static __always_inline struct ct2_entry *forget_ct2(const struct flow *f, int fresh)
+{
+	if (!fresh)
+		bpf_map_delete_elem(&ct2, f);
+	return NULL;
+}
+
 /* tier2 sends a VIP packet to one of this node's endpoints: the flow's
  * own while it still serves, else a new one. fresh: ce is unverified.
  *
@@ -555,15 +571,21 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 	struct backend_set *set = NULL;
 
 	if (ce && (ce->be.family & BACKEND_CHAIN)) {
-		/* A flow passed on before: on again while its node lives. */
-		if (!second && node_live(ce->be.addr, ce->ifindex)) {
+		/* A flow passed on before: on again while its node lives;
+		 * but a SYN opens a new connection on a reused tuple. */
+		if (!second && !opening(f, h, data_end) && node_live(ce->be.addr, ce->ifindex)) {
 			__builtin_memcpy(hop->node, ce->be.addr, 16);
 			hop->idx = ce->ifindex;
 			return CHAIN_VERDICT;
 		}
-		ce = NULL;
+		ce = forget_ct2(f, fresh);
 	}
 
+	if (ce && !fresh && opening(f, h, data_end)) {
+		/* A SYN on the tuple of an established entry: a new
+		 * connection (the client reused its port), placed anew. */
+		ce = forget_ct2(f, fresh);
+	}
 	if (ce && ce->gen != vip->gen) {
 		/* The endpoints changed since the flow last looked: it keeps
 		 * its endpoint while that one serves (ready or terminating),
@@ -578,7 +600,7 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 			if (!fresh) /* an unverified entry's is its birth */
 				ce->revnat_at = 0;
 		} else {
-			ce = NULL;
+			ce = forget_ct2(f, fresh);
 		}
 	}
 	if (!ce && !second && f->proto == IPPROTO_TCP && !opening(f, h, data_end) &&
@@ -767,9 +789,17 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_PASS;
-	struct ethhdr saved = *eth;
 	if (olen < (int)sizeof(struct iphdr) || olen > IPV4_MAX_HDR_LEN)
 		return drop(DROP_DECAP);
+	/* The Ethernet header moves to just before the inner packet, over
+	 * the outer header (olen is at least 20, so they do not overlap),
+	 * and the head moves past the outer header: no copy on the stack,
+	 * which has no room left. */
+	__u32 off = (__u32)olen & 0x7f; /* the same, bounded for the verifier */
+	struct ethhdr *inner_eth = data + off;
+	if ((void *)(inner_eth + 1) > data_end)
+		return drop(DROP_DECAP);
+	__builtin_memcpy(inner_eth, eth, sizeof(*eth));
 	if (bpf_xdp_adjust_head(ctx, olen))
 		return drop(DROP_DECAP);
 	data = (void *)(long)ctx->data;
@@ -777,7 +807,6 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 	eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return drop(DROP_DECAP);
-	*eth = saved;
 	__builtin_memset(&f, 0, sizeof(f));
 	__builtin_memset(&h, 0, sizeof(h));
 	int r = parse_flow(data, data_end, &f, &h, 1);
@@ -859,6 +888,14 @@ static __always_inline int choose_node(const struct config_entry *cfg, const str
 				       struct flow *f, struct ct1_entry *ce, int fresh, int syn,
 				       struct ct1_entry *node, struct service_stats *st)
 {
+	/* A SYN on the tuple of an established entry is a new connection
+	 * (the client reused its port): placed by the ring, not by where an
+	 * earlier connection went. */
+	if (ce && syn && !fresh) {
+		if (st)
+			bpf_map_delete_elem(&ct1, f);
+		ce = NULL;
+	}
 	if (ce) {
 		int keep = ce->gen == vip->gen;
 		/* The nodes changed since the flow last looked: it stays
@@ -874,6 +911,10 @@ static __always_inline int choose_node(const struct config_entry *cfg, const str
 				promote_ct1(f, ce, syn);
 			return -1;
 		}
+		/* Placed again below (and recorded as unverified if it is
+		 * a SYN): the established entry must not shadow that. */
+		if (st && !fresh)
+			bpf_map_delete_elem(&ct1, f);
 	}
 	__u64 now = 0;
 	struct affinity_key ak = {};
@@ -1123,6 +1164,13 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 	}
 	struct vip_key v;
+	int rst = 0;
+	if (f.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = h.l4;
+		if ((void *)(tcp + 1) > data_end)
+			return TC_ACT_OK;
+		rst = tcp->rst;
+	}
 	struct vip_key *vk = bpf_map_lookup_elem(&revnat, &f);
 	if (vk) {
 		v = *vk;
@@ -1164,6 +1212,20 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 	bpf_l4_csum_replace(skb, csum_off, f.sport, v.port, l4flags | sizeof(__u16));
 	bpf_skb_store_bytes(skb, l4off, &v.port, sizeof(__u16), 0);
 
+	if (rst) {
+		/* The endpoint reset the connection: its entries here go,
+		 * as the kernel's conntrack drops a reset connection's. A
+		 * flow placed here by mistake (no socket behind it) must not
+		 * stay to catch a later connection on the same tuple. */
+		struct flow fk = {.sport = f.dport, .dport = v.port, .proto = f.proto, .family = f.family};
+		__builtin_memcpy(fk.src, f.dst, sizeof(fk.src));
+		__builtin_memcpy(fk.dst, v.addr, sizeof(fk.dst));
+		bpf_map_delete_elem(&ct2, &fk);
+		bpf_map_delete_elem(&ct2_new, &fk);
+		bpf_map_delete_elem(&revnat, &f);
+		bpf_map_delete_elem(&revnat_new, &f);
+		return TC_ACT_OK;
+	}
 	if (f.proto == IPPROTO_TCP) {
 		__u32 zero = 0;
 		struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);

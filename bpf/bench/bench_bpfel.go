@@ -56,6 +56,11 @@ type BenchBenchCfg struct {
 	NewFlows uint32
 	Counter  uint32
 	Saved    [64]uint8
+	Mix      uint32
+	Pad      uint32
+	EstNs    uint64
+	EstCount uint64
+	T0       uint64
 }
 
 type BenchClock struct {

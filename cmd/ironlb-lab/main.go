@@ -50,6 +50,8 @@ commands:
                                         SIGTERM of a speaker to its route gone from BIRD
   bench pps [--frames N]                packets per second to the backends, xdp then kernel
                                         data plane, same generator (leaves the lab down)
+  bench churn [--conns N]               connections reset by a drain with an L2 failover, without
+                                        ring history then with it
 `
 
 func main() {
@@ -221,6 +223,32 @@ func run() error {
 			}
 			return benchPPS(ctx, abs, root, uint32(min(*frames, bench.MaxFrames)))
 		}
+		if len(rest) >= 1 && rest[0] == "churn" {
+			fs := flag.NewFlagSet("bench churn", flag.ContinueOnError)
+			conns := fs.Int("conns", 10000, "connections held through each drain with failover")
+			if err := fs.Parse(rest[1:]); err != nil {
+				return err
+			}
+			cfg, err := lab.Load(abs)
+			if err != nil {
+				return err
+			}
+			if cfg.Dataplane != "xdp" {
+				return fmt.Errorf("bench churn measures the xdp data plane; the lab runs %s", cfg.Dataplane)
+			}
+			var res []bench.ChurnResult
+			for _, history := range []bool{false, true} {
+				r, err := bench.Churn(ctx, cfg, *conns, history, os.Stderr)
+				if err != nil {
+					return err
+				}
+				fmt.Println(r)
+				res = append(res, r)
+			}
+			fmt.Printf("drain + failover: %.0f resets per 10 000 connections without ring history, %.0f with it (same run)\n",
+				res[0].PerTenThousand(), res[1].PerTenThousand())
+			return nil
+		}
 		if len(rest) >= 1 && rest[0] == "bgp" {
 			fs := flag.NewFlagSet("bench bgp", flag.ContinueOnError)
 			runs := fs.Int("runs", 10, "repetitions (1-100)")
@@ -258,7 +286,7 @@ func run() error {
 			return nil
 		}
 		if len(rest) < 1 || rest[0] != "failover" {
-			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all] | bench bgp [--runs N] [--link-cuts N] | bench pps [--frames N]")
+			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all] | bench bgp [--runs N] [--link-cuts N] | bench pps [--frames N] | bench churn [--conns N]")
 		}
 		fs := flag.NewFlagSet("bench failover", flag.ContinueOnError)
 		runs := fs.Int("runs", 20, "repetitions of each kind of death (1-100)")

@@ -58,9 +58,13 @@ type Dataplane struct {
 	sets     map[uint32]uint64 // id -> hash of the backends last written
 	// members are the node indexes written in ring_members, per id.
 	members map[uint32]map[uint32]bool
-	// gens are the ports' vip_info.gen: bumped when their ring, local
-	// endpoints or members change, so conntrack checks its entries.
-	gens map[uint32]uint32
+	// gens are the ports' vip_info.gen: set from genSeq when their ring,
+	// local endpoints or members change, so conntrack checks its entries.
+	// One sequence for all ports: a port that takes a freed id never has
+	// a generation the id's last port had, which conntrack entries left
+	// from that port (a reused tuple) would take for current.
+	gens   map[uint32]uint32
+	genSeq uint32
 	// prevUntil are the ports' vip_info.prev_until: until then the
 	// port's previous ring is in rings_prev (ring history).
 	prevUntil map[uint32]uint64
@@ -201,6 +205,11 @@ func removeMapPins(dir string) error {
 
 // recover reads back the ids and node indexes a previous speaker wrote.
 func (d *Dataplane) recover() error {
+	// Ports removed before this process started may have had higher
+	// generations than any port left: start from the clock, so that a
+	// stale entry can pass for current only if the last process made
+	// more changes than seconds passed between its start and this one.
+	d.genSeq = uint32(time.Now().Unix())
 	var k bpf.LbVipKey
 	var v bpf.LbVipInfo
 	it := d.objs.Vips.Iterate()
@@ -211,6 +220,7 @@ func (d *Dataplane) recover() error {
 		// Unknown contents: the first Apply rewrites or removes them.
 		d.rings[v.ServiceId], d.sets[v.ServiceId] = dataplane.RingID{}, 0
 		d.gens[v.ServiceId] = v.Gen
+		d.genSeq = max(d.genSeq, v.Gen)
 		if v.PrevUntil != 0 {
 			d.prevUntil[v.ServiceId] = v.PrevUntil
 		}
@@ -667,7 +677,8 @@ func (d *Dataplane) put(e dataplane.Entry, swaps *ringSwaps) (vipWrite, error) {
 		return vipWrite{}, err
 	}
 	if ringChanged || setChanged || membersChanged || !ok {
-		d.gens[id]++
+		d.genSeq++
+		d.gens[id] = d.genSeq
 	}
 	var flags uint32
 	if e.Affinity {

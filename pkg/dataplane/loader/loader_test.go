@@ -587,3 +587,41 @@ func TestRingHistory(t *testing.T) {
 		_ = prev.Close()
 	}
 }
+
+// TestGenerationNotReused: a port that takes the id of a removed one gets
+// a generation that port never had, so conntrack entries left from it (a
+// client reusing a tuple to the same VIP) are checked again, not taken
+// for current.
+func TestGenerationNotReused(t *testing.T) {
+	dir := sandbox(t)
+	opts := dataplane.DefaultOptions()
+	opts.PinDir, opts.Interfaces, opts.RingSize = dir, []string{"t0"}, 251
+	self := dataplane.Self{V4: netip.MustParseAddr("10.0.0.11")}
+	d, err := Open(logr.Discard(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	eps := []dataplane.Endpoint{ep("10.1.0.2", "node-a", true), ep("10.1.1.2", "node-b", true)}
+	seen := map[uint32]uint32{} // id -> generation
+	for i, port := range []uint16{80, 81, 82} {
+		entries, err := dataplane.Plan("node-a", nodes, []dataplane.Port{{VIP: vip, Port: port, Proto: dataplane.TCP, Endpoints: eps}}, 251)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Apply(self, nodes, entries); err != nil {
+			t.Fatal(err)
+		}
+		var v bpf.LbVipInfo
+		if err := d.objs.Vips.Lookup(bpf.VipKeyFor(vip, port, dataplane.TCP), &v); err != nil {
+			t.Fatal(err)
+		}
+		if g, ok := seen[v.ServiceId]; ok && g == v.Gen {
+			t.Errorf("port %d (round %d) took id %d with generation %d, as the removed port that had it", port, i, v.ServiceId, g)
+		}
+		if i > 0 && len(seen) != 1 {
+			t.Fatalf("ports did not reuse the freed id: %v", seen)
+		}
+		seen[v.ServiceId] = v.Gen
+	}
+}
