@@ -133,17 +133,26 @@ func must(t testing.TB, err error) {
 // setRing swaps in a ring whose every slot points to node index.
 func setRing(t testing.TB, objs *LbObjects, id, node uint32) {
 	t.Helper()
+	ring := uniformRing(t, node)
+	defer func() { _ = ring.Close() }()
+	must(t, objs.Rings.Put(id, ring))
+}
+
+// uniformRing returns a ring whose every slot points to node index.
+func uniformRing(t testing.TB, node uint32) *ebpf.Map {
+	t.Helper()
 	ring, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: ringSize, Flags: unix.BPF_F_MMAPABLE})
 	must(t, err)
-	defer func() { _ = ring.Close() }()
 	keys := make([]uint32, ringSize)
 	vals := make([]uint32, ringSize)
 	for i := range keys {
 		keys[i], vals[i] = uint32(i), node
 	}
-	_, err = ring.BatchUpdate(keys, vals, nil)
-	must(t, err)
-	must(t, objs.Rings.Put(id, ring))
+	if _, err = ring.BatchUpdate(keys, vals, nil); err != nil {
+		_ = ring.Close()
+		t.Fatal(err)
+	}
+	return ring
 }
 
 func setBackends(t testing.TB, objs *LbObjects, id uint32, port uint16, addrs ...netip.Addr) {

@@ -5,9 +5,6 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
-
-	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // Ring history: a TCP packet of a flow that this node does not know goes
@@ -21,16 +18,8 @@ import (
 // for until (coarse clock ns), for service id.
 func setPrevRing(t *testing.T, objs *LbObjects, id, node uint32, k LbVipKey, until uint64) {
 	t.Helper()
-	ring, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: ringSize, Flags: unix.BPF_F_MMAPABLE})
-	must(t, err)
+	ring := uniformRing(t, node)
 	defer func() { _ = ring.Close() }()
-	keys := make([]uint32, ringSize)
-	vals := make([]uint32, ringSize)
-	for i := range keys {
-		keys[i], vals[i] = uint32(i), node
-	}
-	_, err = ring.BatchUpdate(keys, vals, nil)
-	must(t, err)
 	must(t, objs.RingsPrev.Put(id, ring))
 	v := vipInfo(t, objs, k)
 	v.PrevUntil = until

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -161,49 +160,19 @@ func floodGenerator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
 	if len(frame) != synFrameLen {
 		return nil, nil, fmt.Errorf("frame of %d bytes, want %d", len(frame), synFrameLen)
 	}
-	const size = 64 // the frame, padded, then the counter
-	tmpl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: size + 8, MaxEntries: 1})
+	tmpl, err := frameTemplate(frame)
 	if err != nil {
 		return nil, nil, err
 	}
-	v := append(slices.Clone(frame), make([]byte, size+8-len(frame))...)
-	if err := tmpl.Put(uint32(0), v); err != nil {
-		_ = tmpl.Close()
-		return nil, nil, err
-	}
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, tmpl.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, synFrameLen),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-	}
-	off := int16(0)
-	for ; off+8 <= synFrameLen; off += 8 {
-		insns = append(insns,
-			asm.LoadMem(asm.R5, asm.R0, off, asm.DWord),
-			asm.StoreMem(asm.R2, off, asm.R5, asm.DWord))
-	}
-	for ; off < synFrameLen; off += 2 {
-		insns = append(insns,
-			asm.LoadMem(asm.R5, asm.R0, off, asm.Half),
-			asm.StoreMem(asm.R2, off, asm.R5, asm.Half))
-	}
+	insns := copyFrame(tmpl, synFrameLen)
 	// store16 writes R5 (host order) as a big-endian half at off.
 	store16 := func(off int16) asm.Instructions {
 		return asm.Instructions{asm.HostTo(asm.BE, asm.R5, asm.Half), asm.StoreMem(asm.R2, off, asm.R5, asm.Half)}
 	}
 	insns = append(insns,
-		asm.LoadMem(asm.R7, asm.R0, size, asm.Word),
+		asm.LoadMem(asm.R7, asm.R0, templateRoom, asm.Word),
 		asm.Add.Imm(asm.R7, 1),
-		asm.StoreMem(asm.R0, size, asm.R7, asm.Word),
+		asm.StoreMem(asm.R0, templateRoom, asm.R7, asm.Word),
 		asm.Mov.Reg(asm.R8, asm.R7),
 		asm.RSh.Imm(asm.R8, 16),     // b
 		asm.And.Imm(asm.R7, 0xffff), // a

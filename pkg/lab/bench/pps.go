@@ -242,47 +242,21 @@ const frameLen = 64
 // through; a power of two.
 const benchFlows = 256
 
-// generator returns an XDP program that writes frame over the packet and
-// sends it (XDP_TX). Live-frames mode recycles its pages without
-// re-initialising them, and the receivers rewrite packets in place (NAT,
-// encapsulation): without a fresh copy every time, later frames would carry
-// what an earlier one became.
+// generator returns an XDP program that writes frame over the packet (see
+// copyFrame) and sends it (XDP_TX).
 func generator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
-	// The frame, then a counter that numbers the frames sent.
-	tmpl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: frameLen + 8, MaxEntries: 1})
+	tmpl, err := frameTemplate(frame)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := tmpl.Put(uint32(0), append(slices.Clone(frame), make([]byte, 8)...)); err != nil {
-		_ = tmpl.Close()
-		return nil, nil, err
-	}
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, tmpl.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, frameLen),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-	}
-	for off := int16(0); off < frameLen; off += 8 {
-		insns = append(insns,
-			asm.LoadMem(asm.R5, asm.R0, off, asm.DWord),
-			asm.StoreMem(asm.R2, off, asm.R5, asm.DWord))
-	}
+	insns := copyFrame(tmpl, int16(len(frame)))
 	// Source port 40000 + n mod benchFlows for the nth frame: as many
 	// flows, which each data plane spreads over its endpoints as it
 	// would clients. (The frame's UDP checksum is zero: none.)
 	insns = append(insns,
-		asm.LoadMem(asm.R5, asm.R0, frameLen, asm.Word),
+		asm.LoadMem(asm.R5, asm.R0, templateRoom, asm.Word),
 		asm.Add.Imm(asm.R5, 1),
-		asm.StoreMem(asm.R0, frameLen, asm.R5, asm.Word),
+		asm.StoreMem(asm.R0, templateRoom, asm.R5, asm.Word),
 		asm.And.Imm(asm.R5, benchFlows-1),
 		asm.Add.Imm(asm.R5, 40000),
 		asm.HostTo(asm.BE, asm.R5, asm.Half),
@@ -294,6 +268,59 @@ func generator(frame []byte) (*ebpf.Program, *ebpf.Map, error) {
 	)
 	prog, err := lab.LoadXDP("generator", insns, tmpl)
 	return prog, tmpl, err
+}
+
+// templateRoom is the room for a generator's frame in its template map;
+// the counter that numbers the frames sent follows it.
+const templateRoom = 64
+
+// frameTemplate makes the map a generator copies its frame from: the
+// frame, padded to templateRoom bytes, then the counter.
+func frameTemplate(frame []byte) (*ebpf.Map, error) {
+	if len(frame) > templateRoom {
+		return nil, fmt.Errorf("frame of %d bytes, more than %d", len(frame), templateRoom)
+	}
+	tmpl, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: templateRoom + 8, MaxEntries: 1})
+	if err != nil {
+		return nil, err
+	}
+	if err := tmpl.Put(uint32(0), append(slices.Clone(frame), make([]byte, templateRoom+8-len(frame))...)); err != nil {
+		_ = tmpl.Close()
+		return nil, err
+	}
+	return tmpl, nil
+}
+
+// copyFrame returns the start of a generator: with the context in R6, the
+// template's value in R0 and the packet's start in R2, the first n bytes
+// of the template written over the packet (an even n); it jumps to "pass"
+// when the lookup fails or the packet is shorter. Live-frames mode
+// recycles its pages without re-initialising them, and the receivers
+// rewrite packets in place (NAT, encapsulation): without a fresh copy
+// every time, later frames would carry what an earlier one became.
+func copyFrame(tmpl *ebpf.Map, n int16) asm.Instructions {
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, tmpl.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, int32(n)),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+	}
+	off := int16(0)
+	for ; off+8 <= n; off += 8 {
+		insns = append(insns, asm.LoadMem(asm.R5, asm.R0, off, asm.DWord), asm.StoreMem(asm.R2, off, asm.R5, asm.DWord))
+	}
+	for ; off < n; off += 2 {
+		insns = append(insns, asm.LoadMem(asm.R5, asm.R0, off, asm.Half), asm.StoreMem(asm.R2, off, asm.R5, asm.Half))
+	}
+	return insns
 }
 
 // fabricSwitch returns an XDP program for the bridge's ports that sends a
