@@ -64,23 +64,12 @@ func SYNFlood(ctx context.Context, c lab.Config, vip netip.Addr, port uint16, fr
 		return FloodResult{}, err
 	}
 	defer func() { _ = tx.Close(); _ = tmpl.Close() }()
-	// The fabric switches in XDP, as in PPS: a hardware switch costs the
-	// hosts nothing, and the bridge would cap the flood far below what
-	// the generator sends. (The bridge's port of the client also takes
-	// what XDP_TX sends only in NAPI, which an XDP program turns on.)
-	sw, macs, err := fabricSwitch(c, src)
+	// The bridge would cap the flood far below what the generator sends.
+	restore, err := switchFabric(c, src, pass)
 	if err != nil {
 		return FloodResult{}, err
 	}
-	defer func() { _ = sw.Close(); _ = macs.Close() }()
-	ports := []string{"fab-client"}
-	for _, n := range c.NodeList() {
-		ports = append(ports, n.FabricLink)
-	}
-	if err := lab.SetXDP(lab.FabricNS, ports, sw); err != nil {
-		return FloodResult{}, err
-	}
-	defer restoreFabric(c, ports, pass)
+	defer restore()
 	var res FloodResult
 	err = nsrun.In(lab.ClientNS, func() error {
 		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: ifindex})

@@ -93,25 +93,11 @@ func PPS(ctx context.Context, c lab.Config, vip netip.Addr, frames uint32) (PPSR
 			}
 		}
 	}
-	// The fabric switches in XDP during the measurement, as a hardware
-	// switch costs the hosts nothing: frames go from port to port by
-	// destination MAC without becoming socket buffers on the bridge.
-	// Broadcasts and unknown MACs still go to the bridge. An XDP program
-	// on the client's port also makes it run NAPI, which it needs to take
-	// the frames the generator sends with XDP_TX.
-	sw, macs, err := fabricSwitch(c, src)
+	restore, err := switchFabric(c, src, pass)
 	if err != nil {
 		return PPSResult{}, err
 	}
-	defer func() { _ = sw.Close(); _ = macs.Close() }()
-	ports := []string{"fab-client"}
-	for _, n := range c.NodeList() {
-		ports = append(ports, n.FabricLink)
-	}
-	if err := lab.SetXDP(lab.FabricNS, ports, sw); err != nil {
-		return PPSResult{}, err
-	}
-	defer restoreFabric(c, ports, pass)
+	defer restore()
 
 	// Each pod counts and drops what reaches it, in XDP on its own link:
 	// the pods' stacks (and the echo servers' replies) would otherwise
@@ -193,16 +179,38 @@ func PPS(ctx context.Context, c lab.Config, vip netip.Addr, frames uint32) (PPSR
 	return PPSResult{Dataplane: c.Dataplane, Sent: uint64(sent), Received: after - before, Took: took}, nil
 }
 
-// restoreFabric puts the fabric's ports back as the lab had them: the
-// nodes' ports (ports[1:]) keep a pass program with the xdp data plane
-// (NAPI), the client's (ports[0]) none.
-func restoreFabric(c lab.Config, ports []string, pass *ebpf.Program) {
-	_ = lab.SetXDP(lab.FabricNS, ports[:1], nil)
-	if c.Dataplane == "xdp" {
-		_ = lab.SetXDP(lab.FabricNS, ports[1:], pass)
-	} else {
-		_ = lab.SetXDP(lab.FabricNS, ports[1:], nil)
+// switchFabric makes the fabric switch in XDP while a generator runs, as a
+// hardware switch costs the hosts nothing: frames go from port to port by
+// destination MAC without becoming socket buffers on the bridge.
+// Broadcasts and unknown MACs still go to the bridge. An XDP program on
+// the client's port also makes it run NAPI, which it needs to take the
+// frames the generator sends with XDP_TX. restore puts the ports back as
+// the lab had them: the nodes' ports keep pass (NAPI) with the xdp data
+// plane, the client's has none.
+func switchFabric(c lab.Config, clientMAC net.HardwareAddr, pass *ebpf.Program) (restore func(), err error) {
+	sw, macs, err := fabricSwitch(c, clientMAC)
+	if err != nil {
+		return nil, err
 	}
+	ports := []string{"fab-client"}
+	for _, n := range c.NodeList() {
+		ports = append(ports, n.FabricLink)
+	}
+	restore = func() {
+		_ = lab.SetXDP(lab.FabricNS, ports[:1], nil)
+		nodes := pass
+		if c.Dataplane != "xdp" {
+			nodes = nil
+		}
+		_ = lab.SetXDP(lab.FabricNS, ports[1:], nodes)
+		_ = sw.Close()
+		_ = macs.Close()
+	}
+	if err := lab.SetXDP(lab.FabricNS, ports, sw); err != nil {
+		restore()
+		return nil, err
+	}
+	return restore, nil
 }
 
 // clientLink returns lab-client's MAC, the MAC it sends to for vip (the
