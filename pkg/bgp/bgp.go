@@ -584,22 +584,15 @@ func (b *Server) Apply(ctx context.Context, peers []Peer, routes []Route) error 
 		}
 	}
 
-	// Routes already sent go through the new policy again.
+	// Routes already sent go through the new policy again, on every
+	// session GoBGP has Established. Not only those b.states has: it
+	// learns of a session from GoBGP's events, later, and a session that
+	// came up with the old policy while its event was on the way would
+	// keep that policy's routes (an IPv4 next hop after the router had
+	// offered RFC 8950) until the next policy change.
 	if policyChanged && len(b.peers) > 0 {
-		for _, p := range b.peers {
-			if b.states[p.Name].State != Established {
-				continue
-			}
-			addrs := []string{p.Address.String()}
-			if p.Dynamic.IsValid() {
-				addrs = slices.Sorted(maps.Keys(b.routers[p.Name]))
-			}
-			for _, a := range addrs {
-				err := b.s.ResetPeer(ctx, &api.ResetPeerRequest{Address: a, Soft: true, Direction: api.ResetPeerRequest_OUT})
-				if err != nil {
-					errs = append(errs, fmt.Errorf("resend to %s: %w", p.Name, err))
-				}
-			}
+		if err := b.s.ResetPeer(ctx, &api.ResetPeerRequest{Address: "all", Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
+			errs = append(errs, fmt.Errorf("resend the routes under the new policy: %w", err))
 		}
 	}
 	return errors.Join(errs...)

@@ -263,6 +263,23 @@ ironlb_bgp_session_up{peer="bird"} 1
 		return nil
 	})
 
+	// The same when the policy changes before the session's Established
+	// event has reached States (as when the router's capabilities are
+	// read first): GoBGP's own state decides what is sent again.
+	srv.mu.Lock()
+	srv.states["bird"] = State{State: Active, Since: time.Now()}
+	srv.mu.Unlock()
+	vip.LocalPref = 400
+	if err := srv.Apply(ctx, []Peer{peer}, []Route{vip}); err != nil {
+		t.Fatal(err)
+	}
+	b.eventually(5*time.Second, "new attributes before the Established event", func() error {
+		if r := b.route("10.89.100.1/32"); !strings.Contains(r, "BGP.local_pref: 400") {
+			return fmt.Errorf("route %q", r)
+		}
+		return nil
+	})
+
 	// Withdrawn.
 	if err := srv.Apply(ctx, []Peer{peer}, nil); err != nil {
 		t.Fatal(err)
