@@ -22,7 +22,7 @@ func loadSized(t testing.TB, flows, fresh uint32) *LbObjects {
 	}
 	spec, err := LoadLb()
 	must(t, err)
-	for _, m := range []string{"ct1", "ct2", "revnat"} {
+	for _, m := range []string{"ct1", "ct2", "revnat", "shifts"} {
 		spec.Maps[m].MaxEntries = flows
 	}
 	for _, m := range []string{"ct1_new", "ct2_new", "revnat_new"} {
@@ -31,6 +31,7 @@ func loadSized(t testing.TB, flows, fresh uint32) *LbObjects {
 	var objs LbObjects
 	must(t, spec.LoadAndAssign(&objs, nil))
 	t.Cleanup(func() { _ = objs.Close() })
+	withProgs(t, &objs)
 	return &objs
 }
 

@@ -170,15 +170,24 @@ type xdpMD struct {
 	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
 }
 
+// runXDP runs prog on the frame in, received on ifindex, and returns its
+// verdict and the frame it leaves (without the XDP metadata the cookie
+// program adds, which the kernel's test run puts first).
 func runXDP(t testing.TB, prog *ebpf.Program, in []byte, ifindex int) (uint32, []byte) {
 	t.Helper()
-	opts := &ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256)}
-	if ifindex != 0 {
-		opts.Context = xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(ifindex)}
+	var ctxOut xdpMD
+	opts := &ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256),
+		Context: xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(ifindex)}, ContextOut: &ctxOut}
+	if ifindex == 0 {
+		opts.Context, opts.ContextOut = nil, nil
 	}
 	ret, err := prog.Run(opts)
 	must(t, err)
-	return ret, opts.DataOut
+	out := opts.DataOut
+	if meta := int(ctxOut.Data); meta > 0 && meta <= len(out) {
+		out = out[meta:]
+	}
+	return ret, out
 }
 
 func runTC(t testing.TB, prog *ebpf.Program, in []byte) (uint32, []byte) {

@@ -5,4 +5,4 @@
 // folder (x86_64-linux-gnu, ...); `make verify` fails when they are stale.
 package bpf
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/$BPF_MULTIARCH" -target bpfel -type vip_key -type vip_info -type service_stats -type flow -type config_entry -type drop_reason -type node_info -type ct1_entry -type backend -type backend_set -type range_key -type peer_key -type member_key -type affinity_key -type affinity_entry Lb lb.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/$BPF_MULTIARCH" -target bpfel -type vip_key -type vip_info -type service_stats -type flow -type config_entry -type drop_reason -type node_info -type ct1_entry -type backend -type backend_set -type range_key -type peer_key -type member_key -type affinity_key -type affinity_entry -type seq_shift -type cookie_state Lb lb.c

@@ -105,11 +105,25 @@ var DropReasons = [LbDropReasonDROP_REASONS]string{
 	LbDropReasonDROP_UNTRUSTED_TUNNEL: "untrusted_tunnel",
 	LbDropReasonPASS_STALE:            "stale_speaker",
 	LbDropReasonDROP_SOURCE_LIMIT:     "source_limit",
+	LbDropReasonDROP_PROXY_PENDING:    "proxy_pending",
 }
 
 // MapsLayout is MAPS_LAYOUT in consts.h: the version of the pinned maps'
 // layout and meaning, which the loader stamps in the config map.
-const MapsLayout = 3
+const MapsLayout = 4
+
+// Slots of the progs array (PROG_* in consts.h): the SYN-cookie program,
+// which ironlb_xdp tail-calls, and ironlb_xdp, which it hands packets
+// back to. The loader fills both.
+const (
+	ProgCookie = 0
+	ProgMain   = 1
+)
+
+// RevnatProxied is REVNAT_PROXIED in consts.h: the bit of a reverse-NAT
+// entry's family that says tier 2 proxies the flow's sequence numbers
+// (SYN cookies).
+const RevnatProxied = 0x80
 
 // AffinityTier2 marks a tier-2 (endpoint) affinity entry.
 const AffinityTier2 = 2

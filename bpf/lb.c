@@ -392,21 +392,26 @@ static __always_inline void put_revnat_new(const struct flow *f, const struct ba
 }
 
 /* put_revnat records how the flow's replies get the VIP back as their
- * source: the reply as it leaves the endpoint -> the VIP. */
-static __always_inline void put_revnat(const struct flow *f, const struct backend *be, int check)
+ * source: the reply as it leaves the endpoint -> the VIP (with
+ * REVNAT_PROXIED when tier 2 proxies the flow: proxied). */
+static __always_inline void put_revnat(const struct flow *f, const struct backend *be, int check, int proxied)
 {
 	struct flow rk = {};
 	struct vip_key vk = {};
 	reply_of(f, be, &rk);
 	vip_of(f, &vk);
+	if (proxied)
+		vk.family |= REVNAT_PROXIED;
 	if (check) {
 		struct vip_key *have = bpf_map_lookup_elem(&revnat, &rk);
 		if (have && have->port == vk.port && have->proto == vk.proto &&
-		    addr_eq(have->addr, vk.addr))
+		    have->family == vk.family && addr_eq(have->addr, vk.addr))
 			return;
 	}
 	bpf_map_update_elem(&revnat, &rk, &vk, BPF_ANY);
 }
+
+#include "include/cookie.h"
 
 /* pick_backend chooses a ready endpoint for a new flow: with affinity the
  * client's endpoint while it is ready and the affinity young, else a hash
@@ -561,7 +566,12 @@ static __always_inline struct ct2_entry *forget_ct2(const struct flow *f, int fr
  * receiving node without the flow's tier-1 entry). tier2 then records the
  * flow as passed on, fills hop and returns CHAIN_VERDICT: the caller sends
  * the packet there, marked. A marked packet is served here whatever
- * happens, so a packet makes at most two tunnel hops. */
+ * happens, so a packet makes at most two tunnel hops.
+ *
+ * second holds HOP_SECOND for such a packet. A SYN a director made out of
+ * a client's cookie ACK (HOP_PROXIED) goes through tier2 like any SYN,
+ * and proxy_mark then makes its flow proxied (cookie.h): one path for
+ * the verifier, not two. */
 static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *cfg,
 				 struct flow *f, struct hdrs *h, void *data,
 				 void *data_end, const struct vip_info *vip,
@@ -573,7 +583,7 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 	if (ce && (ce->be.family & BACKEND_CHAIN)) {
 		/* A flow passed on before: on again while its node lives;
 		 * but a SYN opens a new connection on a reused tuple. */
-		if (!second && !opening(f, h, data_end) && node_live(ce->be.addr, ce->ifindex)) {
+		if (!(second & HOP_SECOND) && !opening(f, h, data_end) && node_live(ce->be.addr, ce->ifindex)) {
 			__builtin_memcpy(hop->node, ce->be.addr, 16);
 			hop->idx = ce->ifindex;
 			return CHAIN_VERDICT;
@@ -603,7 +613,10 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 			ce = forget_ct2(f, fresh);
 		}
 	}
-	if (!ce && !second && f->proto == IPPROTO_TCP && !opening(f, h, data_end) &&
+	if (ce && (ce->flags & CT2_PROXIED) && !opening(f, h, data_end) &&
+	    proxy_ack(f, &ce->be, h->l4, data_end) < 0)
+		return drop(DROP_PROXY_PENDING);
+	if (!ce && !(second & HOP_SECOND) && f->proto == IPPROTO_TCP && !opening(f, h, data_end) &&
 	    prev_node(cfg, vip, f, hop)) {
 		record_chain(cfg, vip, f, hop);
 		return CHAIN_VERDICT;
@@ -625,7 +638,7 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 		int tripped = guard_tripped(cfg);
 		if (f->proto == IPPROTO_TCP && !opening(f, h, data_end) && !tripped) {
 			bpf_map_update_elem(&ct2, f, &e, BPF_ANY);
-			put_revnat(f, &e.be, 0);
+			put_revnat(f, &e.be, 0, 0);
 			ce = bpf_map_lookup_elem(&ct2, f);
 		} else {
 			bpf_map_update_elem(&ct2_new, f, &e, BPF_ANY);
@@ -646,7 +659,7 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 			/* Straight from the map value: the stack is full. */
 			ce->revnat_at = bpf_jiffies64();
 			bpf_map_update_elem(&ct2, f, ce, BPF_ANY);
-			put_revnat(f, &ce->be, 0);
+			put_revnat(f, &ce->be, 0, ce->flags & CT2_PROXIED);
 			struct ct2_entry *m = bpf_map_lookup_elem(&ct2, f);
 			if (m)
 				ce = m;
@@ -657,7 +670,7 @@ static __always_inline int tier2(struct xdp_md *ctx, const struct config_entry *
 		 * jiffies, the cheapest clock. */
 		__u64 j = bpf_jiffies64();
 		if (j - ce->revnat_at > REVNAT_CHECK_JIFFIES) {
-			put_revnat(f, &ce->be, 1);
+			put_revnat(f, &ce->be, 1, ce->flags & CT2_PROXIED);
 			ce->revnat_at = j;
 		}
 	}
@@ -715,7 +728,8 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 		olen = (void *)oh->l4 - l3;
 		outer_end = l3 + bpf_ntohs(o->tot_len);
 		proto = ETH_P_IP_BE;
-		second = o->id == bpf_htons(SECOND_HOP_ID);
+		second = o->id == bpf_htons(SECOND_HOP_ID) ? HOP_SECOND :
+			 o->id == bpf_htons(PROXIED_ID) ? HOP_PROXIED : 0;
 	} else {
 		struct ipv6hdr *o = l3;
 		if ((void *)(o + 1) > data_end)
@@ -723,7 +737,8 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 		olen = sizeof(struct ipv6hdr);
 		outer_end = (void *)(o + 1) + bpf_ntohs(o->payload_len);
 		proto = ETH_P_IPV6_BE;
-		second = o->flow_lbl[2] & SECOND_HOP_FLOW;
+		second = (o->flow_lbl[2] & SECOND_HOP_FLOW ? HOP_SECOND : 0) |
+			 (o->flow_lbl[2] & PROXIED_FLOW ? HOP_PROXIED : 0);
 	}
 	/* The inner packet must lie within the outer one. */
 	int inner = parse_ip(oh->l4, data_end, proto, &f, &h, 1, outer_end);
@@ -768,7 +783,7 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 	 * director, goes on (still encapsulated) to the node the previous
 	 * ring gave it, and so does one passed on before; never a second
 	 * hop's. */
-	if (inner == PARSE_L4 && !second && cf.proto == IPPROTO_TCP && !opening(&cf, &h, data_end) &&
+	if (inner == PARSE_L4 && !(second & HOP_SECOND) && cf.proto == IPPROTO_TCP && !opening(&cf, &h, data_end) &&
 	    (outer->family == FAMILY_V6 || olen == IPIP4_OVERHEAD)) {
 		int go = 0;
 		if (ce2 && (ce2->be.family & BACKEND_CHAIN)) {
@@ -802,6 +817,9 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 	__builtin_memcpy(inner_eth, eth, sizeof(*eth));
 	if (bpf_xdp_adjust_head(ctx, olen))
 		return drop(DROP_DECAP);
+	/* A SYN a cookie proved: tier 2 proxies its flow (proxy_mark). */
+	if ((second & HOP_PROXIED) && set_cookie_meta(ctx, COOKIE_PASS_OK) < 0)
+		return drop(DROP_DECAP);
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	eth = data;
@@ -814,8 +832,9 @@ static __always_inline int decap(struct xdp_md *ctx, const struct config_entry *
 		return drop(DROP_DECAP);
 	if (r == PARSE_ICMP)
 		return tier2_icmp(&cf, data, data_end);
-	/* Decided above: tier 2 does not pass it on (second). */
-	return tier2(ctx, cfg, &f, &h, data, data_end, vip, ce2, fresh2, 1, hop);
+	/* Decided above: tier 2 does not pass it on (HOP_SECOND). */
+	int v = tier2(ctx, cfg, &f, &h, data, data_end, vip, ce2, fresh2, HOP_SECOND, hop);
+	return cookie_meta(ctx) == COOKIE_PASS_OK ? proxy_mark(ctx, &f, v) : v;
 }
 
 /* node_live reports whether a node index still names a live node at the
@@ -1059,9 +1078,14 @@ int ironlb_xdp(struct xdp_md *ctx)
 	if (!cfg)
 		return XDP_PASS;
 
+	/* A packet the cookie program hands back: a cookie ACK turned
+	 * into a SYN (COOKIE_PASS_OK), or an ACK that held no cookie. */
+	int pass = 0;
+	if (f.proto == IPPROTO_TCP && cfg->syn_cookie_rate)
+		pass = cookie_meta(ctx);
 	__u32 id = vip->service_id;
 	struct service_stats *st = bpf_map_lookup_elem(&stats, &id);
-	if (st) {
+	if (st && !pass) {
 		st->packets++;
 		st->bytes += data_end - data;
 	}
@@ -1088,26 +1112,39 @@ int ironlb_xdp(struct xdp_md *ctx)
 	if (stale(cfg))
 		return pass_stale();
 	/* A packet no table knows opens a flow: the client may open only
-	 * so many a second when the VIP says so. */
-	if (!c1 && !c2 && source_limited(vip, &f)) {
-		if (st)
-			st->limited++;
-		return drop(DROP_SOURCE_LIMIT);
+	 * so many a second when the VIP says so (an ACK a cookie proved
+	 * counted as its SYN). Under a SYN flood the VIP answers SYNs with
+	 * cookies, and checks ACKs for them. */
+	if (!c1 && !c2) {
+		int cookies = f.proto == IPPROTO_TCP && cfg->syn_cookie_rate && !pass;
+		if (cookies)
+			cookie_gate(ctx, cfg, vip, &h, data_end, 0);
+		if (pass != COOKIE_PASS_OK && source_limited(vip, &f)) {
+			if (st)
+				st->limited++;
+			return drop(DROP_SOURCE_LIMIT);
+		}
+		if (cookies)
+			cookie_gate(ctx, cfg, vip, &h, data_end, 1);
 	}
 	if (!local) {
 		int reason = choose_node(cfg, vip, &f, c1, fresh, opening(&f, &h, data_end), &node, st);
 		if (reason >= 0)
 			return drop(reason);
-		if (!is_self(cfg, node.node, f.family))
+		if (!is_self(cfg, node.node, f.family)) {
+			/* A SYN a cookie proved: marked for tier 2. */
+			if (cookie_meta(ctx) == COOKIE_PASS_OK)
+				second = HOP_PROXIED;
 			goto send;
+		}
 		c2 = ct2_find(&f, &fresh);
 	}
 	/* One call for both ways to this node's endpoints, and one to the
 	 * tunnel: each inlined copy costs the verifier as much as the rest. */
 	v = tier2(ctx, cfg, &f, &h, data, data_end, vip, c2, fresh, 0, &node);
-	if (v != CHAIN_VERDICT)
-		return v;
-	second = 1;
+	if (v != CHAIN_VERDICT) /* a SYN, as a cookie's is, is never passed on */
+		return cookie_meta(ctx) == COOKIE_PASS_OK ? proxy_mark(ctx, &f, v) : v;
+	second = HOP_SECOND;
 send:
 	/* After a decapsulation f is the outer flow: of the same family as
 	 * the inner one, which is all encap reads of it. */
@@ -1193,6 +1230,13 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 	}
 	__u32 l3off = sizeof(struct ethhdr);
 	__u32 l4off = (void *)h.l4 - data;
+	if (f.proto == IPPROTO_TCP && (v.family & REVNAT_PROXIED)) {
+		/* Tier 2 proxies the flow (SYN cookies): the endpoint's
+		 * sequence numbers become the client's. */
+		int r = proxy_reply(skb, &f, l4off);
+		if (r != TC_ACT_OK)
+			return r;
+	}
 	__u32 csum_off = l4off + (f.proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
 						      : offsetof(struct udphdr, check));
 	__u64 l4flags = f.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
@@ -1224,6 +1268,8 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 		bpf_map_delete_elem(&ct2_new, &fk);
 		bpf_map_delete_elem(&revnat, &f);
 		bpf_map_delete_elem(&revnat_new, &f);
+		if (v.family & REVNAT_PROXIED)
+			bpf_map_delete_elem(&shifts, &f);
 		return TC_ACT_OK;
 	}
 	if (f.proto == IPPROTO_TCP) {
@@ -1236,6 +1282,276 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 		}
 	}
 	return TC_ACT_OK;
+}
+
+/* cookie_synack turns a SYN into its SYN-ACK, whose sequence number is a
+ * cookie; it returns -1 (the packet untouched) when it cannot. */
+static __always_inline int cookie_synack(struct xdp_md *ctx, const struct config_entry *cfg,
+					 struct cookie_scratch *sc, int v4)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 iplen = v4 ? IPV4_HDR_LEN : IPV6_HDR_LEN;
+	__s64 gen;
+	__u16 max = 0;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	if (v4) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+			return -1;
+		__builtin_memcpy(sc->ip, ip, IPV4_HDR_LEN);
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(sc->ip, ip6, IPV6_HDR_LEN);
+	}
+	struct tcphdr *tcp = (void *)(eth + 1) + iplen;
+	if ((void *)(tcp + 1) > data_end)
+		return -1;
+	__u32 len = tcp->doff * 4;
+	if (len < sizeof(struct tcphdr) || len > TCP_MAX_HDR_LEN)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, ETH_HDR_LEN + iplen, sc->tcp, len))
+		return -1;
+	if (v4) {
+		gen = bpf_tcp_raw_gen_syncookie_ipv4((void *)sc->ip, (void *)sc->tcp, len);
+		if (cfg->mtu > MSS_CLAMP_MIN_MTU)
+			max = cfg->mtu - (IPV4_HDR_LEN + TCP_HDR_LEN + IPIP4_OVERHEAD);
+	} else {
+		gen = bpf_tcp_raw_gen_syncookie_ipv6((void *)sc->ip, (void *)sc->tcp, len);
+		if (cfg->mtu > MSS_CLAMP_MIN_MTU)
+			max = cfg->mtu - (IPV6_HDR_LEN + TCP_HDR_LEN + IPIP6_OVERHEAD);
+	}
+	if (gen < 0)
+		return -1;
+	__u32 cookie = (__u32)gen;
+	__u16 mss = (__u16)(gen >> 32);
+	if (max && mss > max)
+		mss = max; /* the client's segments still fit once encapsulated */
+
+	int grow = (int)(ETH_HDR_LEN + iplen + COOKIE_TCP_LEN) - (int)(data_end - data);
+	if (bpf_xdp_adjust_tail(ctx, grow))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__u8 mac[ETH_ALEN];
+	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	const struct tcphdr *in = (const void *)sc->tcp;
+	if (v4) {
+		struct iphdr *ip = (void *)(eth + 1);
+		tcp = (void *)(ip + 1);
+		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
+			return -1;
+		const struct iphdr *old = (const void *)sc->ip;
+		ip->version = 4;
+		ip->ihl = 5;
+		ip->tos = 0;
+		ip->tot_len = bpf_htons(IPV4_HDR_LEN + COOKIE_TCP_LEN);
+		ip->id = 0;
+		ip->frag_off = IP_DF_BE;
+		ip->ttl = COOKIE_TTL;
+		ip->protocol = IPPROTO_TCP;
+		ip->saddr = old->daddr;
+		ip->daddr = old->saddr;
+		ip->check = 0;
+		ip->check = ipv4_csum(ip);
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		tcp = (void *)(ip6 + 1);
+		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
+			return -1;
+		const struct ipv6hdr *old = (const void *)sc->ip;
+		*(__u32 *)ip6 = bpf_htonl(0x60000000); /* version 6, no class or label */
+		ip6->payload_len = bpf_htons(COOKIE_TCP_LEN);
+		ip6->nexthdr = IPPROTO_TCP;
+		ip6->hop_limit = COOKIE_TTL;
+		__builtin_memcpy(&ip6->saddr, &old->daddr, 16);
+		__builtin_memcpy(&ip6->daddr, &old->saddr, 16);
+	}
+	tcp->source = in->dest;
+	tcp->dest = in->source;
+	tcp->seq = bpf_htonl(cookie);
+	tcp->ack_seq = bpf_htonl(bpf_ntohl(in->seq) + 1);
+	*(__u16 *)((__u8 *)tcp + TCP_FLAG_WORD_OFF) = bpf_htons(TCP_WORD_SYNACK_24);
+	tcp->window = bpf_htons(COOKIE_WINDOW);
+	tcp->check = 0;
+	tcp->urg_ptr = 0;
+	__u8 *opt = (void *)(tcp + 1);
+	opt[0] = TCPOPT_MSS_KIND;
+	opt[1] = TCPOLEN_MSS_LEN;
+	*(__u16 *)(opt + 2) = bpf_htons(mss);
+	/* The pseudo-header's addresses: the SYN's, swapped (same sum). */
+	tcp->check = tcp_csum24(addr_sum(sc->ip, v4), v4, tcp);
+	return XDP_TX;
+}
+
+/* cookie_mss finds the MSS a cookie encodes: the one for which the
+ * kernel makes the same cookie for this ACK's SYN (sc holds the ACK's
+ * headers; its TCP header becomes that SYN's). A cookie made in the
+ * previous minute matches none, and gets the smallest. */
+static __always_inline __u16 cookie_mss(struct cookie_scratch *sc, int v4)
+{
+	struct tcphdr *t = (void *)sc->tcp;
+	__u32 cookie = bpf_ntohl(t->ack_seq) - 1;
+	t->seq = bpf_htonl(bpf_ntohl(t->seq) - 1);
+	t->ack_seq = 0;
+	*(__u16 *)((__u8 *)t + TCP_FLAG_WORD_OFF) = bpf_htons(TCP_WORD_SYN_24);
+	__u8 *opt = sc->tcp + sizeof(struct tcphdr);
+	opt[0] = TCPOPT_MSS_KIND;
+	opt[1] = TCPOLEN_MSS_LEN;
+	__u16 table[4];
+	if (v4) {
+		table[0] = COOKIE_MSS4_0, table[1] = COOKIE_MSS4_1, table[2] = COOKIE_MSS4_2, table[3] = COOKIE_MSS4_3;
+	} else {
+		table[0] = COOKIE_MSS6_0, table[1] = COOKIE_MSS6_1, table[2] = COOKIE_MSS6_2, table[3] = COOKIE_MSS6_3;
+	}
+#pragma unroll
+	for (int i = 3; i > 0; i--) {
+		*(__u16 *)(opt + 2) = bpf_htons(table[i]);
+		__s64 gen = v4 ? bpf_tcp_raw_gen_syncookie_ipv4((void *)sc->ip, (void *)sc->tcp, COOKIE_TCP_LEN)
+			       : bpf_tcp_raw_gen_syncookie_ipv6((void *)sc->ip, (void *)sc->tcp, COOKIE_TCP_LEN);
+		if (gen >= 0 && (__u32)gen == cookie)
+			return table[i];
+	}
+	return table[0];
+}
+
+/* cookie_ack checks an ACK for a cookie. With one, it turns the packet
+ * into the SYN the endpoint must see (the client's sequence number, the
+ * cookie's MSS, and ack_seq still acknowledging the cookie, for tier 2)
+ * and returns 1; it returns 0 for an ACK without one, and -1 when it
+ * cannot tell. */
+static __always_inline int cookie_ack(struct xdp_md *ctx, struct cookie_scratch *sc, int v4)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 iplen = v4 ? IPV4_HDR_LEN : IPV6_HDR_LEN;
+	long ok;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	if (v4) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+			return -1;
+		__builtin_memcpy(sc->ip, ip, IPV4_HDR_LEN);
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(sc->ip, ip6, IPV6_HDR_LEN);
+	}
+	struct tcphdr *tcp = (void *)(eth + 1) + iplen;
+	if ((void *)(tcp + 1) > data_end)
+		return -1;
+	__builtin_memcpy(sc->tcp, tcp, sizeof(struct tcphdr));
+	if (v4)
+		ok = bpf_tcp_raw_check_syncookie_ipv4((void *)sc->ip, (void *)sc->tcp);
+	else
+		ok = bpf_tcp_raw_check_syncookie_ipv6((void *)sc->ip, (void *)sc->tcp);
+	if (ok != 0)
+		return 0;
+	__u16 mss = cookie_mss(sc, v4);
+
+	int grow = (int)(ETH_HDR_LEN + iplen + COOKIE_TCP_LEN) - (int)(data_end - data);
+	if (bpf_xdp_adjust_tail(ctx, grow))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	if (v4) {
+		struct iphdr *ip = (void *)(eth + 1);
+		tcp = (void *)(ip + 1);
+		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
+			return -1;
+		ip->tot_len = bpf_htons(IPV4_HDR_LEN + COOKIE_TCP_LEN);
+		ip->check = 0;
+		ip->check = ipv4_csum(ip);
+	} else {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		tcp = (void *)(ip6 + 1);
+		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
+			return -1;
+		ip6->payload_len = bpf_htons(COOKIE_TCP_LEN);
+	}
+	/* sc->tcp is the SYN now, but for the acknowledgement. */
+	const struct tcphdr *syn = (const void *)sc->tcp;
+	tcp->seq = syn->seq;
+	*(__u16 *)((__u8 *)tcp + TCP_FLAG_WORD_OFF) = bpf_htons(TCP_WORD_SYN_24);
+	tcp->check = 0;
+	tcp->urg_ptr = 0;
+	__u8 *opt = (void *)(tcp + 1);
+	opt[0] = TCPOPT_MSS_KIND;
+	opt[1] = TCPOLEN_MSS_LEN;
+	*(__u16 *)(opt + 2) = bpf_htons(mss);
+	tcp->check = tcp_csum24(addr_sum(sc->ip, v4), v4, tcp);
+	return 1;
+}
+
+/* ironlb_cookie is the SYN-cookie program ironlb_xdp tail-calls (see
+ * cookie.h): it answers a SYN with a cookie, or checks an ACK for one and
+ * hands the packet back, a SYN if it held one (cookie_pass). */
+SEC("xdp")
+int ironlb_cookie(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct flow f = {};
+	struct hdrs h = {};
+	__u32 zero = 0;
+
+	struct cookie_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	struct config_entry *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u32 pass;
+	if (!sc || !cfg)
+		return drop(DROP_NO_CONFIG);
+	if (parse_flow(data, data_end, &f, &h, 1) != PARSE_L4 || f.proto != IPPROTO_TCP)
+		return drop(DROP_MALFORMED);
+	struct vip_info *vip = lookup_vip(&f);
+	if (!vip)
+		return XDP_PASS;
+	__u32 id = vip->service_id;
+	struct service_stats *st = bpf_map_lookup_elem(&stats, &id);
+	struct tcphdr *tcp = h.l4;
+	if ((void *)(tcp + 1) > data_end)
+		return drop(DROP_MALFORMED);
+	int v4 = f.family == FAMILY_V4;
+	if (tcp->syn && !tcp->ack) {
+		if (cookie_synack(ctx, cfg, sc, v4) == XDP_TX) {
+			if (st)
+				st->cookies_sent++;
+			return XDP_TX;
+		}
+		pass = COOKIE_PASS_CHECKED; /* no cookie: the SYN goes on */
+	} else {
+		int r = cookie_ack(ctx, sc, v4);
+		if (st && r >= 0) {
+			if (r)
+				st->cookies_ok++;
+			else
+				st->cookies_bad++;
+		}
+		pass = r > 0 ? COOKIE_PASS_OK : COOKIE_PASS_CHECKED;
+	}
+	/* Without room for the metadata (a driver without it) an ACK still
+	 * goes on, checked again each time until the tail calls run out;
+	 * the SYN made of it cannot. */
+	if (set_cookie_meta(ctx, pass) < 0 && pass == COOKIE_PASS_OK)
+		return drop(DROP_NO_CONFIG);
+	bpf_tail_call(ctx, &progs, PROG_MAIN);
+	return drop(DROP_NO_CONFIG);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -54,16 +54,32 @@ type LbClock struct {
 }
 
 type LbConfigEntry struct {
-	_           structs.HostLayout
-	Self4       uint32
-	Self6       [4]uint32
-	RingSize    uint32
-	Mtu         uint32
-	Flags       uint32
-	Layout      uint32
-	NewFlowRate uint32
-	Heartbeat   uint64
-	StaleAfter  uint64
+	_             structs.HostLayout
+	Self4         uint32
+	Self6         [4]uint32
+	RingSize      uint32
+	Mtu           uint32
+	Flags         uint32
+	Layout        uint32
+	NewFlowRate   uint32
+	SynCookieRate uint32
+	_             [4]byte
+	Heartbeat     uint64
+	StaleAfter    uint64
+}
+
+type LbCookieScratch struct {
+	_   structs.HostLayout
+	Ip  [40]uint8
+	Tcp [60]uint8
+	Pad uint32
+	Rk  LbFlow
+}
+
+type LbCookieState struct {
+	_          structs.HostLayout
+	OnUntil    uint64
+	CheckUntil uint64
 }
 
 type LbCt1Entry struct {
@@ -82,7 +98,7 @@ type LbCt2Entry struct {
 	MaxLen   uint16
 	Dmac     [6]uint8
 	Smac     [6]uint8
-	Pad      uint16
+	Flags    uint16
 	Expires  uint64
 	Gen      uint32
 	AclOk    uint32
@@ -105,7 +121,8 @@ const (
 	LbDropReasonDROP_UNTRUSTED_TUNNEL LbDropReason = 10
 	LbDropReasonPASS_STALE            LbDropReason = 11
 	LbDropReasonDROP_SOURCE_LIMIT     LbDropReason = 12
-	LbDropReasonDROP_REASONS          LbDropReason = 13
+	LbDropReasonDROP_PROXY_PENDING    LbDropReason = 13
+	LbDropReasonDROP_REASONS          LbDropReason = 14
 )
 
 type LbFlow struct {
@@ -177,14 +194,26 @@ type LbRevnatNewEntry struct {
 	Synack uint32
 }
 
+type LbSeqShift struct {
+	_      structs.HostLayout
+	Cookie uint32
+	Delta  uint32
+	Win    uint16
+	Ready  uint8
+	Pad    uint8
+}
+
 type LbServiceStats struct {
-	_        structs.HostLayout
-	Packets  uint64
-	Bytes    uint64
-	NewFlows uint64
-	Denied   uint64
-	Unstored uint64
-	Limited  uint64
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	NewFlows    uint64
+	Denied      uint64
+	Unstored    uint64
+	Limited     uint64
+	CookiesSent uint64
+	CookiesOk   uint64
+	CookiesBad  uint64
 }
 
 type LbSrcCount struct {
@@ -230,6 +259,7 @@ const (
 	LbMapBackends        = "backends"
 	LbMapClockCache      = "clock_cache"
 	LbMapConfig          = "config"
+	LbMapCookies         = "cookies"
 	LbMapCt1             = "ct1"
 	LbMapCt1New          = "ct1_new"
 	LbMapCt2             = "ct2"
@@ -240,16 +270,21 @@ const (
 	LbMapIfMacs          = "if_macs"
 	LbMapNexthops        = "nexthops"
 	LbMapNodes           = "nodes"
+	LbMapProgs           = "progs"
 	LbMapRevnat          = "revnat"
 	LbMapRevnatNew       = "revnat_new"
 	LbMapRingMembers     = "ring_members"
 	LbMapRings           = "rings"
 	LbMapRingsPrev       = "rings_prev"
+	LbMapScratch         = "scratch"
+	LbMapShifts          = "shifts"
 	LbMapSourceRanges    = "source_ranges"
 	LbMapSources         = "sources"
 	LbMapStats           = "stats"
+	LbMapSynMeter        = "syn_meter"
 	LbMapTunnelPeers     = "tunnel_peers"
 	LbMapVips            = "vips"
+	LbProgIronlbCookie   = "ironlb_cookie"
 	LbProgIronlbTcEgress = "ironlb_tc_egress"
 	LbProgIronlbXdp      = "ironlb_xdp"
 )
@@ -296,6 +331,7 @@ type LbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbProgramSpecs struct {
+	IronlbCookie   *ebpf.ProgramSpec `ebpf:"ironlb_cookie"`
 	IronlbTcEgress *ebpf.ProgramSpec `ebpf:"ironlb_tc_egress"`
 	IronlbXdp      *ebpf.ProgramSpec `ebpf:"ironlb_xdp"`
 }
@@ -308,6 +344,7 @@ type LbMapSpecs struct {
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
 	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
+	Cookies       *ebpf.MapSpec `ebpf:"cookies"`
 	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
 	Ct1New        *ebpf.MapSpec `ebpf:"ct1_new"`
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
@@ -318,14 +355,18 @@ type LbMapSpecs struct {
 	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
+	Progs         *ebpf.MapSpec `ebpf:"progs"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
 	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
 	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
 	RingsPrev     *ebpf.MapSpec `ebpf:"rings_prev"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Shifts        *ebpf.MapSpec `ebpf:"shifts"`
 	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
 	Sources       *ebpf.MapSpec `ebpf:"sources"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	SynMeter      *ebpf.MapSpec `ebpf:"syn_meter"`
 	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
@@ -360,6 +401,7 @@ type LbMaps struct {
 	Backends      *ebpf.Map `ebpf:"backends"`
 	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
 	Config        *ebpf.Map `ebpf:"config"`
+	Cookies       *ebpf.Map `ebpf:"cookies"`
 	Ct1           *ebpf.Map `ebpf:"ct1"`
 	Ct1New        *ebpf.Map `ebpf:"ct1_new"`
 	Ct2           *ebpf.Map `ebpf:"ct2"`
@@ -370,14 +412,18 @@ type LbMaps struct {
 	IfMacs        *ebpf.Map `ebpf:"if_macs"`
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
+	Progs         *ebpf.Map `ebpf:"progs"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
 	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
 	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
 	RingsPrev     *ebpf.Map `ebpf:"rings_prev"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Shifts        *ebpf.Map `ebpf:"shifts"`
 	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
 	Sources       *ebpf.Map `ebpf:"sources"`
 	Stats         *ebpf.Map `ebpf:"stats"`
+	SynMeter      *ebpf.Map `ebpf:"syn_meter"`
 	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
 	Vips          *ebpf.Map `ebpf:"vips"`
 }
@@ -388,6 +434,7 @@ func (m *LbMaps) Close() error {
 		m.Backends,
 		m.ClockCache,
 		m.Config,
+		m.Cookies,
 		m.Ct1,
 		m.Ct1New,
 		m.Ct2,
@@ -398,14 +445,18 @@ func (m *LbMaps) Close() error {
 		m.IfMacs,
 		m.Nexthops,
 		m.Nodes,
+		m.Progs,
 		m.Revnat,
 		m.RevnatNew,
 		m.RingMembers,
 		m.Rings,
 		m.RingsPrev,
+		m.Scratch,
+		m.Shifts,
 		m.SourceRanges,
 		m.Sources,
 		m.Stats,
+		m.SynMeter,
 		m.TunnelPeers,
 		m.Vips,
 	)
@@ -421,12 +472,14 @@ type LbVariables struct {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbPrograms struct {
+	IronlbCookie   *ebpf.Program `ebpf:"ironlb_cookie"`
 	IronlbTcEgress *ebpf.Program `ebpf:"ironlb_tc_egress"`
 	IronlbXdp      *ebpf.Program `ebpf:"ironlb_xdp"`
 }
 
 func (p *LbPrograms) Close() error {
 	return _LbClose(
+		p.IronlbCookie,
 		p.IronlbTcEgress,
 		p.IronlbXdp,
 	)

@@ -18,7 +18,16 @@ func load(t testing.TB) *LbObjects {
 		t.Fatalf("load: %v", err)
 	}
 	t.Cleanup(func() { _ = objs.Close() })
+	withProgs(t, &objs)
 	return &objs
+}
+
+// withProgs fills the progs array as the loader does: the cookie program
+// and the main one, which it hands packets back to.
+func withProgs(t testing.TB, objs *LbObjects) {
+	t.Helper()
+	must(t, objs.Progs.Put(uint32(ProgCookie), objs.IronlbCookie))
+	must(t, objs.Progs.Put(uint32(ProgMain), objs.IronlbXdp))
 }
 
 func key(addr netip.Addr, port uint16, proto uint8) LbVipKey {

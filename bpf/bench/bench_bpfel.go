@@ -70,16 +70,32 @@ type BenchClock struct {
 }
 
 type BenchConfigEntry struct {
-	_           structs.HostLayout
-	Self4       uint32
-	Self6       [4]uint32
-	RingSize    uint32
-	Mtu         uint32
-	Flags       uint32
-	Layout      uint32
-	NewFlowRate uint32
-	Heartbeat   uint64
-	StaleAfter  uint64
+	_             structs.HostLayout
+	Self4         uint32
+	Self6         [4]uint32
+	RingSize      uint32
+	Mtu           uint32
+	Flags         uint32
+	Layout        uint32
+	NewFlowRate   uint32
+	SynCookieRate uint32
+	_             [4]byte
+	Heartbeat     uint64
+	StaleAfter    uint64
+}
+
+type BenchCookieScratch struct {
+	_   structs.HostLayout
+	Ip  [40]uint8
+	Tcp [60]uint8
+	Pad uint32
+	Rk  BenchFlow
+}
+
+type BenchCookieState struct {
+	_          structs.HostLayout
+	OnUntil    uint64
+	CheckUntil uint64
 }
 
 type BenchCt1Entry struct {
@@ -104,7 +120,7 @@ type BenchCt2Entry struct {
 	MaxLen   uint16
 	Dmac     [6]uint8
 	Smac     [6]uint8
-	Pad      uint16
+	Flags    uint16
 	Expires  uint64
 	Gen      uint32
 	AclOk    uint32
@@ -180,14 +196,26 @@ type BenchRevnatNewEntry struct {
 	Synack uint32
 }
 
+type BenchSeqShift struct {
+	_      structs.HostLayout
+	Cookie uint32
+	Delta  uint32
+	Win    uint16
+	Ready  uint8
+	Pad    uint8
+}
+
 type BenchServiceStats struct {
-	_        structs.HostLayout
-	Packets  uint64
-	Bytes    uint64
-	NewFlows uint64
-	Denied   uint64
-	Unstored uint64
-	Limited  uint64
+	_           structs.HostLayout
+	Packets     uint64
+	Bytes       uint64
+	NewFlows    uint64
+	Denied      uint64
+	Unstored    uint64
+	Limited     uint64
+	CookiesSent uint64
+	CookiesOk   uint64
+	CookiesBad  uint64
 }
 
 type BenchSrcCount struct {
@@ -234,6 +262,7 @@ const (
 	BenchMapBench           = "bench"
 	BenchMapClockCache      = "clock_cache"
 	BenchMapConfig          = "config"
+	BenchMapCookies         = "cookies"
 	BenchMapCt1             = "ct1"
 	BenchMapCt1New          = "ct1_new"
 	BenchMapCt2             = "ct2"
@@ -244,18 +273,23 @@ const (
 	BenchMapIfMacs          = "if_macs"
 	BenchMapNexthops        = "nexthops"
 	BenchMapNodes           = "nodes"
+	BenchMapProgs           = "progs"
 	BenchMapRevnat          = "revnat"
 	BenchMapRevnatNew       = "revnat_new"
 	BenchMapRingMembers     = "ring_members"
 	BenchMapRings           = "rings"
 	BenchMapRingsPrev       = "rings_prev"
+	BenchMapScratch         = "scratch"
+	BenchMapShifts          = "shifts"
 	BenchMapSourceRanges    = "source_ranges"
 	BenchMapSources         = "sources"
 	BenchMapStats           = "stats"
+	BenchMapSynMeter        = "syn_meter"
 	BenchMapTunnelPeers     = "tunnel_peers"
 	BenchMapVips            = "vips"
 	BenchProgBenchXdp       = "bench_xdp"
 	BenchProgFloorXdp       = "floor_xdp"
+	BenchProgIronlbCookie   = "ironlb_cookie"
 	BenchProgIronlbTcEgress = "ironlb_tc_egress"
 	BenchProgIronlbXdp      = "ironlb_xdp"
 )
@@ -304,6 +338,7 @@ type BenchSpecs struct {
 type BenchProgramSpecs struct {
 	BenchXdp       *ebpf.ProgramSpec `ebpf:"bench_xdp"`
 	FloorXdp       *ebpf.ProgramSpec `ebpf:"floor_xdp"`
+	IronlbCookie   *ebpf.ProgramSpec `ebpf:"ironlb_cookie"`
 	IronlbTcEgress *ebpf.ProgramSpec `ebpf:"ironlb_tc_egress"`
 	IronlbXdp      *ebpf.ProgramSpec `ebpf:"ironlb_xdp"`
 }
@@ -317,6 +352,7 @@ type BenchMapSpecs struct {
 	Bench         *ebpf.MapSpec `ebpf:"bench"`
 	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
+	Cookies       *ebpf.MapSpec `ebpf:"cookies"`
 	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
 	Ct1New        *ebpf.MapSpec `ebpf:"ct1_new"`
 	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
@@ -327,14 +363,18 @@ type BenchMapSpecs struct {
 	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
 	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
 	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
+	Progs         *ebpf.MapSpec `ebpf:"progs"`
 	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
 	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
 	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
 	Rings         *ebpf.MapSpec `ebpf:"rings"`
 	RingsPrev     *ebpf.MapSpec `ebpf:"rings_prev"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Shifts        *ebpf.MapSpec `ebpf:"shifts"`
 	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
 	Sources       *ebpf.MapSpec `ebpf:"sources"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	SynMeter      *ebpf.MapSpec `ebpf:"syn_meter"`
 	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
@@ -370,6 +410,7 @@ type BenchMaps struct {
 	Bench         *ebpf.Map `ebpf:"bench"`
 	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
 	Config        *ebpf.Map `ebpf:"config"`
+	Cookies       *ebpf.Map `ebpf:"cookies"`
 	Ct1           *ebpf.Map `ebpf:"ct1"`
 	Ct1New        *ebpf.Map `ebpf:"ct1_new"`
 	Ct2           *ebpf.Map `ebpf:"ct2"`
@@ -380,14 +421,18 @@ type BenchMaps struct {
 	IfMacs        *ebpf.Map `ebpf:"if_macs"`
 	Nexthops      *ebpf.Map `ebpf:"nexthops"`
 	Nodes         *ebpf.Map `ebpf:"nodes"`
+	Progs         *ebpf.Map `ebpf:"progs"`
 	Revnat        *ebpf.Map `ebpf:"revnat"`
 	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
 	RingMembers   *ebpf.Map `ebpf:"ring_members"`
 	Rings         *ebpf.Map `ebpf:"rings"`
 	RingsPrev     *ebpf.Map `ebpf:"rings_prev"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Shifts        *ebpf.Map `ebpf:"shifts"`
 	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
 	Sources       *ebpf.Map `ebpf:"sources"`
 	Stats         *ebpf.Map `ebpf:"stats"`
+	SynMeter      *ebpf.Map `ebpf:"syn_meter"`
 	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
 	Vips          *ebpf.Map `ebpf:"vips"`
 }
@@ -399,6 +444,7 @@ func (m *BenchMaps) Close() error {
 		m.Bench,
 		m.ClockCache,
 		m.Config,
+		m.Cookies,
 		m.Ct1,
 		m.Ct1New,
 		m.Ct2,
@@ -409,14 +455,18 @@ func (m *BenchMaps) Close() error {
 		m.IfMacs,
 		m.Nexthops,
 		m.Nodes,
+		m.Progs,
 		m.Revnat,
 		m.RevnatNew,
 		m.RingMembers,
 		m.Rings,
 		m.RingsPrev,
+		m.Scratch,
+		m.Shifts,
 		m.SourceRanges,
 		m.Sources,
 		m.Stats,
+		m.SynMeter,
 		m.TunnelPeers,
 		m.Vips,
 	)
@@ -434,6 +484,7 @@ type BenchVariables struct {
 type BenchPrograms struct {
 	BenchXdp       *ebpf.Program `ebpf:"bench_xdp"`
 	FloorXdp       *ebpf.Program `ebpf:"floor_xdp"`
+	IronlbCookie   *ebpf.Program `ebpf:"ironlb_cookie"`
 	IronlbTcEgress *ebpf.Program `ebpf:"ironlb_tc_egress"`
 	IronlbXdp      *ebpf.Program `ebpf:"ironlb_xdp"`
 }
@@ -442,6 +493,7 @@ func (p *BenchPrograms) Close() error {
 	return _BenchClose(
 		p.BenchXdp,
 		p.FloorXdp,
+		p.IronlbCookie,
 		p.IronlbTcEgress,
 		p.IronlbXdp,
 	)

@@ -68,6 +68,46 @@
 #define SECOND_HOP_ID 0x1b2d
 #define SECOND_HOP_FLOW 0x01
 
+/* SYN cookies: a SYN a director turned out of a client's cookie ACK (the
+ * client's handshake, proven) carries this mark in its outer header, as
+ * SECOND_HOP_* marks a second hop: tier 2 then proxies the flow's
+ * sequence numbers (see cookie.h). */
+#define PROXIED_ID 0x1b2e
+#define PROXIED_FLOW 0x02
+
+/* tier2's and encap's hop flags: the packet was passed on by ring
+ * history (never again), or is a SYN a cookie proved. */
+#define HOP_SECOND 1
+#define HOP_PROXIED 2
+
+/* ct2_entry.flags: tier 2 proxies the flow (seq_shift has its shift). */
+#define CT2_PROXIED 1
+
+/* vip_key.family bit of a reverse-NAT entry (revnat, revnat_new) whose
+ * flow tier 2 proxies: TC egress shifts its sequence numbers. */
+#define REVNAT_PROXIED 0x80
+
+/* How long a VIP keeps answering SYNs with cookies after its last second
+ * over the rate, and how long after that cookie ACKs are still checked
+ * (the kernel's cookies are good for two minutes). */
+#define COOKIE_HOLD_NS (5 * NS_PER_SEC)
+#define COOKIE_CHECK_NS (130 * NS_PER_SEC)
+
+/* Slots of the progs array: the SYN-cookie program, and ironlb_xdp,
+ * which it hands packets back to. */
+#define PROG_COOKIE 0
+#define PROG_MAIN 1
+
+/* What the cookie program tells ironlb_xdp of a packet it hands back
+ * (cookie_meta; 0: a packet of its own). */
+#define COOKIE_PASS_CHECKED 1 /* not a cookie: go on as without cookies */
+#define COOKIE_PASS_OK 2      /* a SYN made out of a valid cookie ACK */
+
+/* The TCP window of a cookie SYN-ACK (no scaling: the cookie keeps no
+ * options), and of its IP header's TTL. */
+#define COOKIE_WINDOW 65535
+#define COOKIE_TTL 64
+
 /* backend.family of a tier-2 entry that sends its flow on to another
  * node (the previous ring's) instead of to an endpoint; the node's index
  * is in ct2_entry.ifindex. */
@@ -110,7 +150,7 @@
  * what the pinned config map holds and replaces maps of another version,
  * even when their sizes happen to agree. Bump it with any change to a map
  * key or value, or to what a field means. */
-#define MAPS_LAYOUT 3
+#define MAPS_LAYOUT 4
 
 /* Slots of a Maglev ring; the loader sets the real size (a prime). */
 #ifndef RING_SIZE
@@ -195,7 +235,8 @@ enum drop_reason {
 	DROP_UNTRUSTED_TUNNEL = 10, /* encapsulated by a host that is no node */
 	PASS_STALE = 11,      /* passed to the kernel: no speaker for too long */
 	DROP_SOURCE_LIMIT = 12, /* a client over the VIP's new flows per second */
-	DROP_REASONS = 13,
+	DROP_PROXY_PENDING = 13, /* a proxied flow's packet before its endpoint's SYN-ACK */
+	DROP_REASONS = 14,
 };
 
 #endif

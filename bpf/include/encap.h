@@ -103,7 +103,8 @@ static __always_inline int retunnel(struct xdp_md *ctx, const struct config_entr
 }
 
 /* encap wraps the packet in an outer IP header from this node to node and
- * sends it towards it; second marks a packet passed on by ring history. */
+ * sends it towards it; second (HOP_*) marks a packet passed on by ring
+ * history, or a SYN a cookie proved. */
 static __always_inline int encap(struct xdp_md *ctx, const struct config_entry *cfg,
 				 const struct flow *f, const __u32 *node, __u32 idx, int second)
 {
@@ -178,7 +179,8 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config_entry *
 		outer->ihl = 5;
 		outer->tos = tos;
 		outer->tot_len = bpf_htons(inner_len + IPIP4_OVERHEAD);
-		outer->id = second ? bpf_htons(SECOND_HOP_ID) : 0;
+		outer->id = second & HOP_SECOND ? bpf_htons(SECOND_HOP_ID) :
+			    second & HOP_PROXIED ? bpf_htons(PROXIED_ID) : 0;
 		outer->frag_off = IP_DF_BE;
 		outer->ttl = ENCAP_TTL;
 		outer->protocol = IPPROTO_IPIP;
@@ -195,7 +197,8 @@ static __always_inline int encap(struct xdp_md *ctx, const struct config_entry *
 		outer->priority = tos >> 4;
 		outer->flow_lbl[0] = (tos & 0xf) << 4;
 		outer->flow_lbl[1] = 0;
-		outer->flow_lbl[2] = second ? SECOND_HOP_FLOW : 0;
+		outer->flow_lbl[2] = (second & HOP_SECOND ? SECOND_HOP_FLOW : 0) |
+				     (second & HOP_PROXIED ? PROXIED_FLOW : 0);
 		outer->payload_len = bpf_htons(inner_len);
 		outer->nexthdr = IPPROTO_IPV6;
 		outer->hop_limit = ENCAP_TTL;

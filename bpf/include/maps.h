@@ -121,6 +121,45 @@ struct {
 	__type(value, struct guard);
 } guard SEC(".maps");
 
+/* SYN cookies (cookie.h): the cookie program, tail-called by ironlb_xdp;
+ * SYNs per VIP port this second, per CPU; each VIP port's cookie state;
+ * the sequence shift of each proxied flow (by its reply, as revnat);
+ * scratch space (per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} progs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct guard);
+} syn_meter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct cookie_state);
+} cookies SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow);
+	__type(value, struct seq_shift);
+} shifts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cookie_scratch);
+} scratch SEC(".maps");
+
 /* New flows per client and VIP this second, for VIPs with a limit. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

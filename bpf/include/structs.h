@@ -72,6 +72,9 @@ struct service_stats {
 	__u64 denied; /* dropped by loadBalancerSourceRanges */
 	__u64 unstored; /* new flows sent by the ring, unrecorded: flood guard */
 	__u64 limited;  /* new flows dropped by the per-source limit */
+	__u64 cookies_sent; /* SYNs answered with a SYN cookie */
+	__u64 cookies_ok;   /* cookie ACKs checked good: connections proxied */
+	__u64 cookies_bad;  /* ACKs checked while cookies were on that held none */
 };
 
 /* A flow's addresses, ports and protocol: the key of both conntrack tables
@@ -98,6 +101,8 @@ struct config_entry {
 	__u32 flags;
 	__u32 layout;    /* MAPS_LAYOUT of the program that wrote it */
 	__u32 new_flow_rate; /* flood guard: new flows a second per CPU; 0: none */
+	__u32 syn_cookie_rate; /* SYNs a second per CPU and VIP port above which
+				* it answers with cookies; 0: never */
 	__u64 heartbeat;
 	__u64 stale_after; /* 0: never stale */
 };
@@ -137,7 +142,7 @@ struct ct2_entry {
 	__u16 max_len;
 	__u8 dmac[6];
 	__u8 smac[6];
-	__u16 pad;
+	__u16 flags;  /* CT2_PROXIED */
 	__u64 expires;
 	__u32 gen;    /* vip_info.gen when the endpoint was last known serving */
 	__u32 acl_ok; /* the access list (vip_info.acl) that last admitted it */
@@ -153,6 +158,34 @@ struct revnat_new_entry {
 	struct vip_key vip;
 	__u32 isn;
 	__u32 synack; /* 1: isn is the SYN-ACK's */
+};
+
+/* A VIP port's SYN cookies: answered with them until on_until, and ACKs
+ * checked for one until check_until (bpf_ktime_get_coarse_ns). */
+struct cookie_state {
+	__u64 on_until;
+	__u64 check_until;
+};
+
+/* How tier 2 proxies a flow whose handshake a cookie made: the client
+ * acknowledges cookie+1 where the endpoint sent isn+1; delta is isn -
+ * cookie once TC egress has seen the endpoint's SYN-ACK (ready). win is
+ * the client's window, for the ACK that completes the endpoint's
+ * handshake. */
+struct seq_shift {
+	__u32 cookie;
+	__u32 delta;
+	__u16 win;
+	__u8 ready;
+	__u8 pad;
+};
+
+/* Room for the cookie helpers' headers, and a flow key off the stack. */
+struct cookie_scratch {
+	__u8 ip[40];
+	__u8 tcp[60];
+	__u32 pad;
+	struct flow rk;
 };
 
 /* The flood guard's count of new flows on one CPU in one second. */

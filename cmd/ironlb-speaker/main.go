@@ -61,6 +61,7 @@ func run() error {
 	flows := fs.Uint("conntrack-size", uint(opts.XDP.Flows), "established flows each conntrack table keeps")
 	newFlows := fs.Uint("unverified-conntrack-size", 0, "unverified flows (lone SYNs, young UDP flows) each of their tables keeps; 0: --conntrack-size/8, at least 1024")
 	newFlowRate := fs.Uint("new-flow-rate", uint(opts.XDP.NewFlowRate), "flood guard: above this many new flows a second on one CPU, the data plane records no more (the Maglev ring still sends them); 0 turns it off")
+	synCookieRate := fs.Uint("syn-cookie-rate", uint(opts.XDP.SynCookieRate), "SYN cookies: above this many never-seen SYNs a second to one Service port on one CPU, the port answers SYNs itself with SYN cookies for at least 5 s, and only clients that complete the handshake reach an endpoint; 0 turns them off")
 	fs.BoolVar(&opts.XDP.EndpointRedirect, "xdp-endpoint-redirect", false, "send packets for this node's endpoints to the pods' veths in XDP rather than through the kernel's forwarding; needs NAPI on the pods' ends of the veths (GRO on, or an XDP program), which the CNI sets")
 	fs.DurationVar(&opts.XDP.RingHistory, "ring-history", opts.XDP.RingHistory, "how long each Service port's previous Maglev ring is kept after a change: a flow that lost its tier-1 entry (a new receiving node) and whose slot moved is passed on to the previous ring's node, which still holds it; 0 keeps no history")
 	fs.DurationVar(&opts.XDP.StaleAfter, "dataplane-stale-after", opts.XDP.StaleAfter, "how long the data plane forwards without its speaker; after that VIP traffic goes to the kernel untouched (0: forever)")
@@ -79,13 +80,13 @@ func run() error {
 	if *ifaces != "" {
 		opts.XDP.Interfaces = strings.Split(*ifaces, ",")
 	}
-	for name, v := range map[string]uint{"conntrack-size": *flows, "unverified-conntrack-size": *newFlows, "new-flow-rate": *newFlowRate} {
+	for name, v := range map[string]uint{"conntrack-size": *flows, "unverified-conntrack-size": *newFlows, "new-flow-rate": *newFlowRate, "syn-cookie-rate": *synCookieRate} {
 		if v > math.MaxUint32 {
 			return fmt.Errorf("--%s %d: more than %d", name, v, uint32(math.MaxUint32))
 		}
 	}
 	opts.XDP.RingSize, opts.XDP.Flows = uint32(*ringSize), uint32(*flows)
-	opts.XDP.NewFlows, opts.XDP.NewFlowRate = uint32(*newFlows), uint32(*newFlowRate)
+	opts.XDP.NewFlows, opts.XDP.NewFlowRate, opts.XDP.SynCookieRate = uint32(*newFlows), uint32(*newFlowRate), uint32(*synCookieRate)
 	if *cleanup {
 		return loader.Cleanup(opts.XDP.PinDir)
 	}

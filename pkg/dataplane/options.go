@@ -35,6 +35,11 @@ type Options struct {
 	// second on one CPU, tier 1 records no more (the ring sends them)
 	// and tier 2 records them as unverified only. 0: no guard.
 	NewFlowRate uint32
+	// SynCookieRate: above this many never-seen SYNs a second to one
+	// Service port on one CPU, the port answers SYNs with SYN cookies
+	// (and for COOKIE_HOLD_NS after), so a SYN flood reaches no
+	// endpoint. 0: never.
+	SynCookieRate uint32
 	// MTU of the node's links; TCP MSS is clamped so IPIP fits in it.
 	MTU uint32
 	// EndpointRedirect sends packets for local endpoints to the pod's
@@ -59,6 +64,11 @@ func (o Options) UnverifiedFlows() uint32 {
 // DefaultNewFlowRate is the flood guard's default rate per CPU: Katran's.
 const DefaultNewFlowRate = 125000
 
+// DefaultSynCookieRate is the SYN rate per CPU and Service port above
+// which SYN cookies go on: far above what one port's legitimate clients
+// open on one CPU, far below what a flood sends.
+const DefaultSynCookieRate = 20000
+
 // DefaultRingHistory keeps a previous ring for ten minutes: long enough
 // for a drain together with a failover, a rolling restart of the
 // speakers or a router's ECMP change to settle.
@@ -71,7 +81,7 @@ const DefaultStaleAfter = 5 * time.Minute
 
 // DefaultOptions are the speaker's defaults.
 func DefaultOptions() Options {
-	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, NewFlowRate: DefaultNewFlowRate, RingHistory: DefaultRingHistory, MTU: 1500,
+	return Options{PinDir: "/sys/fs/bpf/ironlb", XDPMode: "auto", RingSize: maglev.DefaultSize, Flows: 131072, NewFlowRate: DefaultNewFlowRate, SynCookieRate: DefaultSynCookieRate, RingHistory: DefaultRingHistory, MTU: 1500,
 		StaleAfter: DefaultStaleAfter}
 }
 

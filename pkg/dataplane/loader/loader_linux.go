@@ -142,7 +142,7 @@ func (d *Dataplane) load() error {
 		}
 		spec.Maps["rings"].InnerMap.MaxEntries = d.opts.RingSize
 		spec.Maps["rings_prev"].InnerMap.MaxEntries = d.opts.RingSize
-		for _, m := range []string{"ct1", "ct2", "revnat"} {
+		for _, m := range []string{"ct1", "ct2", "revnat", "shifts"} {
 			spec.Maps[m].MaxEntries = d.opts.Flows
 		}
 		for _, m := range []string{"ct1_new", "ct2_new", "revnat_new"} {
@@ -163,7 +163,7 @@ func (d *Dataplane) load() error {
 			e := d.objs.Config.Lookup(uint32(0), &cfg)
 			switch {
 			case e != nil || cfg.RingSize == 0 || attempt > 0:
-				return nil
+				return d.fillProgs()
 			case cfg.Layout != bpf.MapsLayout:
 				_ = d.objs.Close()
 				err = fmt.Errorf("pinned maps of layout %d, this version uses %d: %w", cfg.Layout, bpf.MapsLayout, ebpf.ErrMapIncompatible)
@@ -171,7 +171,7 @@ func (d *Dataplane) load() error {
 				_ = d.objs.Close()
 				err = fmt.Errorf("ring size %d, pinned maps have %d: %w", d.opts.RingSize, cfg.RingSize, ebpf.ErrMapIncompatible)
 			default:
-				return nil
+				return d.fillProgs()
 			}
 		}
 		if !errors.Is(err, ebpf.ErrMapIncompatible) || attempt > 0 {
@@ -186,6 +186,20 @@ func (d *Dataplane) load() error {
 			return err
 		}
 	}
+}
+
+// fillProgs puts this version's programs in the (pinned) progs array: the
+// SYN-cookie program ironlb_xdp tail-calls, and ironlb_xdp, which it
+// hands packets back to. Until then a tail call finds what an earlier
+// speaker put there, or nothing (and the packet goes on without cookies).
+func (d *Dataplane) fillProgs() error {
+	for slot, p := range map[uint32]*ebpf.Program{bpf.ProgCookie: d.objs.IronlbCookie, bpf.ProgMain: d.objs.IronlbXdp} {
+		if err := d.objs.Progs.Put(slot, p); err != nil {
+			_ = d.objs.Close()
+			return fmt.Errorf("load the data plane: progs[%d]: %w", slot, err)
+		}
+	}
+	return nil
 }
 
 func removeMapPins(dir string) error {
@@ -395,7 +409,7 @@ func (d *Dataplane) Apply(self dataplane.Self, nodes []dataplane.Node, entries [
 	defer d.mu.Unlock()
 	d.self = self
 	d.last = entries
-	cfg := bpf.LbConfigEntry{RingSize: d.opts.RingSize, Mtu: d.opts.MTU, Layout: bpf.MapsLayout, NewFlowRate: d.opts.NewFlowRate,
+	cfg := bpf.LbConfigEntry{RingSize: d.opts.RingSize, Mtu: d.opts.MTU, Layout: bpf.MapsLayout, NewFlowRate: d.opts.NewFlowRate, SynCookieRate: d.opts.SynCookieRate,
 		Heartbeat: monotonicCoarse(), StaleAfter: uint64(d.opts.StaleAfter)}
 	if self.V4.IsValid() {
 		cfg.Self4 = bpf.Addr(self.V4)[0]
@@ -769,9 +783,11 @@ func (d *Dataplane) dropNodes(entries []dataplane.Entry, live []netip.Addr) erro
 	return errors.Join(errs...)
 }
 
+// clearStats zeroes a port id's counters and SYN-cookie state, for a new
+// port that takes the id.
 func (d *Dataplane) clearStats(id uint32) error {
 	zero := make([]bpf.LbServiceStats, ebpf.MustPossibleCPU())
-	return d.objs.Stats.Put(id, zero)
+	return errors.Join(d.objs.Stats.Put(id, zero), d.objs.Cookies.Put(id, bpf.LbCookieState{}))
 }
 
 func (d *Dataplane) nodeIndex(a netip.Addr) (uint32, error) {
@@ -1106,7 +1122,7 @@ func (d *Dataplane) Dump() dataplane.Dump {
 	out := dataplane.Dump{Self: d.self, RingSize: d.opts.RingSize, Ports: dataplane.DumpPorts(d.last, d.ids)}
 	d.mu.Unlock()
 	out.Conntrack, out.Capacity = map[string]int{}, map[string]int{}
-	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity} {
+	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity, "proxied": d.objs.Shifts} {
 		out.Conntrack[table] = countKeys(m)
 		out.Capacity[table] = int(m.MaxEntries())
 	}

@@ -109,10 +109,34 @@ func TestLoaderRestartAndCleanup(t *testing.T) {
 	if err := d.objs.Ct1.Put(flow, bpf.LbCt1Entry{Node: bpf.Addr(netip.MustParseAddr("10.0.0.12")), Idx: 2}); err != nil {
 		t.Fatal(err)
 	}
+	// SYN cookies: the rate is configured, both programs are in the
+	// progs array, and a port whose cookies are on says so.
+	if cfg.SynCookieRate != dataplane.DefaultSynCookieRate {
+		t.Errorf("config syn_cookie_rate %d, want %d", cfg.SynCookieRate, dataplane.DefaultSynCookieRate)
+	}
+	for slot, p := range map[uint32]*ebpf.Program{bpf.ProgCookie: d.objs.IronlbCookie, bpf.ProgMain: d.objs.IronlbXdp} {
+		var id ebpf.ProgramID
+		want, _ := p.Info()
+		wantID, _ := want.ID()
+		if err := d.objs.Progs.Lookup(slot, &id); err != nil || id != wantID {
+			t.Errorf("progs[%d] holds program %d (%v), want %d", slot, id, err, wantID)
+		}
+	}
+	if err := d.objs.Cookies.Put(info.ServiceId, bpf.LbCookieState{OnUntil: monotonicCoarse() + 60e9}); err != nil {
+		t.Fatal(err)
+	}
 	if err := testutil.CollectAndCompare(d, strings.NewReader(`
-# HELP ironlb_dataplane_conntrack_entries Entries in a conntrack table (tier1, tier2, revnat and their unverified twins tier1_unverified, tier2_unverified, revnat_unverified; affinity).
+# HELP ironlb_dataplane_syn_cookies_active 1 while this node answers the port's SYNs with SYN cookies (a SYN flood), else 0.
+# TYPE ironlb_dataplane_syn_cookies_active gauge
+ironlb_dataplane_syn_cookies_active{port="80",protocol="TCP",service="",vip="`+vip.String()+`"} 1
+`), "ironlb_dataplane_syn_cookies_active"); err != nil {
+		t.Error(err)
+	}
+	if err := testutil.CollectAndCompare(d, strings.NewReader(`
+# HELP ironlb_dataplane_conntrack_entries Entries in a conntrack table (tier1, tier2, revnat and their unverified twins tier1_unverified, tier2_unverified, revnat_unverified; affinity; proxied: flows tier 2 proxies after a SYN cookie).
 # TYPE ironlb_dataplane_conntrack_entries gauge
 ironlb_dataplane_conntrack_entries{table="affinity"} 0
+ironlb_dataplane_conntrack_entries{table="proxied"} 0
 ironlb_dataplane_conntrack_entries{table="revnat"} 0
 ironlb_dataplane_conntrack_entries{table="revnat_unverified"} 0
 ironlb_dataplane_conntrack_entries{table="tier1"} 1

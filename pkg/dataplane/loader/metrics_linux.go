@@ -19,14 +19,18 @@ var (
 	descDenied   = prometheus.NewDesc("ironlb_dataplane_source_range_drops_total", "Packets dropped because their client is outside the Service's loadBalancerSourceRanges.", []string{"service", "vip", "port", "protocol"}, nil)
 	descUnstored = prometheus.NewDesc("ironlb_dataplane_unrecorded_flows_total", "New flows tier 1 sent by the ring without recording them: the flood guard (--new-flow-rate) was tripped.", []string{"vip", "port", "protocol"}, nil)
 	descLimited  = prometheus.NewDesc("ironlb_dataplane_source_limit_drops_total", "New flows dropped because their client was over the Service's ironlb.dev/new-flows-per-source.", []string{"service", "vip", "port", "protocol"}, nil)
+	descCookies  = prometheus.NewDesc("ironlb_dataplane_syn_cookies_sent_total", "SYNs this node answered with a SYN cookie instead of forwarding them (--syn-cookie-rate).", []string{"service", "vip", "port", "protocol"}, nil)
+	descCookieOK = prometheus.NewDesc("ironlb_dataplane_syn_cookies_validated_total", "ACKs that held a valid SYN cookie: connections made through a cookie, which tier 2 proxies.", []string{"service", "vip", "port", "protocol"}, nil)
+	descCookieNo = prometheus.NewDesc("ironlb_dataplane_syn_cookies_invalid_total", "ACKs of unknown flows checked for a SYN cookie that held none (forwarded as connections picked up mid-way).", []string{"service", "vip", "port", "protocol"}, nil)
+	descCookieOn = prometheus.NewDesc("ironlb_dataplane_syn_cookies_active", "1 while this node answers the port's SYNs with SYN cookies (a SYN flood), else 0.", []string{"service", "vip", "port", "protocol"}, nil)
 	descDrops    = prometheus.NewDesc("ironlb_dataplane_drops_total", "VIP packets the XDP program dropped, by reason.", []string{"reason"}, nil)
-	descEntries  = prometheus.NewDesc("ironlb_dataplane_conntrack_entries", "Entries in a conntrack table (tier1, tier2, revnat and their unverified twins tier1_unverified, tier2_unverified, revnat_unverified; affinity).", []string{"table"}, nil)
+	descEntries  = prometheus.NewDesc("ironlb_dataplane_conntrack_entries", "Entries in a conntrack table (tier1, tier2, revnat and their unverified twins tier1_unverified, tier2_unverified, revnat_unverified; affinity; proxied: flows tier 2 proxies after a SYN cookie).", []string{"table"}, nil)
 	descCapacity = prometheus.NewDesc("ironlb_dataplane_conntrack_capacity", "Size of a conntrack table; the oldest flows are evicted beyond it.", []string{"table"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (d *Dataplane) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDenied, descUnstored, descLimited, descDrops, descEntries, descCapacity} {
+	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDenied, descUnstored, descLimited, descCookies, descCookieOK, descCookieNo, descCookieOn, descDrops, descEntries, descCapacity} {
 		ch <- desc
 	}
 }
@@ -44,6 +48,7 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 		services[e.Key] = e.Service
 	}
 	d.mu.Unlock()
+	now := monotonicCoarse()
 	for id, k := range ids {
 		var per []bpf.LbServiceStats
 		if err := d.objs.Stats.Lookup(id, &per); err != nil {
@@ -57,6 +62,9 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 			s.Denied += p.Denied
 			s.Unstored += p.Unstored
 			s.Limited += p.Limited
+			s.CookiesSent += p.CookiesSent
+			s.CookiesOk += p.CookiesOk
+			s.CookiesBad += p.CookiesBad
 		}
 		labels := []string{k.VIP.String(), strconv.Itoa(int(k.Port)), dataplane.ProtocolName(k.Proto)}
 		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.Packets), labels...)
@@ -64,7 +72,17 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descNewFlows, prometheus.CounterValue, float64(s.NewFlows), labels...)
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.Denied), append([]string{services[k]}, labels...)...)
 		ch <- prometheus.MustNewConstMetric(descUnstored, prometheus.CounterValue, float64(s.Unstored), labels...)
-		ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(s.Limited), append([]string{services[k]}, labels...)...)
+		svc := append([]string{services[k]}, labels...)
+		ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(s.Limited), svc...)
+		ch <- prometheus.MustNewConstMetric(descCookies, prometheus.CounterValue, float64(s.CookiesSent), svc...)
+		ch <- prometheus.MustNewConstMetric(descCookieOK, prometheus.CounterValue, float64(s.CookiesOk), svc...)
+		ch <- prometheus.MustNewConstMetric(descCookieNo, prometheus.CounterValue, float64(s.CookiesBad), svc...)
+		var cs bpf.LbCookieState
+		on := 0.0
+		if d.objs.Cookies.Lookup(id, &cs) == nil && cs.OnUntil > now {
+			on = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descCookieOn, prometheus.GaugeValue, on, svc...)
 	}
 	for i, reason := range bpf.DropReasons {
 		var per []uint64
@@ -78,7 +96,7 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), reason)
 	}
 	for table, m := range map[string]*ebpf.Map{"tier1": d.objs.Ct1, "tier2": d.objs.Ct2, "revnat": d.objs.Revnat, "affinity": d.objs.Affinity,
-		"tier1_unverified": d.objs.Ct1New, "tier2_unverified": d.objs.Ct2New, "revnat_unverified": d.objs.RevnatNew} {
+		"tier1_unverified": d.objs.Ct1New, "tier2_unverified": d.objs.Ct2New, "revnat_unverified": d.objs.RevnatNew, "proxied": d.objs.Shifts} {
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(countKeys(m)), table)
 		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(m.MaxEntries()), table)
 	}
