@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -68,17 +69,46 @@ func revnatClients(t *testing.T) map[uint16]bool {
 	return out
 }
 
+// portStats sums a Service port's data-plane counters on node n.
+func portStats(t *testing.T, n lab.Node, vip netip.Addr, port uint16) bpf.LbServiceStats {
+	t.Helper()
+	var info bpf.LbVipInfo
+	if err := pinnedMap(t, n, "vips").Lookup(bpf.VipKeyFor(vip, port, 6), &info); err != nil {
+		t.Fatalf("%s has no VIP %s:%d: %v", n.Name, vip, port, err)
+	}
+	var per []bpf.LbServiceStats
+	if err := pinnedMap(t, n, "stats").Lookup(info.ServiceId, &per); err != nil {
+		t.Fatal(err)
+	}
+	var s bpf.LbServiceStats
+	for _, p := range per {
+		s.Packets += p.Packets
+		s.NewFlows += p.NewFlows
+		s.CookiesSent += p.CookiesSent
+		s.CookiesOk += p.CookiesOk
+		s.CookiesBad += p.CookiesBad
+	}
+	return s
+}
+
+// floodCookieRate is --syn-cookie-rate in the flood test: far below the
+// flood's rate, far above the test's own connections.
+const floodCookieRate = 1000
+
 // TestSYNFloodKeepsConnections: 50 connections held through a VIP while
 // lab-client floods the same VIP with never-seen SYNs, from 198.18.0.0/16,
 // at the live-frames generator's full rate, 16 times the size of the
 // nodes' established tables (--conntrack-size 8192 here). No connection
-// is reset and every one keeps its reverse-NAT entry: the flood churned
-// the unverified tables only.
+// is reset and every one keeps its reverse-NAT entry. The flood turns SYN
+// cookies on (--syn-cookie-rate 1000): the announcer answers all but the
+// first second's SYNs itself, so they reach no endpoint, and 20 clients
+// that connect right after it, while cookies are on, connect through a
+// cookie, their flows proxied by tier 2, and talk both ways.
 func TestSYNFloodKeepsConnections(t *testing.T) {
 	needXDP(t)
 	// Tables the bounded flood overruns many times; set before any
 	// connection opens (a new size replaces the maps), and back after.
-	restartSpeakers(t, "--conntrack-size", "8192")
+	restartSpeakers(t, "--conntrack-size", "8192", "--syn-cookie-rate", strconv.Itoa(floodCookieRate))
 	defer restartSpeakers(t) // while t.Context() lives
 	const name = "flood"
 	vip := labService(t, name, nil)
@@ -92,7 +122,7 @@ func TestSYNFloodKeepsConnections(t *testing.T) {
 		t.Fatalf("before the flood, %d of %d connections have an established reverse-NAT entry", count(held, ports), n)
 	}
 	owner := nodeNamed(t, oneAnnouncer(t, name, vip, nil))
-	unverified := pinnedMap(t, owner, "ct2_new")
+	before := portStats(t, owner, vip, 7)
 	const frames = 131072
 	res, err := bench.SYNFlood(t.Context(), cfg, vip, 7, frames, 30*time.Second)
 	if err != nil {
@@ -102,19 +132,42 @@ func TestSYNFloodKeepsConnections(t *testing.T) {
 	if res.Sent != frames {
 		t.Fatalf("the flood sent %d of %d frames", res.Sent, frames)
 	}
-	// The flood reached the data plane: the owner's unverified tier-2
-	// table (1024 flows) holds flood flows.
-	var k bpf.LbFlow
-	var v bpf.LbCt2Entry
-	flood, it := 0, unverified.Iterate()
-	for it.Next(&k, &v) {
-		if bench.FloodSources.Contains(bpf.AddrFrom(k.Src, k.Family)) {
-			flood++
+	// What reached the announcer (the held connections are idle): SYNs
+	// under the rate, placed as new flows, for at most the flood's first
+	// second on each CPU (or two, if it straddled one); the rest answered
+	// with cookies, reaching no endpoint.
+	during := portStats(t, owner, vip, 7)
+	arrived := during.Packets - before.Packets
+	sent, placed := during.CookiesSent-before.CookiesSent, during.NewFlows-before.NewFlows
+	t.Logf("%d of the %d SYNs reached the announcer: %d answered with cookies, %d placed as new flows", arrived, frames, sent, placed)
+	if limit := uint64(2 * floodCookieRate * runtime.NumCPU()); sent+placed != arrived || placed > limit || arrived < frames/4 {
+		t.Errorf("of %d SYNs arrived, %d answered with cookies and %d placed: want all of them one or the other, at most %d placed, and at least a quarter of the %d sent arrived",
+			arrived, sent, placed, limit, frames)
+	}
+	// Connections made while cookies are on (they stay on 5 s after the
+	// flood's last second): through a cookie, proxied by tier 2.
+	const fresh = 20
+	late := openEchoes(t, vip, fresh)
+	after := portStats(t, owner, vip, 7)
+	t.Logf("then %d cookie ACKs validated, %d ACKs without one", after.CookiesOk-during.CookiesOk, after.CookiesBad-during.CookiesBad)
+	if ok := after.CookiesOk - during.CookiesOk; ok != fresh {
+		t.Errorf("%d cookie ACKs validated, want the %d connections made while cookies were on", ok, fresh)
+	}
+	proxied := 0
+	for _, n := range cfg.NodeList() {
+		var k bpf.LbFlow
+		var v bpf.LbSeqShift
+		it := pinnedMap(t, n, "shifts").Iterate()
+		for it.Next(&k, &v) {
+			if v.Ready == 1 && k.Dst == bpf.Addr(netip.MustParseAddr(lab.ClientIPv4)) {
+				proxied++
+			}
 		}
 	}
-	if flood == 0 {
-		t.Error("no flood flow in the announcer's ct2_new: the flood did not reach the data plane")
+	if proxied != fresh {
+		t.Errorf("%d proxied flows with their shift, want %d", proxied, fresh)
 	}
+	checkEchoes(t, late, "connections made through SYN cookies")
 	checkEchoes(t, conns, "a SYN flood of "+strconv.Itoa(frames)+" never-seen flows")
 	if held := revnatClients(t); !hasAll(held, ports) {
 		t.Errorf("after the flood, %d of %d connections have an established reverse-NAT entry", count(held, ports), n)
