@@ -343,3 +343,68 @@ func TestSYNCookieTunnel(t *testing.T) {
 		t.Fatalf("a client's SYN with an acknowledgement number must not be proxied: verdict %d", ret)
 	}
 }
+
+// withIPOptions returns an IPv4 frame with four bytes of IP options (NOPs
+// and an end) after its header.
+func withIPOptions(frame []byte) []byte {
+	out := append(append(append([]byte{}, frame[:34]...), 1, 1, 1, 0), frame[34:]...)
+	out[14] = 0x46
+	binary.BigEndian.PutUint16(out[16:], binary.BigEndian.Uint16(out[16:])+4)
+	out[24], out[25] = 0, 0
+	binary.BigEndian.PutUint16(out[24:], fold(sum16(out[14:38], 0)))
+	return out
+}
+
+// TestSYNCookieEdges: a SYN and an ACK with IPv4 options get cookies like
+// any (a flood cannot dodge them with options; the replies go without);
+// an endpoint that refuses the proxied SYN resets the client at the
+// sequence number the client waits for.
+func TestSYNCookieEdges(t *testing.T) {
+	objs := load(t)
+	ifindex := testNet(t)
+	world(t, objs)
+	setRing(t, objs, 1, 1)
+	setBackends(t, objs, 1, 8080, pod1)
+	cookieRate(t, objs, 1)
+	must(t, objs.Cookies.Put(uint32(1), LbCookieState{OnUntil: nowCoarse(t) + 10e9, CheckUntil: nowCoarse(t) + 100e9}))
+
+	syn := pkt{src: client4, dst: vip4, proto: 6, sport: 56000, dport: 80, flags: tcpSYN, mss: 1460, seq: 700}
+	ret, out := runXDP(t, objs.IronlbXdp, withIPOptions(syn.frame()), ifindex)
+	if ret != xdpTX || out[14] != 0x45 {
+		t.Fatalf("a SYN with IP options: verdict %d, IP header %#x: want a cookie SYN-ACK without options", ret, out[14])
+	}
+	sa := decodeTCP(t, "SYN-ACK", out)
+	if sa.flags != tcpSYN|tcpACK || sa.ack != 701 || sa.dst != client4 {
+		t.Fatalf("SYN-ACK %+v", sa)
+	}
+	ack := pkt{src: client4, dst: vip4, proto: 6, sport: 56000, dport: 80, flags: tcpACK, seq: 701, ack: sa.seq + 1, payload: []byte("GET /")}
+	ret, out = runXDP(t, objs.IronlbXdp, withIPOptions(ack.frame()), ifindex)
+	s := decodeTCP(t, "SYN", out)
+	if ret != xdpPass || out[14] != 0x45 || s.flags != tcpSYN || s.seq != 700 || len(s.payload) != 0 || mssOf(s) != 1460 {
+		t.Fatalf("an ACK with IP options and data: verdict %d, %+v: want the client's SYN, without either", ret, s)
+	}
+
+	// The endpoint has no listener: its RST reaches the client.
+	rst := pkt{src: pod1, dst: client4, proto: 6, sport: 8080, dport: 56000, flags: 0x04 | tcpACK, seq: 0, ack: 701, srcMAC: macSelf, dstMAC: macClient}
+	ret, out = runTC(t, objs.IronlbTcEgress, rst.frame())
+	r := decodeTCP(t, "RST", out)
+	if ret != tcOK || r.src != vip4 || r.sport != 80 || r.flags != 0x04|tcpACK || r.seq != sa.seq+1 {
+		t.Fatalf("the endpoint's RST: verdict %d, %+v: want it from the VIP at the cookie's sequence + 1", ret, r)
+	}
+	var sh LbSeqShift
+	if has(objs.Shifts, replyOf(ack, pod1, 8080), &sh) {
+		t.Fatal("the RST must take the flow's shift with it")
+	}
+	// Any other reply before the endpoint's SYN-ACK is dropped.
+	ack.sport, ack.payload = 56001, nil
+	syn.sport = 56001
+	_, out = runXDP(t, objs.IronlbXdp, syn.frame(), ifindex)
+	ack.ack = decodeTCP(t, "SYN-ACK", out).seq + 1
+	if ret, _ := runXDP(t, objs.IronlbXdp, ack.frame(), ifindex); ret != xdpPass {
+		t.Fatalf("cookie ACK: verdict %d", ret)
+	}
+	stray := pkt{src: pod1, dst: client4, proto: 6, sport: 8080, dport: 56001, flags: tcpACK, seq: 9, ack: 701, srcMAC: macSelf, dstMAC: macClient}
+	if ret, _ := runTC(t, objs.IronlbTcEgress, stray.frame()); ret != 2 {
+		t.Fatalf("a reply before the shift is known: verdict %d, want TC_ACT_SHOT", ret)
+	}
+}

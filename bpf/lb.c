@@ -1284,23 +1284,25 @@ int ironlb_tc_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* cookie_synack turns a SYN into its SYN-ACK, whose sequence number is a
- * cookie; it returns -1 (the packet untouched) when it cannot. */
-static __always_inline int cookie_synack(struct xdp_md *ctx, const struct config_entry *cfg,
-					 struct cookie_scratch *sc, int v4)
+/* cookie_headers copies a TCP packet's IP header (without IPv4 options:
+ * the cookie helpers read the addresses) and TCP header (the first 20
+ * bytes only, unless whole) to scratch, and returns the TCP header's
+ * length, or -1. */
+static __always_inline int cookie_headers(struct xdp_md *ctx, struct cookie_scratch *sc, int v4, int whole)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	__u32 iplen = v4 ? IPV4_HDR_LEN : IPV6_HDR_LEN;
-	__s64 gen;
-	__u16 max = 0;
+	__u32 iplen = IPV6_HDR_LEN;
 
 	if ((void *)(eth + 1) > data_end)
 		return -1;
 	if (v4) {
 		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		iplen = ip->ihl * 4;
+		if (iplen < IPV4_HDR_LEN || iplen > IPV4_MAX_HDR_LEN)
 			return -1;
 		__builtin_memcpy(sc->ip, ip, IPV4_HDR_LEN);
 	} else {
@@ -1309,20 +1311,84 @@ static __always_inline int cookie_synack(struct xdp_md *ctx, const struct config
 			return -1;
 		__builtin_memcpy(sc->ip, ip6, IPV6_HDR_LEN);
 	}
-	struct tcphdr *tcp = (void *)(eth + 1) + iplen;
-	if ((void *)(tcp + 1) > data_end)
+	if (bpf_xdp_load_bytes(ctx, ETH_HDR_LEN + iplen, sc->tcp, sizeof(struct tcphdr)))
 		return -1;
-	__u32 len = tcp->doff * 4;
+	__u32 len = ((struct tcphdr *)sc->tcp)->doff * 4;
 	if (len < sizeof(struct tcphdr) || len > TCP_MAX_HDR_LEN)
 		return -1;
-	if (bpf_xdp_load_bytes(ctx, ETH_HDR_LEN + iplen, sc->tcp, len))
+	if (whole && len > sizeof(struct tcphdr) &&
+	    bpf_xdp_load_bytes(ctx, ETH_HDR_LEN + iplen + sizeof(struct tcphdr), sc->tcp + sizeof(struct tcphdr),
+			       len - sizeof(struct tcphdr)))
+		return -1;
+	return len;
+}
+
+/* cookie_rebuild makes the packet Ethernet, the IP header in scratch
+ * (without options, its length fields set for a 24-byte TCP header) and
+ * room for that TCP header, which it returns (NULL when it cannot). */
+static __always_inline struct tcphdr *cookie_rebuild(struct xdp_md *ctx, struct cookie_scratch *sc, int v4)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 iplen = v4 ? IPV4_HDR_LEN : IPV6_HDR_LEN;
+	int grow = (int)(ETH_HDR_LEN + iplen + COOKIE_TCP_LEN) - (int)(data_end - data);
+	if (bpf_xdp_adjust_tail(ctx, grow))
+		return NULL;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return NULL;
+	if (v4) {
+		struct iphdr *ip = (void *)(eth + 1);
+		struct tcphdr *tcp = (void *)(ip + 1);
+		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
+			return NULL;
+		__builtin_memcpy(ip, sc->ip, IPV4_HDR_LEN);
+		ip->ihl = 5;
+		ip->tot_len = bpf_htons(IPV4_HDR_LEN + COOKIE_TCP_LEN);
+		ip->check = 0;
+		ip->check = ipv4_csum(ip);
+		return tcp;
+	}
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct tcphdr *tcp = (void *)(ip6 + 1);
+	if ((void *)tcp + COOKIE_TCP_LEN > data_end)
+		return NULL;
+	__builtin_memcpy(ip6, sc->ip, IPV6_HDR_LEN);
+	ip6->payload_len = bpf_htons(COOKIE_TCP_LEN);
+	return tcp;
+}
+
+/* cookie_finish fills a 24-byte TCP header's MSS option and checksum. */
+static __always_inline void cookie_finish(struct tcphdr *tcp, const struct cookie_scratch *sc, int v4, __u16 mss)
+{
+	__u8 *opt = (void *)(tcp + 1);
+	opt[0] = TCPOPT_MSS_KIND;
+	opt[1] = TCPOLEN_MSS_LEN;
+	*(__u16 *)(opt + 2) = bpf_htons(mss);
+	tcp->check = 0;
+	tcp->urg_ptr = 0;
+	/* A SYN-ACK's addresses are the SYN's swapped: the same sum. */
+	tcp->check = tcp_csum24(addr_sum(sc->ip, v4), v4, tcp);
+}
+
+/* cookie_synack turns a SYN into its SYN-ACK, whose sequence number is a
+ * cookie; it returns -1 (the packet untouched) when it cannot. */
+static __always_inline int cookie_synack(struct xdp_md *ctx, const struct config_entry *cfg,
+					 struct cookie_scratch *sc, int v4)
+{
+	__s64 gen;
+	__u16 max = 0;
+	int len = cookie_headers(ctx, sc, v4, 1);
+	if (len < 0)
 		return -1;
 	if (v4) {
-		gen = bpf_tcp_raw_gen_syncookie_ipv4((void *)sc->ip, (void *)sc->tcp, len);
+		gen = bpf_tcp_raw_gen_syncookie_ipv4((void *)sc->ip, (void *)sc->tcp, len & 0x3f);
 		if (cfg->mtu > MSS_CLAMP_MIN_MTU)
 			max = cfg->mtu - (IPV4_HDR_LEN + TCP_HDR_LEN + IPIP4_OVERHEAD);
 	} else {
-		gen = bpf_tcp_raw_gen_syncookie_ipv6((void *)sc->ip, (void *)sc->tcp, len);
+		gen = bpf_tcp_raw_gen_syncookie_ipv6((void *)sc->ip, (void *)sc->tcp, len & 0x3f);
 		if (cfg->mtu > MSS_CLAMP_MIN_MTU)
 			max = cfg->mtu - (IPV6_HDR_LEN + TCP_HDR_LEN + IPIP6_OVERHEAD);
 	}
@@ -1333,75 +1399,60 @@ static __always_inline int cookie_synack(struct xdp_md *ctx, const struct config
 	if (max && mss > max)
 		mss = max; /* the client's segments still fit once encapsulated */
 
-	int grow = (int)(ETH_HDR_LEN + iplen + COOKIE_TCP_LEN) - (int)(data_end - data);
-	if (bpf_xdp_adjust_tail(ctx, grow))
+	/* The reply's IP header: the SYN's addresses swapped, fresh fields. */
+	if (v4) {
+		struct iphdr *ip = (void *)sc->ip;
+		__u32 a = ip->saddr;
+		ip->saddr = ip->daddr;
+		ip->daddr = a;
+		ip->tos = 0;
+		ip->id = 0;
+		ip->frag_off = IP_DF_BE;
+		ip->ttl = COOKIE_TTL;
+	} else {
+		struct ipv6hdr *ip6 = (void *)sc->ip;
+		__u32 a[4];
+		__builtin_memcpy(a, &ip6->saddr, 16);
+		__builtin_memcpy(&ip6->saddr, &ip6->daddr, 16);
+		__builtin_memcpy(&ip6->daddr, a, 16);
+		*(__u32 *)ip6 = bpf_htonl(0x60000000); /* version 6, no class or label */
+		ip6->hop_limit = COOKIE_TTL;
+	}
+	const struct tcphdr *in = (const void *)sc->tcp;
+	__u16 sport = in->source, dport = in->dest;
+	__u32 ack = bpf_htonl(bpf_ntohl(in->seq) + 1);
+	struct tcphdr *tcp = cookie_rebuild(ctx, sc, v4);
+	if (!tcp)
 		return -1;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return -1;
 	__u8 mac[ETH_ALEN];
 	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-	const struct tcphdr *in = (const void *)sc->tcp;
-	if (v4) {
-		struct iphdr *ip = (void *)(eth + 1);
-		tcp = (void *)(ip + 1);
-		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
-			return -1;
-		const struct iphdr *old = (const void *)sc->ip;
-		ip->version = 4;
-		ip->ihl = 5;
-		ip->tos = 0;
-		ip->tot_len = bpf_htons(IPV4_HDR_LEN + COOKIE_TCP_LEN);
-		ip->id = 0;
-		ip->frag_off = IP_DF_BE;
-		ip->ttl = COOKIE_TTL;
-		ip->protocol = IPPROTO_TCP;
-		ip->saddr = old->daddr;
-		ip->daddr = old->saddr;
-		ip->check = 0;
-		ip->check = ipv4_csum(ip);
-	} else {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		tcp = (void *)(ip6 + 1);
-		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
-			return -1;
-		const struct ipv6hdr *old = (const void *)sc->ip;
-		*(__u32 *)ip6 = bpf_htonl(0x60000000); /* version 6, no class or label */
-		ip6->payload_len = bpf_htons(COOKIE_TCP_LEN);
-		ip6->nexthdr = IPPROTO_TCP;
-		ip6->hop_limit = COOKIE_TTL;
-		__builtin_memcpy(&ip6->saddr, &old->daddr, 16);
-		__builtin_memcpy(&ip6->daddr, &old->saddr, 16);
-	}
-	tcp->source = in->dest;
-	tcp->dest = in->source;
+	tcp->source = dport;
+	tcp->dest = sport;
 	tcp->seq = bpf_htonl(cookie);
-	tcp->ack_seq = bpf_htonl(bpf_ntohl(in->seq) + 1);
+	tcp->ack_seq = ack;
 	*(__u16 *)((__u8 *)tcp + TCP_FLAG_WORD_OFF) = bpf_htons(TCP_WORD_SYNACK_24);
 	tcp->window = bpf_htons(COOKIE_WINDOW);
-	tcp->check = 0;
-	tcp->urg_ptr = 0;
-	__u8 *opt = (void *)(tcp + 1);
-	opt[0] = TCPOPT_MSS_KIND;
-	opt[1] = TCPOLEN_MSS_LEN;
-	*(__u16 *)(opt + 2) = bpf_htons(mss);
-	/* The pseudo-header's addresses: the SYN's, swapped (same sum). */
-	tcp->check = tcp_csum24(addr_sum(sc->ip, v4), v4, tcp);
+	cookie_finish(tcp, sc, v4, mss);
 	return XDP_TX;
 }
 
 /* cookie_mss finds the MSS a cookie encodes: the one for which the
  * kernel makes the same cookie for this ACK's SYN (sc holds the ACK's
- * headers; its TCP header becomes that SYN's). A cookie made in the
- * previous minute matches none, and gets the smallest. */
+ * headers; its TCP header becomes that SYN's, but for ack_seq). A cookie
+ * made in the previous minute matches none, and gets the smallest. */
 static __always_inline __u16 cookie_mss(struct cookie_scratch *sc, int v4)
 {
 	struct tcphdr *t = (void *)sc->tcp;
-	__u32 cookie = bpf_ntohl(t->ack_seq) - 1;
+	__u32 ack = t->ack_seq;
+	__u32 cookie = bpf_ntohl(ack) - 1;
+	__u16 mss = v4 ? COOKIE_MSS4_0 : COOKIE_MSS6_0;
 	t->seq = bpf_htonl(bpf_ntohl(t->seq) - 1);
 	t->ack_seq = 0;
 	*(__u16 *)((__u8 *)t + TCP_FLAG_WORD_OFF) = bpf_htons(TCP_WORD_SYN_24);
@@ -1419,42 +1470,26 @@ static __always_inline __u16 cookie_mss(struct cookie_scratch *sc, int v4)
 		*(__u16 *)(opt + 2) = bpf_htons(table[i]);
 		__s64 gen = v4 ? bpf_tcp_raw_gen_syncookie_ipv4((void *)sc->ip, (void *)sc->tcp, COOKIE_TCP_LEN)
 			       : bpf_tcp_raw_gen_syncookie_ipv6((void *)sc->ip, (void *)sc->tcp, COOKIE_TCP_LEN);
-		if (gen >= 0 && (__u32)gen == cookie)
-			return table[i];
+		if (gen >= 0 && (__u32)gen == cookie) {
+			mss = table[i];
+			break;
+		}
 	}
-	return table[0];
+	t->ack_seq = ack;
+	return mss;
 }
 
 /* cookie_ack checks an ACK for a cookie. With one, it turns the packet
  * into the SYN the endpoint must see (the client's sequence number, the
- * cookie's MSS, and ack_seq still acknowledging the cookie, for tier 2)
- * and returns 1; it returns 0 for an ACK without one, and -1 when it
- * cannot tell. */
+ * cookie's MSS, and ack_seq still acknowledging the cookie, for tier 2;
+ * data and IPv4 options dropped: the client sends the data again) and
+ * returns 1; it returns 0 for an ACK without one, and -1 when it cannot
+ * tell. */
 static __always_inline int cookie_ack(struct xdp_md *ctx, struct cookie_scratch *sc, int v4)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	__u32 iplen = v4 ? IPV4_HDR_LEN : IPV6_HDR_LEN;
 	long ok;
-
-	if ((void *)(eth + 1) > data_end)
+	if (cookie_headers(ctx, sc, v4, 0) < 0)
 		return -1;
-	if (v4) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end || ip->ihl != 5)
-			return -1;
-		__builtin_memcpy(sc->ip, ip, IPV4_HDR_LEN);
-	} else {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end)
-			return -1;
-		__builtin_memcpy(sc->ip, ip6, IPV6_HDR_LEN);
-	}
-	struct tcphdr *tcp = (void *)(eth + 1) + iplen;
-	if ((void *)(tcp + 1) > data_end)
-		return -1;
-	__builtin_memcpy(sc->tcp, tcp, sizeof(struct tcphdr));
 	if (v4)
 		ok = bpf_tcp_raw_check_syncookie_ipv4((void *)sc->ip, (void *)sc->tcp);
 	else
@@ -1462,41 +1497,11 @@ static __always_inline int cookie_ack(struct xdp_md *ctx, struct cookie_scratch 
 	if (ok != 0)
 		return 0;
 	__u16 mss = cookie_mss(sc, v4);
-
-	int grow = (int)(ETH_HDR_LEN + iplen + COOKIE_TCP_LEN) - (int)(data_end - data);
-	if (bpf_xdp_adjust_tail(ctx, grow))
+	struct tcphdr *tcp = cookie_rebuild(ctx, sc, v4);
+	if (!tcp)
 		return -1;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return -1;
-	if (v4) {
-		struct iphdr *ip = (void *)(eth + 1);
-		tcp = (void *)(ip + 1);
-		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
-			return -1;
-		ip->tot_len = bpf_htons(IPV4_HDR_LEN + COOKIE_TCP_LEN);
-		ip->check = 0;
-		ip->check = ipv4_csum(ip);
-	} else {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		tcp = (void *)(ip6 + 1);
-		if ((void *)tcp + COOKIE_TCP_LEN > data_end)
-			return -1;
-		ip6->payload_len = bpf_htons(COOKIE_TCP_LEN);
-	}
-	/* sc->tcp is the SYN now, but for the acknowledgement. */
-	const struct tcphdr *syn = (const void *)sc->tcp;
-	tcp->seq = syn->seq;
-	*(__u16 *)((__u8 *)tcp + TCP_FLAG_WORD_OFF) = bpf_htons(TCP_WORD_SYN_24);
-	tcp->check = 0;
-	tcp->urg_ptr = 0;
-	__u8 *opt = (void *)(tcp + 1);
-	opt[0] = TCPOPT_MSS_KIND;
-	opt[1] = TCPOLEN_MSS_LEN;
-	*(__u16 *)(opt + 2) = bpf_htons(mss);
-	tcp->check = tcp_csum24(addr_sum(sc->ip, v4), v4, tcp);
+	__builtin_memcpy(tcp, sc->tcp, sizeof(struct tcphdr));
+	cookie_finish(tcp, sc, v4, mss);
 	return 1;
 }
 

@@ -184,8 +184,9 @@ static __always_inline void skb_replace4(struct __sk_buff *skb, __u32 csum_off, 
  * SYN-ACK gives the shift and becomes the ACK that completes the
  * endpoint's handshake, sent back in (TC_ACT_REDIRECT): the client has
  * its SYN-ACK already, the cookie. Any other reply gets its sequence
- * number shifted to the client's view (TC_ACT_OK); a reply before the
- * shift is known, or of a flow whose shift is gone, is dropped. */
+ * number shifted to the client's view (TC_ACT_OK); so does the RST of an
+ * endpoint that refuses the SYN. Another reply before the shift is known,
+ * or one of a flow whose shift is gone, is dropped. */
 static __always_inline int proxy_reply(struct __sk_buff *skb, const struct flow *f, __u32 l4off)
 {
 	struct seq_shift *s = bpf_map_lookup_elem(&shifts, f);
@@ -201,10 +202,12 @@ static __always_inline int proxy_reply(struct __sk_buff *skb, const struct flow 
 	__u32 csum_off = l4off + offsetof(struct tcphdr, check);
 	__u32 seq = tcp->seq;
 	if (!(tcp->syn && tcp->ack)) {
-		if (!s->ready)
+		/* The endpoint refused the SYN (RST): the client hears it at
+		 * the sequence number it waits for, cookie + 1. */
+		__u32 to = s->ready ? bpf_ntohl(seq) - s->delta : s->cookie + 1;
+		if (!s->ready && !tcp->rst)
 			return TC_ACT_SHOT;
-		skb_replace4(skb, csum_off, l4off + offsetof(struct tcphdr, seq), seq,
-			     bpf_htonl(bpf_ntohl(seq) - s->delta));
+		skb_replace4(skb, csum_off, l4off + offsetof(struct tcphdr, seq), seq, bpf_htonl(to));
 		return TC_ACT_OK;
 	}
 	/* The SYN-ACK: endpoint ISN - cookie is the shift (again for a
