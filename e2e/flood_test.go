@@ -11,11 +11,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/bpf"
 	"github.com/ironlb/ironlb/internal/nsrun"
@@ -167,10 +170,36 @@ func TestSYNFloodKeepsConnections(t *testing.T) {
 	if proxied != fresh {
 		t.Errorf("%d proxied flows with their shift, want %d", proxied, fresh)
 	}
+	// The announcer says so: its metric while the cookies last, a
+	// Warning Event on the Service, and a Normal one once they stop (5 s
+	// after the flood's last second over the rate).
+	if on, ok := value(scrape(t, owner.NS, "127.0.0.1:7473"), "ironlb_dataplane_syn_cookies_active", `service="default/`+name+`"`); !ok || on != 1 {
+		t.Errorf("ironlb_dataplane_syn_cookies_active on %s: %v (found %v), want 1", owner.Name, on, ok)
+	}
+	cookieEvent := func(reason string) error {
+		var list eventsv1.EventList
+		if err := cl.List(t.Context(), &list, client.InNamespace("default")); err != nil {
+			return err
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == name && e.Reason == reason && strings.Contains(e.Note, "node "+owner.Name+" ") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s Event from %s on Service %s", reason, owner.Name, name)
+	}
+	eventually(t, 10*time.Second, func() error { return cookieEvent("SYNCookies") })
 	checkEchoes(t, late, "connections made through SYN cookies")
 	checkEchoes(t, conns, "a SYN flood of "+strconv.Itoa(frames)+" never-seen flows")
 	if held := revnatClients(t); !hasAll(held, ports) {
 		t.Errorf("after the flood, %d of %d connections have an established reverse-NAT entry", count(held, ports), n)
+	}
+	eventually(t, 20*time.Second, func() error { return cookieEvent("SYNCookiesOff") })
+	// Off again: a new connection is an ordinary one.
+	cookiesOK := portStats(t, owner, vip, 7).CookiesOk
+	checkEchoes(t, openEchoes(t, vip, 1), "a connection after the flood")
+	if ok := portStats(t, owner, vip, 7).CookiesOk; ok != cookiesOK {
+		t.Errorf("a connection after the cookies went off went through one (%d validated, was %d)", ok, cookiesOK)
 	}
 }
 

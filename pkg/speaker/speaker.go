@@ -345,6 +345,8 @@ func (s *Speaker) run(ctx context.Context) error {
 		s.dp = dp
 		s.dump.Store(dp)
 		defer s.dump.Store(nil)
+		s.writer.setCookies(dp.SYNCookies)
+		defer s.writer.setCookies(nil)
 		if err := metrics.Registry.Register(dp); err != nil {
 			return fmt.Errorf("data plane metrics: %w", err)
 		}

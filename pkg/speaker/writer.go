@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
 // announcement is one (Service, IP, protocol) this node announces.
@@ -64,6 +65,83 @@ type writer struct {
 	problems []problem
 	dpErr    error
 	warnedAt map[string]time.Time
+	// cookies reports the Service ports that answer SYNs with SYN
+	// cookies now (nil: no XDP data plane); cookieOn is what the last
+	// look found, cookieEvented the ports a Warning Event went out for.
+	cookies       func() map[dataplane.Key]string
+	cookieOn      map[dataplane.Key]bool
+	cookieEvented map[dataplane.Key]bool
+	cookieSvc     map[dataplane.Key]string
+}
+
+// setCookies hands over the data plane's view of SYN cookies (nil: none).
+func (w *writer) setCookies(f func() map[dataplane.Key]string) {
+	w.mu.Lock()
+	w.cookies = f
+	w.mu.Unlock()
+}
+
+// eventCookies tells the Services whose SYNs this node starts answering
+// with SYN cookies (a SYN flood), with a Warning Event at most once per
+// warnEvery for each port, and that it stopped, with a Normal one after
+// each Warning. Called from the writer's loop, every second.
+func (w *writer) eventCookies(ctx context.Context) {
+	w.mu.Lock()
+	f := w.cookies
+	w.mu.Unlock()
+	var now map[dataplane.Key]string
+	if f != nil {
+		now = f()
+	}
+	at := time.Now()
+	for k, svc := range now {
+		if w.cookieOn[k] {
+			continue
+		}
+		w.cookieOn[k] = true
+		key := "cookies/" + k.String()
+		if last, ok := w.warnedAt[key]; ok && at.Sub(last) < warnEvery {
+			continue
+		}
+		if s, ok := w.service(ctx, svc); ok {
+			w.warnedAt[key] = at
+			w.cookieEvented[k] = true
+			w.recorder.Eventf(s, nil, corev1.EventTypeWarning, "SYNCookies", "Protect",
+				"node %s answers SYNs to %s with SYN cookies: more than --syn-cookie-rate never-seen SYNs a second on a CPU (a SYN flood?); connections made now are proxied, without window scaling or SACK", w.node, k)
+		}
+	}
+	for k := range w.cookieOn {
+		if _, ok := now[k]; ok {
+			continue
+		}
+		svc, evented := w.cookieSvc[k], w.cookieEvented[k]
+		delete(w.cookieOn, k)
+		delete(w.cookieSvc, k)
+		delete(w.cookieEvented, k)
+		if !evented {
+			continue
+		}
+		if s, ok := w.service(ctx, svc); ok {
+			w.recorder.Eventf(s, nil, corev1.EventTypeNormal, "SYNCookiesOff", "Protect",
+				"node %s no longer answers SYNs to %s with SYN cookies", w.node, k)
+		}
+	}
+	for k, svc := range now {
+		w.cookieSvc[k] = svc
+	}
+}
+
+// service gets a Service by "namespace/name".
+func (w *writer) service(ctx context.Context, name string) (*corev1.Service, bool) {
+	ns, n, ok := strings.Cut(name, "/")
+	if !ok {
+		return nil, false
+	}
+	var svc corev1.Service
+	if err := w.client.Get(ctx, types.NamespacedName{Namespace: ns, Name: n}, &svc); err != nil {
+		return nil, false
+	}
+	return &svc, true
 }
 
 // warnEvery is the least time between two Warning Events for the same
@@ -129,6 +207,7 @@ func (w *writer) warnProblems(ctx context.Context) {
 func newWriter(log logr.Logger, c client.Client, rec recorder.EventRecorder, node string) *writer {
 	kick := make(chan struct{}, 1)
 	return &writer{log: log, client: c, recorder: rec, node: node, kick: kick, evented: map[string]bool{}, warnedAt: map[string]time.Time{},
+		cookieOn: map[dataplane.Key]bool{}, cookieEvented: map[dataplane.Key]bool{}, cookieSvc: map[dataplane.Key]string{},
 		sessions: &sessionWriter{client: c, recorder: rec, node: node, kick: kick,
 			written: map[string]session{}, warned: map[string]bool{}, peerUp: map[string]bool{}}}
 }
@@ -147,10 +226,17 @@ func (w *writer) publish(mine []announcement, owned []ownedIP, alive map[string]
 func (w *writer) run(ctx context.Context) {
 	retry := time.NewTicker(5 * time.Second)
 	defer retry.Stop()
+	// SYN cookies go on and off with no sync: looked at every second
+	// (they stay on at least 5 s).
+	cookies := time.NewTicker(time.Second)
+	defer cookies.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-cookies.C:
+			w.eventCookies(ctx)
+			continue
 		case <-w.kick:
 		case <-retry.C:
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ironlb/ironlb/internal/kube"
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 )
 
 // TestWarnProblems: an IP that is not announced, or a data plane that
@@ -204,5 +205,49 @@ func TestWriteSessions(t *testing.T) {
 	down.message += ": the peer does not answer"
 	if evs := write(down); len(evs) != 0 {
 		t.Errorf("events %q, want none (already warned)", evs)
+	}
+}
+
+// TestSYNCookieEvents: a port whose SYNs the node starts answering with
+// SYN cookies gets one Warning Event on its Service, however many looks
+// see it on, and a Normal one when they stop; a second flood within
+// warnEvery stays quiet (and so does its end).
+func TestSYNCookieEvents(t *testing.T) {
+	scheme, err := kube.Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"}}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(svc).Build()
+	rec := events.NewFakeRecorder(16)
+	w := newWriter(logr.Discard(), c, rec, "n1")
+	port := dataplane.Key{VIP: netip.MustParseAddr("192.0.2.1"), Port: 80, Proto: dataplane.TCP}
+	on := map[dataplane.Key]string{}
+	w.setCookies(func() map[dataplane.Key]string { return on })
+	look := func() []string {
+		w.eventCookies(t.Context())
+		var got []string
+		for len(rec.Events) > 0 {
+			got = append(got, <-rec.Events)
+		}
+		return got
+	}
+	if got := look(); len(got) != 0 {
+		t.Fatalf("events %q before any flood", got)
+	}
+	on[port] = "ns/web"
+	got := append(look(), look()...)
+	if len(got) != 1 || !strings.HasPrefix(got[0], "Warning SYNCookies node n1 answers SYNs to 192.0.2.1:80/TCP") {
+		t.Fatalf("events %q, want one SYNCookies Warning", got)
+	}
+	delete(on, port)
+	if got := look(); len(got) != 1 || !strings.HasPrefix(got[0], "Normal SYNCookiesOff") {
+		t.Fatalf("events %q, want one SYNCookiesOff", got)
+	}
+	on[port] = "ns/web"
+	got = look()
+	delete(on, port)
+	if got = append(got, look()...); len(got) != 0 {
+		t.Fatalf("events %q for a second flood within warnEvery, want none", got)
 	}
 }

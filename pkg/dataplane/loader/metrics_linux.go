@@ -115,3 +115,27 @@ func countKeys(m *ebpf.Map) int {
 	}
 	return n
 }
+
+// SYNCookies returns the Service ports whose SYNs this node answers with
+// SYN cookies now (a SYN flood), each with its Service ("namespace/name").
+func (d *Dataplane) SYNCookies() map[dataplane.Key]string {
+	d.mu.Lock()
+	ids := make(map[uint32]dataplane.Key, len(d.ids))
+	for k, id := range d.ids {
+		ids[id] = k
+	}
+	services := make(map[dataplane.Key]string, len(d.last))
+	for _, e := range d.last {
+		services[e.Key] = e.Service
+	}
+	d.mu.Unlock()
+	now := monotonicCoarse()
+	out := map[dataplane.Key]string{}
+	for id, k := range ids {
+		var cs bpf.LbCookieState
+		if d.objs.Cookies.Lookup(id, &cs) == nil && cs.OnUntil > now {
+			out[k] = services[k]
+		}
+	}
+	return out
+}
