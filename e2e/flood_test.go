@@ -111,7 +111,12 @@ func TestSYNFloodKeepsConnections(t *testing.T) {
 	needXDP(t)
 	// Tables the bounded flood overruns many times; set before any
 	// connection opens (a new size replaces the maps), and back after.
-	restartSpeakers(t, "--conntrack-size", "8192", "--syn-cookie-rate", strconv.Itoa(floodCookieRate))
+	// Failure detection as memberlist's defaults have it (the lab's is
+	// ten times faster): the flood starves the flooded node for a few
+	// hundred milliseconds on the lab's 2 vCPU, and the others must not
+	// take it for dead meanwhile, or the VIP moves under the test.
+	restartSpeakers(t, "--conntrack-size", "8192", "--syn-cookie-rate", strconv.Itoa(floodCookieRate),
+		"--memberlist-probe-interval", "1s", "--memberlist-probe-timeout", "500ms", "--memberlist-suspicion-mult", "4")
 	defer restartSpeakers(t) // while t.Context() lives
 	const name = "flood"
 	vip := labService(t, name, nil)
@@ -124,22 +129,48 @@ func TestSYNFloodKeepsConnections(t *testing.T) {
 	if held := revnatClients(t); !hasAll(held, ports) {
 		t.Fatalf("before the flood, %d of %d connections have an established reverse-NAT entry", count(held, ports), n)
 	}
-	owner := nodeNamed(t, oneAnnouncer(t, name, vip, nil))
-	before := portStats(t, owner, vip, 7)
-	const frames = 131072
-	res, err := bench.SYNFlood(t.Context(), cfg, vip, 7, frames, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("flood through %s: %s", owner.Name, res)
-	if res.Sent != frames {
-		t.Fatalf("the flood sent %d of %d frames", res.Sent, frames)
+	// Should the others still take the flooded node for dead for a
+	// moment, the VIP moves and the connections made after the flood
+	// reach a node that saw none: failure detection doing its job under
+	// load, not what this test is about. The flood is then repeated (at
+	// most three times) until the VIP stays.
+	const frames, fresh = 131072, 20
+	var owner lab.Node
+	var before, during, after bpf.LbServiceStats
+	var res bench.FloodResult
+	var late []*echoConn
+	for attempt := 1; ; attempt++ {
+		owner = nodeNamed(t, oneAnnouncer(t, name, vip, nil))
+		before = portStats(t, owner, vip, 7)
+		var err error
+		// Flows no earlier attempt sent: none is known already.
+		res, err = bench.SYNFlood(t.Context(), cfg, vip, 7, uint32(attempt-1)*frames, frames, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("flood through %s: %s", owner.Name, res)
+		if res.Sent != frames {
+			t.Fatalf("the flood sent %d of %d frames", res.Sent, frames)
+		}
+		during = portStats(t, owner, vip, 7)
+		// Connections made while cookies are on (they stay on 5 s
+		// after the flood's last second): through a cookie, proxied by
+		// tier 2.
+		late = openEchoes(t, vip, fresh)
+		after = portStats(t, owner, vip, 7)
+		if after.Packets > during.Packets {
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("in each of 3 floods the VIP moved off %s: the new connections never reached it", owner.Name)
+		}
+		t.Logf("none of the %d new connections reached %s: the VIP moved during the flood; flooding again", fresh, owner.Name)
+		waitMembers(t)
 	}
 	// What reached the announcer (the held connections are idle): SYNs
 	// under the rate, placed as new flows, for at most the flood's first
 	// second on each CPU (or two, if it straddled one); the rest answered
 	// with cookies, reaching no endpoint.
-	during := portStats(t, owner, vip, 7)
 	arrived := during.Packets - before.Packets
 	sent, placed := during.CookiesSent-before.CookiesSent, during.NewFlows-before.NewFlows
 	t.Logf("%d of the %d SYNs reached the announcer: %d answered with cookies, %d placed as new flows", arrived, frames, sent, placed)
@@ -147,11 +178,6 @@ func TestSYNFloodKeepsConnections(t *testing.T) {
 		t.Errorf("of %d SYNs arrived, %d answered with cookies and %d placed: want all of them one or the other, at most %d placed, and at least a quarter of the %d sent arrived",
 			arrived, sent, placed, limit, frames)
 	}
-	// Connections made while cookies are on (they stay on 5 s after the
-	// flood's last second): through a cookie, proxied by tier 2.
-	const fresh = 20
-	late := openEchoes(t, vip, fresh)
-	after := portStats(t, owner, vip, 7)
 	t.Logf("then %d cookie ACKs validated, %d ACKs without one", after.CookiesOk-during.CookiesOk, after.CookiesBad-during.CookiesBad)
 	if ok := after.CookiesOk - during.CookiesOk; ok != fresh {
 		t.Errorf("%d cookie ACKs validated, want the %d connections made while cookies were on", ok, fresh)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -40,14 +41,16 @@ const MaxFloodFrames = 65536 * 64511
 var FloodSources = netip.MustParsePrefix("198.18.0.0/16")
 
 // SYNFlood sends frames TCP SYNs to vip:port from lab-client, each from a
-// client and port never seen before (198.18.0.0/16, ports from 1024), at
+// client and port never seen before (198.18.0.0/16, ports from 1024; the
+// flows after the first skipped: another flood's first is the frames an
+// earlier one sent, so it repeats none of them), at
 // the fastest rate the kernel's XDP live-frames generator reaches, for at
 // most limit. The client must have spoken to vip (it needs the
 // announcer's MAC). Every checksum is right: the endpoints' stacks take
 // the SYNs as real ones and answer.
-func SYNFlood(ctx context.Context, c lab.Config, vip netip.Addr, port uint16, frames uint32, limit time.Duration) (FloodResult, error) {
-	if frames == 0 || frames > MaxFloodFrames || limit <= 0 || limit > time.Minute {
-		return FloodResult{}, fmt.Errorf("flood of %d frames in %s: want 1 to %d frames within a minute", frames, limit, MaxFloodFrames)
+func SYNFlood(ctx context.Context, c lab.Config, vip netip.Addr, port uint16, first, frames uint32, limit time.Duration) (FloodResult, error) {
+	if frames == 0 || uint64(first)+uint64(frames) > MaxFloodFrames || limit <= 0 || limit > time.Minute {
+		return FloodResult{}, fmt.Errorf("flood of %d frames after %d in %s: want 1 to %d frames in all, within a minute", frames, first, limit, MaxFloodFrames)
 	}
 	src, dst, ifindex, err := clientLink(vip)
 	if err != nil {
@@ -64,6 +67,9 @@ func SYNFlood(ctx context.Context, c lab.Config, vip netip.Addr, port uint16, fr
 		return FloodResult{}, err
 	}
 	defer func() { _ = tx.Close(); _ = tmpl.Close() }()
+	if err := skipFlows(tmpl, frame, first); err != nil {
+		return FloodResult{}, err
+	}
 	// The bridge would cap the flood far below what the generator sends.
 	restore, err := switchFabric(c, src, pass)
 	if err != nil {
@@ -97,6 +103,13 @@ func SYNFlood(ctx context.Context, c lab.Config, vip netip.Addr, port uint16, fr
 		return nil
 	})
 	return res, err
+}
+
+// skipFlows starts the generator's counter at first.
+func skipFlows(tmpl *ebpf.Map, frame []byte, first uint32) error {
+	v := append(slices.Clone(frame), make([]byte, templateRoom+8-len(frame))...)
+	binary.NativeEndian.PutUint32(v[templateRoom:], first)
+	return tmpl.Put(uint32(0), v)
 }
 
 // synFrame is the flood's frame for counter 0: Ethernet, IPv4 (ID 0xffff)
