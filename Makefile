@@ -125,13 +125,13 @@ test: ## Everything CI runs: verify, lint, unit, fuzz, integration, e2e and the 
 	$(MAKE) e2e-kubelet
 
 .PHONY: bench
-bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Maglev, XDP per packet, data plane at scale, controller load, lab failover, BGP, churn (drain with failover, ring history), pps and the kubelet lab's figures.
+bench: deps build kube-binaries ## Run the benchmarks: allocator, announcer, Maglev, XDP per packet, data plane at scale, controller load, lab failover, BGP, churn (drain with failover, ring history), SYN flood (cookies), pps and the kubelet lab's figures.
 	$(GO) test ./pkg/ipam ./pkg/announce ./pkg/maglev -run '^$$' -bench . -benchmem
 	$(GO) test ./bpf -run '^$$' -bench XDP -benchtime 1x
 	$(GO) test ./pkg/dataplane/loader -run '^$$' -bench ApplyScale -benchtime 1x
 	$(GO) test ./pkg/controller -run '^$$' -bench ControllerLoad -benchtime 1x
 	$(BIN)/ironlb-lab up >/dev/null
-	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20} && $(BIN)/ironlb-lab bench bgp --runs $${BGP_RUNS:-10} && $(BIN)/ironlb-lab bench churn --conns $${CHURN_CONNS:-10000}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
+	$(BIN)/ironlb-lab bench failover --runs $${FAILOVER_RUNS:-20} && $(BIN)/ironlb-lab bench bgp --runs $${BGP_RUNS:-10} && $(BIN)/ironlb-lab bench churn --conns $${CHURN_CONNS:-10000} && $(BIN)/ironlb-lab bench flood --frames $${FLOOD_FRAMES:-1048576}; rc=$$?; $(BIN)/ironlb-lab down; exit $$rc
 	$(BIN)/ironlb-lab bench pps --frames $${PPS_FRAMES:-2000000}
 	$(MAKE) bench-bgp-restart
 	$(MAKE) bench-kubelet

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,6 +30,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	ironlbv1alpha1 "github.com/ironlb/ironlb/pkg/apis/v1alpha1"
+	"github.com/ironlb/ironlb/pkg/dataplane"
 	"github.com/ironlb/ironlb/pkg/lab"
 	"github.com/ironlb/ironlb/pkg/lab/bench"
 )
@@ -50,6 +52,9 @@ commands:
                                         SIGTERM of a speaker to its route gone from BIRD
   bench pps [--frames N]                packets per second to the backends, xdp then kernel
                                         data plane, same generator (leaves the lab down)
+  bench flood [--frames N] [--syn-cookie-rate R]
+                                        SYNs of a flood that reach endpoints, without SYN cookies
+                                        and with them (same run)
   bench churn [--conns N]               connections reset by a drain with an L2 failover, without
                                         ring history then with it
 `
@@ -249,6 +254,34 @@ func run() error {
 				res[0].PerTenThousand(), res[1].PerTenThousand())
 			return nil
 		}
+		if len(rest) >= 1 && rest[0] == "flood" {
+			fs := flag.NewFlagSet("bench flood", flag.ContinueOnError)
+			frames := fs.Uint("frames", 1<<20, "never-seen SYNs in each flood")
+			rate := fs.Uint("syn-cookie-rate", uint(dataplane.DefaultSynCookieRate), "the speakers' --syn-cookie-rate in the flood with cookies")
+			if err := fs.Parse(rest[1:]); err != nil {
+				return err
+			}
+			cfg, err := lab.Load(abs)
+			if err != nil {
+				return err
+			}
+			if cfg.Dataplane != "xdp" {
+				return fmt.Errorf("bench flood measures the xdp data plane; the lab runs %s", cfg.Dataplane)
+			}
+			if *frames > bench.MaxFloodFrames/2 || *rate > math.MaxUint32 {
+				return fmt.Errorf("--frames %d, --syn-cookie-rate %d: too many", *frames, *rate)
+			}
+			res, err := bench.FloodCookies(ctx, cfg, uint32(*frames), uint32(*rate))
+			if err != nil {
+				return err
+			}
+			for _, r := range res {
+				fmt.Println(r)
+			}
+			fmt.Printf("SYN flood: %d SYNs reached endpoints without cookies, %d with them: %.3fx (same run)\n",
+				res[0].Placed, res[1].Placed, float64(res[1].Placed)/float64(max(res[0].Placed, 1)))
+			return nil
+		}
 		if len(rest) >= 1 && rest[0] == "bgp" {
 			fs := flag.NewFlagSet("bench bgp", flag.ContinueOnError)
 			runs := fs.Int("runs", 10, "repetitions (1-100)")
@@ -286,7 +319,7 @@ func run() error {
 			return nil
 		}
 		if len(rest) < 1 || rest[0] != "failover" {
-			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all] | bench bgp [--runs N] [--link-cuts N] | bench pps [--frames N] | bench churn [--conns N]")
+			return errors.New("usage: bench failover [--runs N] [--kind kill|link|term|all] | bench bgp [--runs N] [--link-cuts N] | bench pps [--frames N] | bench churn [--conns N] | bench flood [--frames N] [--syn-cookie-rate R]")
 		}
 		fs := flag.NewFlagSet("bench failover", flag.ContinueOnError)
 		runs := fs.Int("runs", 20, "repetitions of each kind of death (1-100)")
