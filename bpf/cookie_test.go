@@ -220,7 +220,8 @@ func TestSYNCookies(t *testing.T) {
 
 // TestSYNCookieSwitch: cookies stay off at or below the rate, go on above
 // it, and once the hold has passed SYNs are forwarded again while ACKs of
-// cookies already sent are still checked.
+// cookies already sent are still checked; a node where cookies are
+// unusable forwards SYNs.
 func TestSYNCookieSwitch(t *testing.T) {
 	objs := load(t)
 	ifindex := testNet(t)
@@ -262,6 +263,17 @@ func TestSYNCookieSwitch(t *testing.T) {
 	if s := decodeTCP(t, "late cookie ACK", out); ret != xdpPass || s.flags != tcpSYN || s.seq != 100 {
 		t.Fatalf("a cookie ACK after the hold must still be proxied: verdict %d, %+v", ret, s)
 	}
+	// A node whose driver gave the cookie program no metadata room has
+	// cookies off for good: SYNs are forwarded even while the port is over
+	// the rate.
+	cookieRate(t, objs, 1)
+	must(t, objs.Cookies.Put(uint32(1), LbCookieState{OnUntil: nowCoarse(t) + 10e9, CheckUntil: nowCoarse(t) + 100e9}))
+	must(t, objs.CookiesUnusable.Put(uint32(0), uint32(1)))
+	late.sport = 54103
+	if ret, out := runXDP(t, objs.IronlbXdp, late.frame(), ifindex); ret != xdpPass || dstOf(out) != pod1 {
+		t.Fatalf("with cookies unusable a SYN must go to the endpoint: verdict %d", ret)
+	}
+	must(t, objs.CookiesUnusable.Put(uint32(0), uint32(0)))
 	// Without cookies configured nothing is checked: the same kind of
 	// ACK goes on as a mid-flow packet.
 	cookieRate(t, objs, 0)

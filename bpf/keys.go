@@ -92,20 +92,21 @@ const (
 // to the kernel untouched because the speaker stopped refreshing the data
 // plane, not drops.
 var DropReasons = [LbDropReasonDROP_REASONS]string{
-	LbDropReasonDROP_NO_CONFIG:        "no_config",
-	LbDropReasonDROP_NO_RING:          "no_ring",
-	LbDropReasonDROP_NO_NODE:          "no_node",
-	LbDropReasonDROP_NO_BACKEND:       "no_backend",
-	LbDropReasonDROP_FIB:              "fib",
-	LbDropReasonDROP_ENCAP:            "encap",
-	LbDropReasonDROP_DECAP:            "decap",
-	LbDropReasonDROP_MALFORMED:        "malformed",
-	LbDropReasonDROP_TOO_BIG:          "too_big",
-	LbDropReasonDROP_SOURCE_RANGE:     "source_range",
-	LbDropReasonDROP_UNTRUSTED_TUNNEL: "untrusted_tunnel",
-	LbDropReasonPASS_STALE:            "stale_speaker",
-	LbDropReasonDROP_SOURCE_LIMIT:     "source_limit",
-	LbDropReasonDROP_PROXY_PENDING:    "proxy_pending",
+	LbDropReasonDROP_NO_CONFIG:          "no_config",
+	LbDropReasonDROP_NO_RING:            "no_ring",
+	LbDropReasonDROP_NO_NODE:            "no_node",
+	LbDropReasonDROP_NO_BACKEND:         "no_backend",
+	LbDropReasonDROP_FIB:                "fib",
+	LbDropReasonDROP_ENCAP:              "encap",
+	LbDropReasonDROP_DECAP:              "decap",
+	LbDropReasonDROP_MALFORMED:          "malformed",
+	LbDropReasonDROP_TOO_BIG:            "too_big",
+	LbDropReasonDROP_SOURCE_RANGE:       "source_range",
+	LbDropReasonDROP_UNTRUSTED_TUNNEL:   "untrusted_tunnel",
+	LbDropReasonPASS_STALE:              "stale_speaker",
+	LbDropReasonDROP_SOURCE_LIMIT:       "source_limit",
+	LbDropReasonDROP_PROXY_PENDING:      "proxy_pending",
+	LbDropReasonDROP_COOKIE_UNSUPPORTED: "cookies_unsupported",
 }
 
 // MapsLayout is MAPS_LAYOUT in consts.h: the version of the pinned maps'

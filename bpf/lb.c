@@ -1522,6 +1522,18 @@ int ironlb_cookie(struct xdp_md *ctx)
 	__u32 pass;
 	if (!sc || !cfg)
 		return drop(DROP_NO_CONFIG);
+	/* Without metadata room (the driver's choice) nothing can be
+	 * handed back: cookies go off on this node for good, and this
+	 * packet is dropped (its client sends it again, and it then goes
+	 * the usual way). */
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(__u32)) || bpf_xdp_adjust_meta(ctx, sizeof(__u32))) {
+		__u32 *unusable = bpf_map_lookup_elem(&cookies_unusable, &zero);
+		if (unusable)
+			*unusable = 1;
+		return drop(DROP_COOKIE_UNSUPPORTED);
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
 	if (parse_flow(data, data_end, &f, &h, 1) != PARSE_L4 || f.proto != IPPROTO_TCP)
 		return drop(DROP_MALFORMED);
 	struct vip_info *vip = lookup_vip(&f);

@@ -108,21 +108,22 @@ type LbCt2Entry struct {
 type LbDropReason uint32
 
 const (
-	LbDropReasonDROP_NO_CONFIG        LbDropReason = 0
-	LbDropReasonDROP_NO_RING          LbDropReason = 1
-	LbDropReasonDROP_NO_NODE          LbDropReason = 2
-	LbDropReasonDROP_NO_BACKEND       LbDropReason = 3
-	LbDropReasonDROP_FIB              LbDropReason = 4
-	LbDropReasonDROP_ENCAP            LbDropReason = 5
-	LbDropReasonDROP_DECAP            LbDropReason = 6
-	LbDropReasonDROP_MALFORMED        LbDropReason = 7
-	LbDropReasonDROP_TOO_BIG          LbDropReason = 8
-	LbDropReasonDROP_SOURCE_RANGE     LbDropReason = 9
-	LbDropReasonDROP_UNTRUSTED_TUNNEL LbDropReason = 10
-	LbDropReasonPASS_STALE            LbDropReason = 11
-	LbDropReasonDROP_SOURCE_LIMIT     LbDropReason = 12
-	LbDropReasonDROP_PROXY_PENDING    LbDropReason = 13
-	LbDropReasonDROP_REASONS          LbDropReason = 14
+	LbDropReasonDROP_NO_CONFIG          LbDropReason = 0
+	LbDropReasonDROP_NO_RING            LbDropReason = 1
+	LbDropReasonDROP_NO_NODE            LbDropReason = 2
+	LbDropReasonDROP_NO_BACKEND         LbDropReason = 3
+	LbDropReasonDROP_FIB                LbDropReason = 4
+	LbDropReasonDROP_ENCAP              LbDropReason = 5
+	LbDropReasonDROP_DECAP              LbDropReason = 6
+	LbDropReasonDROP_MALFORMED          LbDropReason = 7
+	LbDropReasonDROP_TOO_BIG            LbDropReason = 8
+	LbDropReasonDROP_SOURCE_RANGE       LbDropReason = 9
+	LbDropReasonDROP_UNTRUSTED_TUNNEL   LbDropReason = 10
+	LbDropReasonPASS_STALE              LbDropReason = 11
+	LbDropReasonDROP_SOURCE_LIMIT       LbDropReason = 12
+	LbDropReasonDROP_PROXY_PENDING      LbDropReason = 13
+	LbDropReasonDROP_COOKIE_UNSUPPORTED LbDropReason = 14
+	LbDropReasonDROP_REASONS            LbDropReason = 15
 )
 
 type LbFlow struct {
@@ -260,6 +261,7 @@ const (
 	LbMapClockCache      = "clock_cache"
 	LbMapConfig          = "config"
 	LbMapCookies         = "cookies"
+	LbMapCookiesUnusable = "cookies_unusable"
 	LbMapCt1             = "ct1"
 	LbMapCt1New          = "ct1_new"
 	LbMapCt2             = "ct2"
@@ -340,35 +342,36 @@ type LbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbMapSpecs struct {
-	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
-	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
-	Config        *ebpf.MapSpec `ebpf:"config"`
-	Cookies       *ebpf.MapSpec `ebpf:"cookies"`
-	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
-	Ct1New        *ebpf.MapSpec `ebpf:"ct1_new"`
-	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
-	Ct2New        *ebpf.MapSpec `ebpf:"ct2_new"`
-	Drops         *ebpf.MapSpec `ebpf:"drops"`
-	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
-	Guard         *ebpf.MapSpec `ebpf:"guard"`
-	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
-	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
-	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
-	Progs         *ebpf.MapSpec `ebpf:"progs"`
-	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
-	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
-	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
-	Rings         *ebpf.MapSpec `ebpf:"rings"`
-	RingsPrev     *ebpf.MapSpec `ebpf:"rings_prev"`
-	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
-	Shifts        *ebpf.MapSpec `ebpf:"shifts"`
-	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
-	Sources       *ebpf.MapSpec `ebpf:"sources"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	SynMeter      *ebpf.MapSpec `ebpf:"syn_meter"`
-	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
-	Vips          *ebpf.MapSpec `ebpf:"vips"`
+	Affinity        *ebpf.MapSpec `ebpf:"affinity"`
+	Backends        *ebpf.MapSpec `ebpf:"backends"`
+	ClockCache      *ebpf.MapSpec `ebpf:"clock_cache"`
+	Config          *ebpf.MapSpec `ebpf:"config"`
+	Cookies         *ebpf.MapSpec `ebpf:"cookies"`
+	CookiesUnusable *ebpf.MapSpec `ebpf:"cookies_unusable"`
+	Ct1             *ebpf.MapSpec `ebpf:"ct1"`
+	Ct1New          *ebpf.MapSpec `ebpf:"ct1_new"`
+	Ct2             *ebpf.MapSpec `ebpf:"ct2"`
+	Ct2New          *ebpf.MapSpec `ebpf:"ct2_new"`
+	Drops           *ebpf.MapSpec `ebpf:"drops"`
+	EndpointLinks   *ebpf.MapSpec `ebpf:"endpoint_links"`
+	Guard           *ebpf.MapSpec `ebpf:"guard"`
+	IfMacs          *ebpf.MapSpec `ebpf:"if_macs"`
+	Nexthops        *ebpf.MapSpec `ebpf:"nexthops"`
+	Nodes           *ebpf.MapSpec `ebpf:"nodes"`
+	Progs           *ebpf.MapSpec `ebpf:"progs"`
+	Revnat          *ebpf.MapSpec `ebpf:"revnat"`
+	RevnatNew       *ebpf.MapSpec `ebpf:"revnat_new"`
+	RingMembers     *ebpf.MapSpec `ebpf:"ring_members"`
+	Rings           *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev       *ebpf.MapSpec `ebpf:"rings_prev"`
+	Scratch         *ebpf.MapSpec `ebpf:"scratch"`
+	Shifts          *ebpf.MapSpec `ebpf:"shifts"`
+	SourceRanges    *ebpf.MapSpec `ebpf:"source_ranges"`
+	Sources         *ebpf.MapSpec `ebpf:"sources"`
+	Stats           *ebpf.MapSpec `ebpf:"stats"`
+	SynMeter        *ebpf.MapSpec `ebpf:"syn_meter"`
+	TunnelPeers     *ebpf.MapSpec `ebpf:"tunnel_peers"`
+	Vips            *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // LbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -397,35 +400,36 @@ func (o *LbObjects) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbMaps struct {
-	Affinity      *ebpf.Map `ebpf:"affinity"`
-	Backends      *ebpf.Map `ebpf:"backends"`
-	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
-	Config        *ebpf.Map `ebpf:"config"`
-	Cookies       *ebpf.Map `ebpf:"cookies"`
-	Ct1           *ebpf.Map `ebpf:"ct1"`
-	Ct1New        *ebpf.Map `ebpf:"ct1_new"`
-	Ct2           *ebpf.Map `ebpf:"ct2"`
-	Ct2New        *ebpf.Map `ebpf:"ct2_new"`
-	Drops         *ebpf.Map `ebpf:"drops"`
-	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
-	Guard         *ebpf.Map `ebpf:"guard"`
-	IfMacs        *ebpf.Map `ebpf:"if_macs"`
-	Nexthops      *ebpf.Map `ebpf:"nexthops"`
-	Nodes         *ebpf.Map `ebpf:"nodes"`
-	Progs         *ebpf.Map `ebpf:"progs"`
-	Revnat        *ebpf.Map `ebpf:"revnat"`
-	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
-	RingMembers   *ebpf.Map `ebpf:"ring_members"`
-	Rings         *ebpf.Map `ebpf:"rings"`
-	RingsPrev     *ebpf.Map `ebpf:"rings_prev"`
-	Scratch       *ebpf.Map `ebpf:"scratch"`
-	Shifts        *ebpf.Map `ebpf:"shifts"`
-	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
-	Sources       *ebpf.Map `ebpf:"sources"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	SynMeter      *ebpf.Map `ebpf:"syn_meter"`
-	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
-	Vips          *ebpf.Map `ebpf:"vips"`
+	Affinity        *ebpf.Map `ebpf:"affinity"`
+	Backends        *ebpf.Map `ebpf:"backends"`
+	ClockCache      *ebpf.Map `ebpf:"clock_cache"`
+	Config          *ebpf.Map `ebpf:"config"`
+	Cookies         *ebpf.Map `ebpf:"cookies"`
+	CookiesUnusable *ebpf.Map `ebpf:"cookies_unusable"`
+	Ct1             *ebpf.Map `ebpf:"ct1"`
+	Ct1New          *ebpf.Map `ebpf:"ct1_new"`
+	Ct2             *ebpf.Map `ebpf:"ct2"`
+	Ct2New          *ebpf.Map `ebpf:"ct2_new"`
+	Drops           *ebpf.Map `ebpf:"drops"`
+	EndpointLinks   *ebpf.Map `ebpf:"endpoint_links"`
+	Guard           *ebpf.Map `ebpf:"guard"`
+	IfMacs          *ebpf.Map `ebpf:"if_macs"`
+	Nexthops        *ebpf.Map `ebpf:"nexthops"`
+	Nodes           *ebpf.Map `ebpf:"nodes"`
+	Progs           *ebpf.Map `ebpf:"progs"`
+	Revnat          *ebpf.Map `ebpf:"revnat"`
+	RevnatNew       *ebpf.Map `ebpf:"revnat_new"`
+	RingMembers     *ebpf.Map `ebpf:"ring_members"`
+	Rings           *ebpf.Map `ebpf:"rings"`
+	RingsPrev       *ebpf.Map `ebpf:"rings_prev"`
+	Scratch         *ebpf.Map `ebpf:"scratch"`
+	Shifts          *ebpf.Map `ebpf:"shifts"`
+	SourceRanges    *ebpf.Map `ebpf:"source_ranges"`
+	Sources         *ebpf.Map `ebpf:"sources"`
+	Stats           *ebpf.Map `ebpf:"stats"`
+	SynMeter        *ebpf.Map `ebpf:"syn_meter"`
+	TunnelPeers     *ebpf.Map `ebpf:"tunnel_peers"`
+	Vips            *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *LbMaps) Close() error {
@@ -435,6 +439,7 @@ func (m *LbMaps) Close() error {
 		m.ClockCache,
 		m.Config,
 		m.Cookies,
+		m.CookiesUnusable,
 		m.Ct1,
 		m.Ct1New,
 		m.Ct2,

@@ -263,6 +263,7 @@ const (
 	BenchMapClockCache      = "clock_cache"
 	BenchMapConfig          = "config"
 	BenchMapCookies         = "cookies"
+	BenchMapCookiesUnusable = "cookies_unusable"
 	BenchMapCt1             = "ct1"
 	BenchMapCt1New          = "ct1_new"
 	BenchMapCt2             = "ct2"
@@ -347,36 +348,37 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
-	Affinity      *ebpf.MapSpec `ebpf:"affinity"`
-	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	Bench         *ebpf.MapSpec `ebpf:"bench"`
-	ClockCache    *ebpf.MapSpec `ebpf:"clock_cache"`
-	Config        *ebpf.MapSpec `ebpf:"config"`
-	Cookies       *ebpf.MapSpec `ebpf:"cookies"`
-	Ct1           *ebpf.MapSpec `ebpf:"ct1"`
-	Ct1New        *ebpf.MapSpec `ebpf:"ct1_new"`
-	Ct2           *ebpf.MapSpec `ebpf:"ct2"`
-	Ct2New        *ebpf.MapSpec `ebpf:"ct2_new"`
-	Drops         *ebpf.MapSpec `ebpf:"drops"`
-	EndpointLinks *ebpf.MapSpec `ebpf:"endpoint_links"`
-	Guard         *ebpf.MapSpec `ebpf:"guard"`
-	IfMacs        *ebpf.MapSpec `ebpf:"if_macs"`
-	Nexthops      *ebpf.MapSpec `ebpf:"nexthops"`
-	Nodes         *ebpf.MapSpec `ebpf:"nodes"`
-	Progs         *ebpf.MapSpec `ebpf:"progs"`
-	Revnat        *ebpf.MapSpec `ebpf:"revnat"`
-	RevnatNew     *ebpf.MapSpec `ebpf:"revnat_new"`
-	RingMembers   *ebpf.MapSpec `ebpf:"ring_members"`
-	Rings         *ebpf.MapSpec `ebpf:"rings"`
-	RingsPrev     *ebpf.MapSpec `ebpf:"rings_prev"`
-	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
-	Shifts        *ebpf.MapSpec `ebpf:"shifts"`
-	SourceRanges  *ebpf.MapSpec `ebpf:"source_ranges"`
-	Sources       *ebpf.MapSpec `ebpf:"sources"`
-	Stats         *ebpf.MapSpec `ebpf:"stats"`
-	SynMeter      *ebpf.MapSpec `ebpf:"syn_meter"`
-	TunnelPeers   *ebpf.MapSpec `ebpf:"tunnel_peers"`
-	Vips          *ebpf.MapSpec `ebpf:"vips"`
+	Affinity        *ebpf.MapSpec `ebpf:"affinity"`
+	Backends        *ebpf.MapSpec `ebpf:"backends"`
+	Bench           *ebpf.MapSpec `ebpf:"bench"`
+	ClockCache      *ebpf.MapSpec `ebpf:"clock_cache"`
+	Config          *ebpf.MapSpec `ebpf:"config"`
+	Cookies         *ebpf.MapSpec `ebpf:"cookies"`
+	CookiesUnusable *ebpf.MapSpec `ebpf:"cookies_unusable"`
+	Ct1             *ebpf.MapSpec `ebpf:"ct1"`
+	Ct1New          *ebpf.MapSpec `ebpf:"ct1_new"`
+	Ct2             *ebpf.MapSpec `ebpf:"ct2"`
+	Ct2New          *ebpf.MapSpec `ebpf:"ct2_new"`
+	Drops           *ebpf.MapSpec `ebpf:"drops"`
+	EndpointLinks   *ebpf.MapSpec `ebpf:"endpoint_links"`
+	Guard           *ebpf.MapSpec `ebpf:"guard"`
+	IfMacs          *ebpf.MapSpec `ebpf:"if_macs"`
+	Nexthops        *ebpf.MapSpec `ebpf:"nexthops"`
+	Nodes           *ebpf.MapSpec `ebpf:"nodes"`
+	Progs           *ebpf.MapSpec `ebpf:"progs"`
+	Revnat          *ebpf.MapSpec `ebpf:"revnat"`
+	RevnatNew       *ebpf.MapSpec `ebpf:"revnat_new"`
+	RingMembers     *ebpf.MapSpec `ebpf:"ring_members"`
+	Rings           *ebpf.MapSpec `ebpf:"rings"`
+	RingsPrev       *ebpf.MapSpec `ebpf:"rings_prev"`
+	Scratch         *ebpf.MapSpec `ebpf:"scratch"`
+	Shifts          *ebpf.MapSpec `ebpf:"shifts"`
+	SourceRanges    *ebpf.MapSpec `ebpf:"source_ranges"`
+	Sources         *ebpf.MapSpec `ebpf:"sources"`
+	Stats           *ebpf.MapSpec `ebpf:"stats"`
+	SynMeter        *ebpf.MapSpec `ebpf:"syn_meter"`
+	TunnelPeers     *ebpf.MapSpec `ebpf:"tunnel_peers"`
+	Vips            *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // BenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -405,36 +407,37 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
-	Affinity      *ebpf.Map `ebpf:"affinity"`
-	Backends      *ebpf.Map `ebpf:"backends"`
-	Bench         *ebpf.Map `ebpf:"bench"`
-	ClockCache    *ebpf.Map `ebpf:"clock_cache"`
-	Config        *ebpf.Map `ebpf:"config"`
-	Cookies       *ebpf.Map `ebpf:"cookies"`
-	Ct1           *ebpf.Map `ebpf:"ct1"`
-	Ct1New        *ebpf.Map `ebpf:"ct1_new"`
-	Ct2           *ebpf.Map `ebpf:"ct2"`
-	Ct2New        *ebpf.Map `ebpf:"ct2_new"`
-	Drops         *ebpf.Map `ebpf:"drops"`
-	EndpointLinks *ebpf.Map `ebpf:"endpoint_links"`
-	Guard         *ebpf.Map `ebpf:"guard"`
-	IfMacs        *ebpf.Map `ebpf:"if_macs"`
-	Nexthops      *ebpf.Map `ebpf:"nexthops"`
-	Nodes         *ebpf.Map `ebpf:"nodes"`
-	Progs         *ebpf.Map `ebpf:"progs"`
-	Revnat        *ebpf.Map `ebpf:"revnat"`
-	RevnatNew     *ebpf.Map `ebpf:"revnat_new"`
-	RingMembers   *ebpf.Map `ebpf:"ring_members"`
-	Rings         *ebpf.Map `ebpf:"rings"`
-	RingsPrev     *ebpf.Map `ebpf:"rings_prev"`
-	Scratch       *ebpf.Map `ebpf:"scratch"`
-	Shifts        *ebpf.Map `ebpf:"shifts"`
-	SourceRanges  *ebpf.Map `ebpf:"source_ranges"`
-	Sources       *ebpf.Map `ebpf:"sources"`
-	Stats         *ebpf.Map `ebpf:"stats"`
-	SynMeter      *ebpf.Map `ebpf:"syn_meter"`
-	TunnelPeers   *ebpf.Map `ebpf:"tunnel_peers"`
-	Vips          *ebpf.Map `ebpf:"vips"`
+	Affinity        *ebpf.Map `ebpf:"affinity"`
+	Backends        *ebpf.Map `ebpf:"backends"`
+	Bench           *ebpf.Map `ebpf:"bench"`
+	ClockCache      *ebpf.Map `ebpf:"clock_cache"`
+	Config          *ebpf.Map `ebpf:"config"`
+	Cookies         *ebpf.Map `ebpf:"cookies"`
+	CookiesUnusable *ebpf.Map `ebpf:"cookies_unusable"`
+	Ct1             *ebpf.Map `ebpf:"ct1"`
+	Ct1New          *ebpf.Map `ebpf:"ct1_new"`
+	Ct2             *ebpf.Map `ebpf:"ct2"`
+	Ct2New          *ebpf.Map `ebpf:"ct2_new"`
+	Drops           *ebpf.Map `ebpf:"drops"`
+	EndpointLinks   *ebpf.Map `ebpf:"endpoint_links"`
+	Guard           *ebpf.Map `ebpf:"guard"`
+	IfMacs          *ebpf.Map `ebpf:"if_macs"`
+	Nexthops        *ebpf.Map `ebpf:"nexthops"`
+	Nodes           *ebpf.Map `ebpf:"nodes"`
+	Progs           *ebpf.Map `ebpf:"progs"`
+	Revnat          *ebpf.Map `ebpf:"revnat"`
+	RevnatNew       *ebpf.Map `ebpf:"revnat_new"`
+	RingMembers     *ebpf.Map `ebpf:"ring_members"`
+	Rings           *ebpf.Map `ebpf:"rings"`
+	RingsPrev       *ebpf.Map `ebpf:"rings_prev"`
+	Scratch         *ebpf.Map `ebpf:"scratch"`
+	Shifts          *ebpf.Map `ebpf:"shifts"`
+	SourceRanges    *ebpf.Map `ebpf:"source_ranges"`
+	Sources         *ebpf.Map `ebpf:"sources"`
+	Stats           *ebpf.Map `ebpf:"stats"`
+	SynMeter        *ebpf.Map `ebpf:"syn_meter"`
+	TunnelPeers     *ebpf.Map `ebpf:"tunnel_peers"`
+	Vips            *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *BenchMaps) Close() error {
@@ -445,6 +448,7 @@ func (m *BenchMaps) Close() error {
 		m.ClockCache,
 		m.Config,
 		m.Cookies,
+		m.CookiesUnusable,
 		m.Ct1,
 		m.Ct1New,
 		m.Ct2,

@@ -236,7 +236,8 @@ enum drop_reason {
 	PASS_STALE = 11,      /* passed to the kernel: no speaker for too long */
 	DROP_SOURCE_LIMIT = 12, /* a client over the VIP's new flows per second */
 	DROP_PROXY_PENDING = 13, /* a proxied flow's packet before its endpoint's SYN-ACK */
-	DROP_REASONS = 14,
+	DROP_COOKIE_UNSUPPORTED = 14, /* the driver gives XDP no metadata room: cookies off */
+	DROP_REASONS = 15,
 };
 
 #endif

@@ -83,9 +83,10 @@ static __always_inline void cookie_gate(struct xdp_md *ctx, const struct config_
 		return;
 	if (syn ? !(tcp->syn && !tcp->ack) : (!tcp->ack || tcp->syn || tcp->rst))
 		return;
-	__u32 id = vip->service_id;
+	__u32 id = vip->service_id, zero = 0;
 	struct cookie_state *cs = bpf_map_lookup_elem(&cookies, &id);
-	if (!cs)
+	__u32 *unusable = bpf_map_lookup_elem(&cookies_unusable, &zero);
+	if (!cs || !unusable || *unusable)
 		return;
 	__u64 now = coarse_now();
 	if (syn) {

@@ -153,6 +153,16 @@ struct {
 	__type(value, struct seq_shift);
 } shifts SEC(".maps");
 
+/* Set (1) once the cookie program met an interface whose driver gives
+ * XDP no metadata room: it cannot hand packets back, and cookies stay
+ * off on this node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cookies_unusable SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

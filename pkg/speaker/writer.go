@@ -68,14 +68,15 @@ type writer struct {
 	// cookies reports the Service ports that answer SYNs with SYN
 	// cookies now (nil: no XDP data plane); cookieOn is what the last
 	// look found, cookieEvented the ports a Warning Event went out for.
-	cookies       func() map[dataplane.Key]string
+	cookies       func() (map[dataplane.Key]string, bool)
+	cookiesBroken bool // a SYNCookiesUnsupported Event went out
 	cookieOn      map[dataplane.Key]bool
 	cookieEvented map[dataplane.Key]bool
 	cookieSvc     map[dataplane.Key]string
 }
 
 // setCookies hands over the data plane's view of SYN cookies (nil: none).
-func (w *writer) setCookies(f func() map[dataplane.Key]string) {
+func (w *writer) setCookies(f func() (map[dataplane.Key]string, bool)) {
 	w.mu.Lock()
 	w.cookies = f
 	w.mu.Unlock()
@@ -90,10 +91,20 @@ func (w *writer) eventCookies(ctx context.Context) {
 	f := w.cookies
 	w.mu.Unlock()
 	var now map[dataplane.Key]string
+	var unusable bool
 	if f != nil {
-		now = f()
+		now, unusable = f()
 	}
 	at := time.Now()
+	if unusable && !w.cookiesBroken {
+		var node corev1.Node
+		if err := w.client.Get(ctx, types.NamespacedName{Name: w.node}, &node); err == nil {
+			w.cookiesBroken = true
+			w.log.Info("SYN cookies are off: a driver gives XDP no metadata room")
+			w.recorder.Eventf(&node, nil, corev1.EventTypeWarning, "SYNCookiesUnsupported", "Protect",
+				"node %s cannot answer SYNs with SYN cookies: the driver of an interface with the data plane gives XDP no metadata room; SYN floods reach the endpoints (run --xdp-mode generic, or another driver)", w.node)
+		}
+	}
 	for k, svc := range now {
 		if w.cookieOn[k] {
 			continue

@@ -218,12 +218,14 @@ func TestSYNCookieEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"}}
-	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(svc).Build()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(svc, node).Build()
 	rec := events.NewFakeRecorder(16)
 	w := newWriter(logr.Discard(), c, rec, "n1")
 	port := dataplane.Key{VIP: netip.MustParseAddr("192.0.2.1"), Port: 80, Proto: dataplane.TCP}
 	on := map[dataplane.Key]string{}
-	w.setCookies(func() map[dataplane.Key]string { return on })
+	unusable := false
+	w.setCookies(func() (map[dataplane.Key]string, bool) { return on, unusable })
 	look := func() []string {
 		w.eventCookies(t.Context())
 		var got []string
@@ -249,5 +251,10 @@ func TestSYNCookieEvents(t *testing.T) {
 	delete(on, port)
 	if got = append(got, look()...); len(got) != 0 {
 		t.Fatalf("events %q for a second flood within warnEvery, want none", got)
+	}
+	// A driver without metadata room: one Warning on the Node.
+	unusable = true
+	if got := append(look(), look()...); len(got) != 1 || !strings.HasPrefix(got[0], "Warning SYNCookiesUnsupported node n1") {
+		t.Fatalf("events %q, want one SYNCookiesUnsupported", got)
 	}
 }

@@ -199,6 +199,12 @@ func (d *Dataplane) fillProgs() error {
 			return fmt.Errorf("load the data plane: progs[%d]: %w", slot, err)
 		}
 	}
+	// A new start may attach in another mode or to other drivers: the
+	// cookie program finds out again whether they give it metadata room.
+	if err := d.objs.CookiesUnusable.Put(uint32(0), uint32(0)); err != nil {
+		_ = d.objs.Close()
+		return fmt.Errorf("load the data plane: cookies_unusable: %w", err)
+	}
 	return nil
 }
 

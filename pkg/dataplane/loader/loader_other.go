@@ -21,5 +21,5 @@ func (*Dataplane) Lacks([]dataplane.Entry) bool                                 
 func (*Dataplane) Beat() error                                                     { return errLinux }
 func (*Dataplane) Close() error                                                    { return nil }
 func (*Dataplane) Dump() dataplane.Dump                                            { return dataplane.Dump{} }
-func (*Dataplane) SYNCookies() map[dataplane.Key]string                            { return nil }
+func (*Dataplane) SYNCookies() (map[dataplane.Key]string, bool)                    { return nil, false }
 func Cleanup(string) error                                                         { return errLinux }

@@ -117,8 +117,9 @@ func countKeys(m *ebpf.Map) int {
 }
 
 // SYNCookies returns the Service ports whose SYNs this node answers with
-// SYN cookies now (a SYN flood), each with its Service ("namespace/name").
-func (d *Dataplane) SYNCookies() map[dataplane.Key]string {
+// SYN cookies now (a SYN flood), each with its Service ("namespace/name"),
+// and whether cookies are unusable here (a driver without XDP metadata).
+func (d *Dataplane) SYNCookies() (map[dataplane.Key]string, bool) {
 	d.mu.Lock()
 	ids := make(map[uint32]dataplane.Key, len(d.ids))
 	for k, id := range d.ids {
@@ -137,5 +138,7 @@ func (d *Dataplane) SYNCookies() map[dataplane.Key]string {
 			out[k] = services[k]
 		}
 	}
-	return out
+	var unusable uint32
+	_ = d.objs.CookiesUnusable.Lookup(uint32(0), &unusable)
+	return out, unusable != 0
 }
