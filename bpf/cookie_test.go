@@ -209,6 +209,22 @@ func TestSYNCookies(t *testing.T) {
 			t.Fatalf("%s: endpoint data: verdict %d, %+v", c.vip, ret, r)
 		}
 
+		// A router on the client's path says the reply was too big: the
+		// endpoint gets the error about the packet it sent, with its own
+		// sequence number.
+		quoted := pkt{src: c.vip, dst: c.client, proto: 6, sport: 80, dport: c.sport, flags: tcpACK, seq: cookie + 1, ack: 5006}.ip()
+		sent := pkt{src: c.vip, dst: c.client, proto: 6, sport: 80, dport: c.sport, flags: tcpACK, seq: 0x7778, ack: 5006}.ip()
+		router, typ, code, rest := netip.MustParseAddr("10.89.0.1"), byte(3), byte(4), [4]byte{0, 0, 0x05, 0xc8}
+		n := 28
+		if c.vip.Is6() {
+			router, typ, code, rest, n = netip.MustParseAddr("fd89::1"), 2, 0, [4]byte{0, 0, 0x05, 0xb4}, 48
+		}
+		in := ether(macClient, macSelf, family(c.vip), icmpError(router, c.vip, typ, code, rest, quoted[:n]))
+		want := ether(macClient, macSelf, family(c.vip), icmpError(router, c.ep, typ, code, rest, asSentBy(sent[:n], c.ep, 8080)))
+		if ret, out := runXDP(t, objs.IronlbXdp, in, ifindex); ret != xdpPass || string(out[:len(want)]) != string(want) {
+			t.Fatalf("%s: ICMP error about a proxied reply: verdict %d\n got %x\nwant %x", c.vip, ret, out[:len(want)], want)
+		}
+
 		// The endpoint's RST takes the shift with the flow.
 		rst := reply
 		rst.flags, rst.payload = 0x04, nil

@@ -690,6 +690,8 @@ static __always_inline int tier2_icmp(const struct flow *cf, void *data, void *d
 	struct backend b = ce->be;
 	if (icmp_to_backend(data, data_end, cf, &b) < 0)
 		return drop(DROP_MALFORMED);
+	if (ce->flags & CT2_PROXIED)
+		proxy_icmp(data, data_end, cf, &b);
 	return XDP_PASS;
 }
 

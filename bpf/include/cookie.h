@@ -172,6 +172,35 @@ static __attribute__((noinline)) int proxy_ack(const struct flow *f, const struc
 	return 0;
 }
 
+/* proxy_icmp shifts the sequence number an ICMP error about a proxied
+ * flow quotes (the reply as it left, in the client's view) into the
+ * endpoint's, once icmp_to_backend has rewritten the rest: the endpoint's
+ * kernel ignores an error whose sequence number it never sent, and path
+ * MTU discovery would not work. cf is the client's flow, be its
+ * endpoint. Not inlined, and calling nothing that is not. */
+static __attribute__((noinline)) int proxy_icmp(void *data, void *data_end, const struct flow *cf,
+						const struct backend *be)
+{
+	__u32 zero = 0;
+	struct cookie_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc)
+		return 0;
+	reply_of(cf, be, &sc->rk);
+	struct seq_shift *s = bpf_map_lookup_elem(&shifts, &sc->rk);
+	if (!s || !s->ready)
+		return 0;
+	__u8 *icmp = data + ETH_HDR_LEN + (cf->family == FAMILY_V4 ? IPV4_HDR_LEN : IPV6_HDR_LEN);
+	__u32 *qseq = (void *)(icmp + ICMP_HDR_LEN + (cf->family == FAMILY_V4 ? IPV4_HDR_LEN : IPV6_HDR_LEN) + 4);
+	__u16 *icsum = (void *)(icmp + 2);
+	if ((void *)(qseq + 1) > data_end || (void *)(icsum + 1) > data_end)
+		return 0; /* no sequence number quoted */
+	__u32 old = *qseq;
+	__u32 new = bpf_htonl(bpf_ntohl(old) + s->delta);
+	csum_replace4(icsum, old, new);
+	*qseq = new;
+	return 0;
+}
+
 /* skb_replace4 rewrites a 32-bit TCP field at off, with the checksum at
  * csum_off. */
 static __always_inline void skb_replace4(struct __sk_buff *skb, __u32 csum_off, __u32 off, __u32 old, __u32 new)
