@@ -234,12 +234,9 @@ func run() error {
 			if err := fs.Parse(rest[1:]); err != nil {
 				return err
 			}
-			cfg, err := lab.Load(abs)
+			cfg, err := xdpLab(abs, "bench churn")
 			if err != nil {
 				return err
-			}
-			if cfg.Dataplane != "xdp" {
-				return fmt.Errorf("bench churn measures the xdp data plane; the lab runs %s", cfg.Dataplane)
 			}
 			var res []bench.ChurnResult
 			for _, history := range []bool{false, true} {
@@ -261,12 +258,9 @@ func run() error {
 			if err := fs.Parse(rest[1:]); err != nil {
 				return err
 			}
-			cfg, err := lab.Load(abs)
+			cfg, err := xdpLab(abs, "bench flood")
 			if err != nil {
 				return err
-			}
-			if cfg.Dataplane != "xdp" {
-				return fmt.Errorf("bench flood measures the xdp data plane; the lab runs %s", cfg.Dataplane)
 			}
 			if *frames > bench.MaxFloodFrames/2 || *rate > math.MaxUint32 {
 				return fmt.Errorf("--frames %d, --syn-cookie-rate %d: too many", *frames, *rate)
@@ -388,6 +382,19 @@ func run() error {
 // benchPPS brings the lab up with each data plane in turn, floods the
 // demo VIP with the same generator and frame, and prints both rates and
 // their ratio. It leaves the lab down.
+// xdpLab loads the lab in dir for a measurement (what) of the xdp data
+// plane.
+func xdpLab(dir, what string) (lab.Config, error) {
+	cfg, err := lab.Load(dir)
+	if err != nil {
+		return cfg, err
+	}
+	if cfg.Dataplane != "xdp" {
+		return cfg, fmt.Errorf("%s measures the xdp data plane; the lab runs %s", what, cfg.Dataplane)
+	}
+	return cfg, nil
+}
+
 func benchPPS(ctx context.Context, dir, root string, frames uint32) error {
 	defer func() { _ = lab.Down(context.WithoutCancel(ctx), dir) }()
 	var res []bench.PPSResult

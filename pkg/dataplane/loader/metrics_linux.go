@@ -28,6 +28,22 @@ var (
 	descCapacity = prometheus.NewDesc("ironlb_dataplane_conntrack_capacity", "Size of a conntrack table; the oldest flows are evicted beyond it.", []string{"table"}, nil)
 )
 
+// ports returns, under the lock, each Service port's id and each port's
+// Service ("namespace/name").
+func (d *Dataplane) ports() (map[uint32]dataplane.Key, map[dataplane.Key]string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ids := make(map[uint32]dataplane.Key, len(d.ids))
+	for k, id := range d.ids {
+		ids[id] = k
+	}
+	services := make(map[dataplane.Key]string, len(d.last))
+	for _, e := range d.last {
+		services[e.Key] = e.Service
+	}
+	return ids, services
+}
+
 // Describe implements prometheus.Collector.
 func (d *Dataplane) Describe(ch chan<- *prometheus.Desc) {
 	for _, desc := range []*prometheus.Desc{descPackets, descBytes, descNewFlows, descDenied, descUnstored, descLimited, descCookies, descCookieOK, descCookieNo, descCookieOn, descDrops, descEntries, descCapacity} {
@@ -38,16 +54,7 @@ func (d *Dataplane) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector: it reads the per-CPU counters
 // and counts the conntrack tables (a walk of each, at scrape time).
 func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
-	d.mu.Lock()
-	ids := make(map[uint32]dataplane.Key, len(d.ids))
-	for k, id := range d.ids {
-		ids[id] = k
-	}
-	services := make(map[dataplane.Key]string, len(d.last))
-	for _, e := range d.last {
-		services[e.Key] = e.Service
-	}
-	d.mu.Unlock()
+	ids, services := d.ports()
 	now := monotonicCoarse()
 	for id, k := range ids {
 		var per []bpf.LbServiceStats
@@ -120,16 +127,7 @@ func countKeys(m *ebpf.Map) int {
 // SYN cookies now (a SYN flood), each with its Service ("namespace/name"),
 // and whether cookies are unusable here (a driver without XDP metadata).
 func (d *Dataplane) SYNCookies() (map[dataplane.Key]string, bool) {
-	d.mu.Lock()
-	ids := make(map[uint32]dataplane.Key, len(d.ids))
-	for k, id := range d.ids {
-		ids[id] = k
-	}
-	services := make(map[dataplane.Key]string, len(d.last))
-	for _, e := range d.last {
-		services[e.Key] = e.Service
-	}
-	d.mu.Unlock()
+	ids, services := d.ports()
 	now := monotonicCoarse()
 	out := map[dataplane.Key]string{}
 	for id, k := range ids {

@@ -65,21 +65,10 @@ func Churn(ctx context.Context, c lab.Config, conns int, history bool, log io.Wr
 	if !history {
 		extra = []string{"--ring-history", "0"}
 	}
-	restart := func(extra ...string) error {
-		for _, n := range c.NodeList() {
-			if err := c.Stop(lab.SpeakerName(n), 10*time.Second); err != nil {
-				return err
-			}
-			if err := c.StartSpeakerWith(n, c.Dataplane, extra...); err != nil {
-				return err
-			}
-		}
-		return c.WaitAllMembers(ctx, 60*time.Second)
-	}
-	if err := restart(extra...); err != nil {
+	if err := restartSpeakers(ctx, c, extra...); err != nil {
 		return ChurnResult{}, err
 	}
-	defer func() { _ = restart() }()
+	defer func() { _ = restartSpeakers(ctx, c) }()
 
 	cl, err := c.Client()
 	if err != nil {
@@ -89,28 +78,11 @@ func Churn(ctx context.Context, c lab.Config, conns int, history bool, log io.Wr
 	if history {
 		name = "churn-history"
 	}
-	if err := c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-		s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
-		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
-	}); err != nil {
-		return ChurnResult{}, err
-	}
-	defer func() {
-		bg := context.WithoutCancel(ctx)
-		_ = cl.Delete(bg, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
-		// The lab has no EndpointSlice controller to delete them.
-		_ = cl.DeleteAllOf(bg, &discoveryv1.EndpointSlice{}, client.InNamespace("default"),
-			client.MatchingLabels{discoveryv1.LabelServiceName: name})
-	}()
-	// Every endpoint ready, whatever an earlier run left.
-	if err := c.SetEndpointsReady(ctx, cl, name, nil); err != nil {
-		return ChurnResult{}, err
-	}
-	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 1, 30*time.Second)
+	vip, remove, err := demoCopy(ctx, c, cl, name)
 	if err != nil {
 		return ChurnResult{}, err
 	}
-	vip := ips[0]
+	defer remove()
 	if _, err := c.WaitHTTP(ctx, vip, 30*time.Second); err != nil {
 		return ChurnResult{}, err
 	}
@@ -306,4 +278,47 @@ func checkHeld(held []*heldConn) []*heldConn {
 	}
 	wg.Wait()
 	return broken
+}
+
+// restartSpeakers restarts every node's speaker with extra flags (none:
+// the lab's own) and waits until they all see each other.
+func restartSpeakers(ctx context.Context, c lab.Config, extra ...string) error {
+	for _, n := range c.NodeList() {
+		if err := c.Stop(lab.SpeakerName(n), 10*time.Second); err != nil {
+			return err
+		}
+		if err := c.StartSpeakerWith(n, c.Dataplane, extra...); err != nil {
+			return err
+		}
+	}
+	return c.WaitAllMembers(ctx, 60*time.Second)
+}
+
+// demoCopy creates name, an IPv4 copy of the demo Service with every
+// endpoint ready (whatever an earlier run left), and returns its VIP and
+// what removes it again.
+func demoCopy(ctx context.Context, c lab.Config, cl client.Client, name string) (netip.Addr, func(), error) {
+	if err := c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
+		s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
+		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+	}); err != nil {
+		return netip.Addr{}, nil, err
+	}
+	remove := func() {
+		bg := context.WithoutCancel(ctx)
+		_ = cl.Delete(bg, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
+		// The lab has no EndpointSlice controller to delete them.
+		_ = cl.DeleteAllOf(bg, &discoveryv1.EndpointSlice{}, client.InNamespace("default"),
+			client.MatchingLabels{discoveryv1.LabelServiceName: name})
+	}
+	if err := c.SetEndpointsReady(ctx, cl, name, nil); err != nil {
+		remove()
+		return netip.Addr{}, nil, err
+	}
+	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 1, 30*time.Second)
+	if err != nil {
+		remove()
+		return netip.Addr{}, nil, err
+	}
+	return ips[0], remove, nil
 }

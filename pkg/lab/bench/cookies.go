@@ -9,11 +9,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ironlb/ironlb/bpf"
 	"github.com/ironlb/ironlb/pkg/dataplane"
@@ -48,46 +43,19 @@ func FloodCookies(ctx context.Context, c lab.Config, frames, rate uint32) ([]Flo
 	if rate == 0 || frames == 0 || uint64(frames)*2 > MaxFloodFrames {
 		return nil, fmt.Errorf("flood of %d frames at --syn-cookie-rate %d: want both above 0, at most %d frames", frames, rate, MaxFloodFrames/2)
 	}
-	restart := func(extra ...string) error {
-		for _, n := range c.NodeList() {
-			if err := c.Stop(lab.SpeakerName(n), 10*time.Second); err != nil {
-				return err
-			}
-			if err := c.StartSpeakerWith(n, c.Dataplane, extra...); err != nil {
-				return err
-			}
-		}
-		return c.WaitAllMembers(ctx, 60*time.Second)
-	}
-	defer func() { _ = restart() }()
+	defer func() { _ = restartSpeakers(ctx, c) }()
 	cl, err := c.Client()
 	if err != nil {
 		return nil, err
 	}
-	const name = "flood"
-	if err := c.CreateDemoService(ctx, cl, name, func(s *corev1.Service) {
-		s.Spec.IPFamilyPolicy = new(corev1.IPFamilyPolicySingleStack)
-		s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
-	}); err != nil {
-		return nil, err
-	}
-	defer func() {
-		bg := context.WithoutCancel(ctx)
-		_ = cl.Delete(bg, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}})
-		_ = cl.DeleteAllOf(bg, &discoveryv1.EndpointSlice{}, client.InNamespace("default"),
-			client.MatchingLabels{discoveryv1.LabelServiceName: name})
-	}()
-	if err := c.SetEndpointsReady(ctx, cl, name, nil); err != nil {
-		return nil, err
-	}
-	ips, err := lab.WaitServiceIPs(ctx, cl, types.NamespacedName{Namespace: "default", Name: name}, 1, 30*time.Second)
+	vip, remove, err := demoCopy(ctx, c, cl, "flood")
 	if err != nil {
 		return nil, err
 	}
-	vip := ips[0]
+	defer remove()
 	var out []FloodEffect
 	for i, r := range []uint32{0, rate} {
-		if err := restart("--syn-cookie-rate", strconv.FormatUint(uint64(r), 10)); err != nil {
+		if err := restartSpeakers(ctx, c, "--syn-cookie-rate", strconv.FormatUint(uint64(r), 10)); err != nil {
 			return nil, err
 		}
 		// The client learns the announcer's MAC, which the flood uses.
