@@ -45,6 +45,11 @@ func TestParseRejects(t *testing.T) {
 			p.State, p.YourDiscriminator, p.Demand = Up, 9, true
 			return p.Marshal()
 		}(), ErrDemandNotUsed},
+		"poll and final": {func() []byte {
+			p := valid()
+			p.State, p.YourDiscriminator, p.Poll, p.Final = Up, 9, true, true
+			return p.Marshal()
+		}(), ErrPollFinal},
 	}
 	for name, c := range cases {
 		if _, err := Parse(c.in); !errors.Is(err, c.want) {
@@ -221,6 +226,36 @@ func TestPollAnswered(t *testing.T) {
 	out, ok := s.Due(now)
 	if !ok || !out.Final {
 		t.Fatalf("after a poll: due %v, final %v; want a packet with Final at once", ok, out.Final)
+	}
+}
+
+// TestPollDuringPoll: a session whose own poll is pending answers the
+// peer's poll with Final alone (never Poll and Final together, RFC 5880
+// section 6.5, which BIRD discards), and polls again in the packet after.
+// Both ends poll at once when they come Up together.
+func TestPollDuringPoll(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	s := New(cfg(1), t0, func() float64 { return 0 })
+	s.Due(t0)
+	peer := Packet{State: Init, DetectMult: 3, MyDiscriminator: 9, YourDiscriminator: 1, DesiredMinTx: 1_000_000, RequiredMinRx: 100_000}
+	now := t0.Add(10 * time.Millisecond)
+	s.Receive(peer, now) // Down -> Up: a poll for the faster interval
+	if st, _ := s.State(); st != Up || !s.pollPending {
+		t.Fatalf("state %s, poll pending %v; want Up with a poll pending", st, s.pollPending)
+	}
+	peer.State, peer.Poll = Up, true
+	now = now.Add(time.Millisecond)
+	s.Receive(peer, now)
+	out, ok := s.Due(now)
+	if !ok || !out.Final || out.Poll {
+		t.Fatalf("answer to a poll while polling: due %v, poll %v, final %v; want Final alone", ok, out.Poll, out.Final)
+	}
+	if _, err := Parse(out.Marshal()); err != nil {
+		t.Fatalf("the answer does not parse: %v", err)
+	}
+	next, ok := s.Due(s.NextTx())
+	if !ok || !next.Poll || next.Final {
+		t.Fatalf("the packet after: due %v, poll %v, final %v; want this end's poll again", ok, next.Poll, next.Final)
 	}
 }
 

@@ -122,6 +122,7 @@ var (
 	ErrMyDiscZero    = errors.New("bfd: my discriminator zero")
 	ErrYourDiscZero  = errors.New("bfd: your discriminator zero outside Down and AdminDown")
 	ErrDemandNotUsed = errors.New("bfd: demand mode is not supported")
+	ErrPollFinal     = errors.New("bfd: poll and final bits both set")
 )
 
 const (
@@ -175,6 +176,9 @@ func Parse(b []byte) (Packet, error) {
 		return Packet{}, ErrYourDiscZero
 	case p.Demand && p.State == Up:
 		return Packet{}, ErrDemandNotUsed
+	case p.Poll && p.Final:
+		// RFC 5880 section 6.5 forbids it; BIRD drops such a packet too.
+		return Packet{}, ErrPollFinal
 	}
 	return p, nil
 }

@@ -288,7 +288,7 @@ func (r *Runner) read(k connKey, c packetConn) {
 }
 
 func isParseError(err error) bool {
-	for _, e := range []error{ErrShort, ErrVersion, ErrLength, ErrAuth, ErrDetectMult, ErrMultipoint, ErrMyDiscZero, ErrYourDiscZero, ErrDemandNotUsed} {
+	for _, e := range []error{ErrShort, ErrVersion, ErrLength, ErrAuth, ErrDetectMult, ErrMultipoint, ErrMyDiscZero, ErrYourDiscZero, ErrDemandNotUsed, ErrPollFinal} {
 		if errors.Is(err, e) {
 			return true
 		}

@@ -200,7 +200,11 @@ func (s *Session) packet() Packet {
 	}
 	return Packet{
 		Diag: s.diag, State: s.state,
-		Poll: s.pollPending, Final: s.finalDue,
+		// A packet never carries both (RFC 5880 section 6.5): the answer
+		// to the peer's poll goes out with Final alone, and this end's
+		// own poll goes on in the packets after it. Both ends poll at
+		// once when they come Up together.
+		Poll: s.pollPending && !s.finalDue, Final: s.finalDue,
 		DetectMult:        s.cfg.DetectMult,
 		MyDiscriminator:   s.cfg.MyDiscriminator,
 		YourDiscriminator: s.yourDisc,
