@@ -205,6 +205,11 @@ func TestBGPLocal(t *testing.T) {
 	ips := bgpService(t, name, func(s *corev1.Service) {
 		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(kernelPathReport(name, ips[0]))
+		}
+	})
 	ready := map[string]bool{}
 	for _, p := range cfg.Pods() {
 		ready[p.Name] = p.Node.Name == "node-b"
