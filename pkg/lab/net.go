@@ -127,6 +127,20 @@ func (c Config) buildNetwork(ctx context.Context) error {
 	if err := sysctl(ctx, RouterNS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
 		return err
 	}
+	// The router forwards the client's packets back out of the interface
+	// they came in on (client and nodes share the bridge), so Linux would
+	// send the client ICMP redirects, and the client would then go
+	// straight to one node for five minutes: around BIRD's routes and its
+	// ECMP, which the BGP tests are about. A fabric's router and its
+	// clients are not on one segment; the lab's are, so neither end
+	// takes part in redirects.
+	if err := sysctl(ctx, RouterNS, "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0"); err != nil {
+		return err
+	}
+	if err := sysctl(ctx, ClientNS, "net.ipv4.conf.all.accept_redirects=0", "net.ipv4.conf.eth0.accept_redirects=0",
+		"net.ipv6.conf.all.accept_redirects=0", "net.ipv6.conf.eth0.accept_redirects=0"); err != nil {
+		return err
+	}
 	if c.Kubelet {
 		// The control plane: on the fabric, with routes to every node's
 		// pods (the controller pods reach the API server from there).

@@ -18,11 +18,12 @@ import (
 	"github.com/ironlb/ironlb/pkg/lab"
 )
 
-// kernelPathReport describes, for a failed test, the path a VIP's
-// traffic takes with --dataplane=kernel: the router's route, the Service's
-// EndpointSlices as the API server has them, and on every node
-// kube-proxy's last sync and its nftables chains for the VIP.
-func kernelPathReport(svc string, vip netip.Addr) string {
+// pathReport describes, for a failed test, the path a BGP VIP's traffic
+// takes: lab-client's route, the router's, the Service's EndpointSlices as
+// the API server has them, and on every node the data plane's drops
+// (--dataplane=xdp) or kube-proxy's last sync and its nftables chains for
+// the VIP (kernel).
+func pathReport(svc string, vip netip.Addr) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var b strings.Builder
@@ -38,6 +39,7 @@ func kernelPathReport(svc string, vip netip.Addr) string {
 	if vip.Is6() {
 		fam, table = "-6", "ip6"
 	}
+	fmt.Fprintf(&b, "--- %s: route: %s", lab.ClientNS, run("ip", "-n", lab.ClientNS, fam, "route", "get", vip.String()))
 	fmt.Fprintf(&b, "--- %s: route: %s", lab.RouterNS, run("ip", "-n", lab.RouterNS, fam, "route", "show", vip.String()))
 	var slices discoveryv1.EndpointSliceList
 	if err := cl.List(ctx, &slices, client.InNamespace("default"), client.MatchingLabels{discoveryv1.LabelServiceName: svc}); err != nil {
@@ -56,7 +58,12 @@ func kernelPathReport(svc string, vip netip.Addr) string {
 	}
 	ref := regexp.MustCompile(`(?:goto|jump) ([A-Za-z0-9_-]+)`)
 	for _, n := range cfg.NodeList() {
-		fmt.Fprintf(&b, "--- %s: kube-proxy %s\n", n.Name, kubeProxySync(ctx, n))
+		if cfg.Dataplane == "xdp" {
+			fmt.Fprintf(&b, "--- %s: data plane drops: %s\n", n.Name, metricLines(ctx, n, "127.0.0.1:7473", "ironlb_dataplane_drops_total"))
+			continue
+		}
+		fmt.Fprintf(&b, "--- %s: kube-proxy (now %d): %s\n", n.Name, time.Now().Unix(), metricLines(ctx, n, "127.0.0.1:10249",
+			"kubeproxy_sync_proxy_rules_last_timestamp_seconds", "kubeproxy_sync_proxy_rules_duration_seconds_count"))
 		all := run("ip", "netns", "exec", n.NS, "nft", "list", "table", table, "kube-proxy")
 		var todo []string
 		for _, line := range strings.Split(all, "\n") {
@@ -85,15 +92,15 @@ func kernelPathReport(svc string, vip netip.Addr) string {
 	return b.String()
 }
 
-// kubeProxySync reads a node's kube-proxy metrics: when it last synced
-// its rules and how many syncs it ran.
-func kubeProxySync(ctx context.Context, n lab.Node) string {
+// metricLines returns the lines of a node's metrics endpoint (addr, in
+// the node's namespace) that start with one of the prefixes.
+func metricLines(ctx context.Context, n lab.Node, addr string, prefixes ...string) string {
 	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return lab.DialIn(ctx, n.NS, network, addr)
 		},
 	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:10249/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
 		return err.Error()
 	}
@@ -108,11 +115,11 @@ func kubeProxySync(ctx context.Context, n lab.Node) string {
 	}
 	var out []string
 	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") ||
-			strings.HasPrefix(line, "kubeproxy_sync_proxy_rules_duration_seconds_count") ||
-			strings.HasPrefix(line, "kubeproxy_sync_proxy_rules_duration_seconds_sum") {
-			out = append(out, line)
+		for _, p := range prefixes {
+			if strings.HasPrefix(line, p) {
+				out = append(out, line)
+			}
 		}
 	}
-	return fmt.Sprintf("(now %d): %s", time.Now().Unix(), strings.Join(out, "; "))
+	return strings.Join(out, "; ")
 }
