@@ -54,9 +54,7 @@ func stats(t testing.TB, objs *LbObjects, id uint32) LbServiceStats {
 	must(t, objs.Stats.Lookup(id, &per))
 	var s LbServiceStats
 	for _, p := range per {
-		s.NewFlows += p.NewFlows
-		s.Unstored += p.Unstored
-		s.Limited += p.Limited
+		s.Add(p)
 	}
 	return s
 }

@@ -75,21 +75,9 @@ func revnatClients(t *testing.T) map[uint16]bool {
 // portStats sums a Service port's data-plane counters on node n.
 func portStats(t *testing.T, n lab.Node, vip netip.Addr, port uint16) bpf.LbServiceStats {
 	t.Helper()
-	var info bpf.LbVipInfo
-	if err := pinnedMap(t, n, "vips").Lookup(bpf.VipKeyFor(vip, port, 6), &info); err != nil {
-		t.Fatalf("%s has no VIP %s:%d: %v", n.Name, vip, port, err)
-	}
-	var per []bpf.LbServiceStats
-	if err := pinnedMap(t, n, "stats").Lookup(info.ServiceId, &per); err != nil {
+	s, err := bench.PortStats(cfg, n, vip, port)
+	if err != nil {
 		t.Fatal(err)
-	}
-	var s bpf.LbServiceStats
-	for _, p := range per {
-		s.Packets += p.Packets
-		s.NewFlows += p.NewFlows
-		s.CookiesSent += p.CookiesSent
-		s.CookiesOk += p.CookiesOk
-		s.CookiesBad += p.CookiesBad
 	}
 	return s
 }

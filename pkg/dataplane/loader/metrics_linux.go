@@ -63,15 +63,7 @@ func (d *Dataplane) Collect(ch chan<- prometheus.Metric) {
 		}
 		var s bpf.LbServiceStats
 		for _, p := range per {
-			s.Packets += p.Packets
-			s.Bytes += p.Bytes
-			s.NewFlows += p.NewFlows
-			s.Denied += p.Denied
-			s.Unstored += p.Unstored
-			s.Limited += p.Limited
-			s.CookiesSent += p.CookiesSent
-			s.CookiesOk += p.CookiesOk
-			s.CookiesBad += p.CookiesBad
+			s.Add(p)
 		}
 		labels := []string{k.VIP.String(), strconv.Itoa(int(k.Port)), dataplane.ProtocolName(k.Proto)}
 		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(s.Packets), labels...)

@@ -84,35 +84,39 @@ func FloodCookies(ctx context.Context, c lab.Config, frames, rate uint32) ([]Flo
 func portCounts(c lab.Config, vip netip.Addr, port uint16) (bpf.LbServiceStats, error) {
 	var sum bpf.LbServiceStats
 	for _, n := range c.NodeList() {
-		err := func() error {
-			vips, err := ebpf.LoadPinnedMap(filepath.Join(c.PinDir(n), "vips"), nil)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = vips.Close() }()
-			var info bpf.LbVipInfo
-			if err := vips.Lookup(bpf.VipKeyFor(vip, port, dataplane.TCP), &info); err != nil {
-				return fmt.Errorf("%s has no VIP %s:%d: %w", n.Name, vip, port, err)
-			}
-			stats, err := ebpf.LoadPinnedMap(filepath.Join(c.PinDir(n), "stats"), nil)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = stats.Close() }()
-			var per []bpf.LbServiceStats
-			if err := stats.Lookup(info.ServiceId, &per); err != nil {
-				return err
-			}
-			for _, p := range per {
-				sum.Packets += p.Packets
-				sum.NewFlows += p.NewFlows
-				sum.CookiesSent += p.CookiesSent
-			}
-			return nil
-		}()
+		s, err := PortStats(c, n, vip, port)
 		if err != nil {
 			return sum, err
 		}
+		sum.Add(s)
+	}
+	return sum, nil
+}
+
+// PortStats sums a TCP Service port's data-plane counters over the CPUs
+// of node n, from the node's pinned maps.
+func PortStats(c lab.Config, n lab.Node, vip netip.Addr, port uint16) (bpf.LbServiceStats, error) {
+	var sum bpf.LbServiceStats
+	vips, err := ebpf.LoadPinnedMap(filepath.Join(c.PinDir(n), "vips"), nil)
+	if err != nil {
+		return sum, err
+	}
+	defer func() { _ = vips.Close() }()
+	var info bpf.LbVipInfo
+	if err := vips.Lookup(bpf.VipKeyFor(vip, port, dataplane.TCP), &info); err != nil {
+		return sum, fmt.Errorf("%s has no VIP %s:%d: %w", n.Name, vip, port, err)
+	}
+	stats, err := ebpf.LoadPinnedMap(filepath.Join(c.PinDir(n), "stats"), nil)
+	if err != nil {
+		return sum, err
+	}
+	defer func() { _ = stats.Close() }()
+	var per []bpf.LbServiceStats
+	if err := stats.Lookup(info.ServiceId, &per); err != nil {
+		return sum, err
+	}
+	for _, p := range per {
+		sum.Add(p)
 	}
 	return sum, nil
 }
