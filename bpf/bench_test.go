@@ -16,6 +16,14 @@ import (
 
 // harness loads bench_xdp (bpf/bench) on the same maps as objs.
 func harness(b testing.TB, objs *LbObjects) (*ebpf.Program, *ebpf.Program, *ebpf.Map) {
+	h := harnessObjects(b, objs)
+	return h.BenchXdp, h.FloorXdp, h.Bench
+}
+
+// harnessObjects loads the harness (bpf/bench) on objs's maps. The maps
+// of the SYN-cookie path (progs, cookies, syn_meter, scratch) stay the
+// harness's own: its progs array is empty unless a benchmark fills it.
+func harnessObjects(b testing.TB, objs *LbObjects) *bench.BenchObjects {
 	spec, err := bench.LoadBench()
 	must(b, err)
 	repl := map[string]*ebpf.Map{}
@@ -33,7 +41,7 @@ func harness(b testing.TB, objs *LbObjects) (*ebpf.Program, *ebpf.Program, *ebpf
 	var h bench.BenchObjects
 	must(b, spec.LoadAndAssign(&h, &ebpf.CollectionOptions{MapReplacements: repl}))
 	b.Cleanup(func() { _ = h.Close() })
-	return h.BenchXdp, h.FloorXdp, h.Bench
+	return &h
 }
 
 // TestBenchHarnessLoads: the benchmarks' harness still passes the
@@ -48,13 +56,7 @@ func TestBenchHarnessLoads(t *testing.T) {
 	}
 }
 
-type benchCfg struct {
-	NewFlows, Counter uint32
-	Saved             [64]byte
-	Mix, Pad          uint32
-	EstNs, EstCount   uint64
-	T0                uint64
-}
+type benchCfg = bench.BenchBenchCfg
 
 // perPacket runs prog over in repeat times in one BPF_PROG_TEST_RUN, with
 // the given ingress link, and returns the wall time per packet (the one
@@ -269,5 +271,102 @@ func BenchmarkXDPUnderFlood(b *testing.B) {
 			b.ReportMetric(float64(u)/float64(n), "unrecorded-share-"+name)
 		}
 		guard(0)
+	}
+}
+
+// linuxSYNOptions are the TCP options Linux puts in a SYN after the MSS:
+// SACK permitted, timestamps, a NOP and window scale (20 bytes with the
+// MSS, a 74-byte IPv4 frame).
+var linuxSYNOptions = []byte{4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7}
+
+// BenchmarkXDPSYNCookies reports the cost of a SYN answered with a SYN
+// cookie (cookies on for the Service port: ironlb_xdp's gate, the tail
+// call, the cookie program's SYN-ACK, XDP_TX) next to the same SYN placed
+// as a new flow with cookies off (the lone-SYN tables, tier 2, IPIP to
+// node B, XDP_TX), each packet a flow never seen before, in the same run,
+// both net of the harness's own cost. The Service port's counters prove
+// each run took its path: a cookie sent for every packet of the one, a
+// new flow for every packet of the other. Run once: go test ./bpf -run
+// '^$' -bench XDPSYNCookies -benchtime 1x.
+func BenchmarkXDPSYNCookies(b *testing.B) {
+	objs := load(b)
+	ifindex := testNet(b)
+	world(b, objs)
+	mac := LbIfMac{Ifindex: uint32(ifindex)}
+	copy(mac.Addr[:], macSelf[:])
+	must(b, objs.IfMacs.Put(IfMacSlot(ifindex), mac))
+	h := harnessObjects(b, objs)
+	// The harness's progs array: the cookie program is bench_cookie,
+	// which restores the SYN after ironlb_cookie answered it.
+	must(b, h.Progs.Put(uint32(0), h.BenchCookie))
+	var settings LbConfigEntry
+	must(b, objs.Config.Lookup(uint32(0), &settings))
+	// Cookies never switch on by the rate here: the runs set them.
+	settings.StaleAfter, settings.Heartbeat, settings.SynCookieRate = 300_000_000_000, nowCoarse(b), ^uint32(0)
+	must(b, objs.Config.Put(uint32(0), settings))
+	setRing(b, objs, 1, 2) // vip4:80 -> node B
+	cookies := func(on bool) {
+		var st bench.BenchCookieState
+		if on {
+			st.OnUntil, st.CheckUntil = ^uint64(0), ^uint64(0)
+		}
+		must(b, h.Cookies.Put(uint32(1), st))
+	}
+	// Each run's flows start where the last one's ended, and each CPU
+	// has a range of its own: no run meets a flow an earlier one left in
+	// the tables, even if the kernel moves the run to another CPU.
+	var next uint32
+	setMode := func(m uint32) {
+		per := make([]benchCfg, ebpf.MustPossibleCPU())
+		for i := range per {
+			per[i].NewFlows, per[i].Counter = m, next+uint32(i)<<27
+		}
+		next += 1 << 21
+		must(b, h.Bench.Put(uint32(0), per))
+	}
+	syn := pkt{src: client4, dst: vip4, proto: 6, sport: 40000, dport: 80, flags: tcpSYN, mss: 1460, seq: 100, tcpOpts: linuxSYNOptions}.frame()
+	if len(syn) != 74 {
+		b.Fatalf("the SYN is %d bytes, bench_cookie restores 74", len(syn))
+	}
+	var placed, sent, packets uint64
+	runtime.Gosched()
+	for b.Loop() {
+		res := map[string]time.Duration{}
+		keep := func(k string, d time.Duration) {
+			if old, ok := res[k]; !ok || d < old {
+				res[k] = d
+			}
+		}
+		for range 5 {
+			setMode(2)
+			keep("harness-floor", perPacket(b, h.BenchXdp, syn, ifindex, xdpPass))
+			cookies(false)
+			setMode(1)
+			before := stats(b, objs, 1)
+			keep("new-flow-syn", perPacket(b, h.BenchXdp, syn, ifindex, xdpTX))
+			after := stats(b, objs, 1)
+			placed += after.NewFlows - before.NewFlows
+			if after.CookiesSent != before.CookiesSent {
+				b.Fatalf("%d cookies sent with cookies off", after.CookiesSent-before.CookiesSent)
+			}
+			cookies(true)
+			setMode(4)
+			before = stats(b, objs, 1)
+			keep("syn-cookie", perPacket(b, h.BenchXdp, syn, ifindex, xdpTX))
+			after = stats(b, objs, 1)
+			sent += after.CookiesSent - before.CookiesSent
+			if after.NewFlows != before.NewFlows {
+				b.Fatalf("%d flows placed with cookies on", after.NewFlows-before.NewFlows)
+			}
+			packets += 1_000_000
+		}
+		floor := res["harness-floor"]
+		newFlow, cookie := res["new-flow-syn"]-floor, res["syn-cookie"]-floor
+		b.ReportMetric(float64(floor.Nanoseconds()), "ns/harness-floor")
+		b.ReportMetric(float64(newFlow.Nanoseconds()), "ns/new-flow-syn-net")
+		b.ReportMetric(float64(cookie.Nanoseconds()), "ns/syn-cookie-net")
+		b.ReportMetric(float64(cookie)/float64(newFlow), "x-syn-cookie/new-flow-syn")
+		b.ReportMetric(float64(placed)/float64(packets), "new-flows/new-flow-packet")
+		b.ReportMetric(float64(sent)/float64(packets), "cookies/cookie-packet")
 	}
 }

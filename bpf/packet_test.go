@@ -15,6 +15,7 @@ type pkt struct {
 	sport, dport   uint16
 	flags          uint8  // TCP flags
 	mss            uint16 // a TCP MSS option when non-zero
+	tcpOpts        []byte // more TCP options, after the MSS (a multiple of 4 bytes with it)
 	payload        []byte
 	udpNoCsum      bool
 	tos            uint8
@@ -59,6 +60,7 @@ func (p pkt) l4() []byte {
 		if p.mss != 0 {
 			opts = binary.BigEndian.AppendUint16([]byte{2, 4}, p.mss)
 		}
+		opts = append(opts, p.tcpOpts...)
 		seq := p.seq
 		if seq == 0 {
 			seq = 1

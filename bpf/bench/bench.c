@@ -10,7 +10,8 @@
  * own source port and the low half of its source address from a 32-bit
  * counter, so every packet of a run is a flow never seen before (a
  * conntrack miss and insert; the benchmark counts the misses). With new_flows 2 it runs nothing between save and restore:
- * the harness's own cost. With new_flows 3 (a flood) every (mix+1)th
+ * the harness's own cost. With new_flows 4, as with 1, and the SYN
+ * cookie program (bench_cookie, below) restores the frame. With new_flows 3 (a flood) every (mix+1)th
  * repetition is the frame's own flow, timed (est_ns, est_count: from
  * before the program to after the restore, the same for every figure),
  * and the others are flows never seen before, as with 1: the cost of an
@@ -20,6 +21,9 @@
 #include "../lb.c"
 
 #define SAVE 64
+/* new_flows 4: the whole SYN bench_cookie puts back (an IPv4 SYN with
+ * Linux's 20 bytes of options). */
+#define SYN_LEN 74
 
 struct bench_cfg {
 	__u32 new_flows;
@@ -30,6 +34,7 @@ struct bench_cfg {
 	__u64 est_ns;     /* new_flows 3: time of the established packets */
 	__u64 est_count;
 	__u64 t0;         /* when the timed packet went in (the stack is full) */
+	__u8 syn[88];     /* new_flows 4: the frame as it came (SYN_LEN bytes) */
 };
 
 struct {
@@ -57,10 +62,15 @@ int bench_xdp(struct xdp_md *ctx)
 		if (bc->counter % (bc->mix + 1) == 0)
 			bc->t0 = bpf_ktime_get_ns();
 	}
-	if (bc->new_flows == 1 || (bc->new_flows == 3 && bc->counter % (bc->mix + 1) != 0)) {
+	if (bc->new_flows == 4) {
+		if (data + SYN_LEN > data_end)
+			return XDP_ABORTED;
+		__builtin_memcpy(bc->syn, data, SYN_LEN);
+	}
+	if (bc->new_flows == 1 || bc->new_flows == 4 || (bc->new_flows == 3 && bc->counter % (bc->mix + 1) != 0)) {
 		/* The TCP source port of an IPv4 packet without options,
 		 * and the last two bytes of its source address. */
-		if (bc->new_flows == 1)
+		if (bc->new_flows != 3)
 			bc->counter++;
 		__u16 port = bc->counter;
 		__u16 host = bc->counter >> 16;
@@ -88,6 +98,33 @@ int bench_xdp(struct xdp_md *ctx)
 		bc->est_ns += bpf_ktime_get_ns() - bc->t0;
 		bc->est_count++;
 	}
+	return verdict;
+}
+
+/* bench_cookie stands in for the SYN-cookie program in the harness's
+ * progs array: ironlb_xdp tail-calls it for a SYN while cookies are on,
+ * and a tail call does not come back to bench_xdp. It runs ironlb_cookie,
+ * which answers with a SYN-ACK (XDP_TX), then puts back the SYN that
+ * bench_xdp saved (new_flows 4: a SYN_LEN frame, each repetition a flow
+ * never seen before). */
+SEC("xdp")
+int bench_cookie(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	int verdict = ironlb_cookie(ctx);
+	struct bench_cfg *bc = bpf_map_lookup_elem(&bench, &zero);
+	if (!bc || bc->new_flows != 4)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int delta = SYN_LEN - (int)(data_end - data);
+	if (delta != 0 && bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + SYN_LEN > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, bc->syn, SYN_LEN);
 	return verdict;
 }
 

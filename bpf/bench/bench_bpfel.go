@@ -61,6 +61,7 @@ type BenchBenchCfg struct {
 	EstNs    uint64
 	EstCount uint64
 	T0       uint64
+	Syn      [88]uint8
 }
 
 type BenchClock struct {
@@ -288,6 +289,7 @@ const (
 	BenchMapSynMeter        = "syn_meter"
 	BenchMapTunnelPeers     = "tunnel_peers"
 	BenchMapVips            = "vips"
+	BenchProgBenchCookie    = "bench_cookie"
 	BenchProgBenchXdp       = "bench_xdp"
 	BenchProgFloorXdp       = "floor_xdp"
 	BenchProgIronlbCookie   = "ironlb_cookie"
@@ -337,6 +339,7 @@ type BenchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchProgramSpecs struct {
+	BenchCookie    *ebpf.ProgramSpec `ebpf:"bench_cookie"`
 	BenchXdp       *ebpf.ProgramSpec `ebpf:"bench_xdp"`
 	FloorXdp       *ebpf.ProgramSpec `ebpf:"floor_xdp"`
 	IronlbCookie   *ebpf.ProgramSpec `ebpf:"ironlb_cookie"`
@@ -486,6 +489,7 @@ type BenchVariables struct {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchPrograms struct {
+	BenchCookie    *ebpf.Program `ebpf:"bench_cookie"`
 	BenchXdp       *ebpf.Program `ebpf:"bench_xdp"`
 	FloorXdp       *ebpf.Program `ebpf:"floor_xdp"`
 	IronlbCookie   *ebpf.Program `ebpf:"ironlb_cookie"`
@@ -495,6 +499,7 @@ type BenchPrograms struct {
 
 func (p *BenchPrograms) Close() error {
 	return _BenchClose(
+		p.BenchCookie,
 		p.BenchXdp,
 		p.FloorXdp,
 		p.IronlbCookie,
