@@ -96,6 +96,14 @@ func TestBGPGracefulRestartBFD(t *testing.T) {
 	}
 	updatePeers(t, func(s *ironlbv1alpha1.BGPPeerSpec) { s.GracefulRestart, s.BFD = nil, nil }, lab.BGPPeerV4, lab.BGPPeerV6)
 	waitSessions(t, 30*time.Second)
+	// BIRD discarded none of the speakers' BFD packets as malformed
+	// (it logs "invalid flags" for one with both Poll and Final, which
+	// every speaker sent when both ends came Up together).
+	if log, err := os.ReadFile(filepath.Join(cfg.Dir, "logs", "bird.log")); err != nil {
+		t.Error(err)
+	} else if n := strings.Count(string(log), "invalid flags"); n > 0 {
+		t.Errorf("BIRD discarded %d of the speakers' BFD packets for their flags", n)
+	}
 	t.Logf("FIGURE BFD (%s x %d) with graceful restart, BIRD polled every 10 ms: with BIRD's bfd on, SIGTERM lost node-b's route in %d of %d polls (for %s); with bfd graceful, SIGTERM in %d of %d, kill -9 in %d of %d",
 		lab.BFDInterval, lab.BFDMultiplier, onMissing, onPolls, onLost.Round(time.Millisecond), termMissing, termPolls, killMissing, killPolls)
 }
