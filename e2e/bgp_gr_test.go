@@ -140,6 +140,23 @@ func restartSpeaker(t *testing.T, node lab.Node, vip netip.Addr, kill bool) (mis
 	if err != nil {
 		t.Fatal(err)
 	}
+	// BIRD has seen the speaker go (its sessions with the node are no
+	// longer Established) before the next one starts: otherwise, after
+	// kill -9, the waits below could pass on the old sessions before BIRD
+	// noticed, and the watch would end before the restart.
+	proto := strings.ReplaceAll(node.Name, "-", "_") + "_"
+	eventually(t, 10*time.Second, func() error {
+		out, err := cfg.Birdc(t.Context(), "show", "protocols")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, proto) && strings.Contains(line, "Established") {
+				return fmt.Errorf("BIRD still has %s's session up: %s", node.Name, line)
+			}
+		}
+		return nil
+	})
 	if err := cfg.StartSpeaker(node); err != nil {
 		t.Fatal(err)
 	}
