@@ -250,7 +250,7 @@ func (b *Server) globalFor(peers []Peer) global {
 // own MyASN). It listens only for dynamic peers, and then only on their
 // addresses; otherwise the speakers connect out, as MetalLB's do.
 func (b *Server) start(ctx context.Context, asn uint32, g global) error {
-	s := server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: b.log.WithName("gobgp")}))
+	s := server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: b.log.WithName("gobgp"), onSync: func() { go b.rearm() }}))
 	go s.Serve()
 	conf := &api.Global{Asn: asn, RouterId: g.routerID.String(), ListenPort: -1}
 	if g.listen != "" {
@@ -279,6 +279,52 @@ func (b *Server) start(ctx context.Context, asn uint32, g global) error {
 	}
 	b.s, b.started, b.asn, b.global = s, true, asn, g
 	return nil
+}
+
+// rearm adds again the peers with graceful restart whose session is not
+// up. GoBGP opens each session as a restarting speaker (the Restart State
+// bit, and the Forwarding State bit for each family) until the sessions
+// that are up have exchanged End-of-RIB; then it ends that state for
+// every neighbour ("sync finished"), including those whose session has
+// not opened yet. Such a session would open without the Forwarding State
+// bit, and the router would drop its stale routes at once, for the few
+// milliseconds until this speaker's UPDATE (BIRD did, for a node's second
+// session). A peer added again starts in the restarting state.
+func (b *Server) rearm() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.started {
+		return
+	}
+	up := map[string]bool{}
+	err := b.s.ListPeer(ctx, &api.ListPeerRequest{}, func(n *api.Peer) {
+		if n.State != nil && n.State.SessionState == api.PeerState_ESTABLISHED {
+			up[n.State.NeighborAddress] = true
+		}
+	})
+	if err != nil {
+		b.log.Error(err, "list BGP sessions after the End-of-RIB exchange")
+		return
+	}
+	for name, p := range b.peers {
+		if _, held := b.held[name]; p.GracefulRestart == 0 || p.Dynamic.IsValid() || held || up[p.Address.String()] {
+			continue
+		}
+		if err := b.removePeer(ctx, p); err != nil {
+			b.log.Error(err, "open the session again as a restarting speaker", "peer", name)
+			continue
+		}
+		if err := b.addPeer(ctx, p); err != nil {
+			// Gone from GoBGP: the next Apply adds it.
+			delete(b.peers, name)
+			delete(b.byAddr, p.Address.String())
+			b.log.Error(err, "open the session again as a restarting speaker", "peer", name)
+			continue
+		}
+		b.log.V(1).Info("session not up yet opens as a restarting speaker's", "peer", name)
+	}
 }
 
 // restart stops GoBGP for a start with new global settings: every session

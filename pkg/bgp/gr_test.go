@@ -241,3 +241,64 @@ func TestGracefulRestart(t *testing.T) {
 	_ = p.cmd.Wait()
 	b.eventually(5*time.Second, "route withdrawn without graceful restart", hasRoute(false))
 }
+
+// TestGracefulRestartLateSession: a session with graceful restart that
+// opens after another has exchanged End-of-RIB (GoBGP then ends its
+// restarting state for every neighbour) still offers the Forwarding State
+// bit, so that after a restart the router keeps its stale routes until
+// this speaker's End-of-RIB instead of dropping them as the session opens.
+func TestGracefulRestartLateSession(t *testing.T) {
+	b := startBirdConf(t, `
+protocol bgp node {
+	local 10.200.0.2 as 64512;
+	neighbor 10.200.0.1 as 64512;
+	passive on;
+	hold time 9;
+	ipv4 { import all; export none; };
+}
+protocol bgp late {
+	disabled yes;
+	local fd20::2 as 64512;
+	neighbor fd20::1 as 64512;
+	passive on;
+	hold time 9;
+	ipv6 { import all; export none; };
+}
+`)
+	first := grPeer(30 * time.Second)
+	late := Peer{Name: "late", Address: netip.MustParseAddr("fd20::2"), ASN: 64512, MyASN: 64512, HoldTime: 9 * time.Second, GracefulRestart: 30 * time.Second}
+	srv := New(testr.New(t), netip.MustParseAddr("10.200.0.1"), nil)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	routes := []Route{{Prefix: grPrefix, Peers: []string{"bird"}}, {Prefix: netip.MustParsePrefix("fd20:210::1/128"), Peers: []string{"late"}}}
+	if err := srv.Apply(t.Context(), []Peer{first, late}, routes); err != nil {
+		t.Fatal(err)
+	}
+	// The first session is up and done with End-of-RIB: GoBGP sends its
+	// routes only then, as a restarting speaker.
+	b.eventually(20*time.Second, "the route over the first session", func() error {
+		if b.route(grPrefix.String()) == "" {
+			return fmt.Errorf("BIRD has no %s", grPrefix)
+		}
+		return nil
+	})
+	if out, err := b.birdc("enable", "late"); err != nil {
+		t.Fatalf("birdc enable late: %v: %s", err, out)
+	}
+	b.eventually(20*time.Second, "the late session", func() error {
+		if !b.up("late") {
+			return fmt.Errorf("late not Established")
+		}
+		return nil
+	})
+	out, err := b.birdc("show", "protocols", "all", "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, neighbor, ok := strings.Cut(out, "Neighbor capabilities")
+	if !ok {
+		t.Fatalf("no neighbor capabilities in:\n%s", out)
+	}
+	if !strings.Contains(neighbor, "AF preserved: ipv6") {
+		t.Errorf("the late session opened without the Forwarding State bit for ipv6:\n%s", out)
+	}
+}

@@ -11,6 +11,9 @@ import (
 type gobgpLogger struct {
 	log   logr.Logger
 	level gobgplog.LogLevel
+	// onSync runs when GoBGP ends its restarting state ("sync
+	// finished"), on GoBGP's own goroutine: it must not block.
+	onSync func()
 }
 
 func kv(f gobgplog.Fields) []any {
@@ -25,7 +28,12 @@ func (l *gobgpLogger) Panic(msg string, f gobgplog.Fields) { l.log.Error(nil, ms
 func (l *gobgpLogger) Fatal(msg string, f gobgplog.Fields) { l.log.Error(nil, msg, kv(f)...) }
 func (l *gobgpLogger) Error(msg string, f gobgplog.Fields) { l.log.Error(nil, msg, kv(f)...) }
 func (l *gobgpLogger) Warn(msg string, f gobgplog.Fields)  { l.log.Info(msg, kv(f)...) }
-func (l *gobgpLogger) Info(msg string, f gobgplog.Fields)  { l.log.V(1).Info(msg, kv(f)...) }
+func (l *gobgpLogger) Info(msg string, f gobgplog.Fields) {
+	l.log.V(1).Info(msg, kv(f)...)
+	if msg == "sync finished" && l.onSync != nil {
+		l.onSync()
+	}
+}
 func (l *gobgpLogger) Debug(msg string, f gobgplog.Fields) { l.log.V(2).Info(msg, kv(f)...) }
 
 func (l *gobgpLogger) SetLevel(level gobgplog.LogLevel) { l.level = level }
